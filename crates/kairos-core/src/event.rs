@@ -1,0 +1,121 @@
+//! The normalised event every other part of Kairos works with.
+
+use crate::time::{format_timestamp, Millis};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The Segment call types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Identify,
+    Track,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl EventKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "identify" => Self::Identify,
+            "track" => Self::Track,
+            "page" => Self::Page,
+            "screen" => Self::Screen,
+            "group" => Self::Group,
+            "alias" => Self::Alias,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identify => "identify",
+            Self::Track => "track",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+        }
+    }
+}
+
+/// A validated event. `timestamp` is the event time after clock-skew correction; it is what
+/// every window, decay and ordering uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub timestamp: Millis,
+    pub received_at: Millis,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub properties: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub context: Map<String, Value>,
+    /// Name of the source (write key) that sent it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+impl Event {
+    /// The name windows and counters use: the track event name, or `Page Viewed` /
+    /// `Screen Viewed` for page and screen calls, as Segment's destinations name them.
+    pub fn activity_name(&self) -> Option<&str> {
+        match self.kind {
+            EventKind::Track => self.event.as_deref(),
+            EventKind::Page => Some("Page Viewed"),
+            EventKind::Screen => Some("Screen Viewed"),
+            _ => None,
+        }
+    }
+
+    /// A stable 64-bit digest of the messageId, used to order events that share a timestamp
+    /// so that every replay order yields the same result.
+    pub fn tiebreak(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.message_id.as_bytes())
+    }
+
+    /// Total order used for replays: event time, then messageId digest.
+    pub fn order_key(&self) -> (Millis, u64) {
+        (self.timestamp, self.tiebreak())
+    }
+
+    /// The event as Segment JSON (ISO timestamps), for export and the events API.
+    pub fn to_segment_json(&self) -> Value {
+        let mut v = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        v.insert(
+            "timestamp".into(),
+            Value::String(format_timestamp(self.timestamp)),
+        );
+        v.insert(
+            "receivedAt".into(),
+            Value::String(format_timestamp(self.received_at)),
+        );
+        Value::Object(v)
+    }
+
+    /// The timezone the event's sender reported (`context.timezone`), if any.
+    pub fn context_timezone(&self) -> Option<&str> {
+        self.context.get("timezone").and_then(Value::as_str)
+    }
+}

@@ -1,0 +1,22 @@
+//! Kairos core: the event model, Segment decoding and validation, identity-resolution rules,
+//! and the per-profile state machine.
+//!
+//! This crate owns everything that decides *what* Kairos computes. It is pure and
+//! deterministic: no IO, no async, no clock (every instant is passed in), no randomness.
+//! It must never depend on the store, the server, or any runtime crate; those are adapters
+//! around it. Replaying the same events through it gives the same profiles, byte for byte.
+
+pub mod counter;
+pub mod event;
+pub mod identity;
+pub mod profile;
+pub mod segment;
+pub mod state;
+pub mod time;
+pub mod vocab;
+
+pub use event::{Event, EventKind};
+pub use identity::{IdKey, IdKind, ProfileId};
+pub use profile::{CoreConfig, Profile};
+pub use state::ProfileState;
+pub use time::Millis;

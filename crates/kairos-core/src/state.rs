@@ -1,0 +1,587 @@
+//! The per-profile state machine: what Kairos knows about one person, computed from their
+//! events by [`ProfileState::apply`].
+//!
+//! Every field is a join of its events (sums, min/max, last-writer-wins by (event time,
+//! messageId digest), or sets with a time boundary), so applying the same events in any
+//! order gives the same state. That is how late, out-of-order events (mobile SDKs flushing
+//! hours later) end up exactly where an in-order replay would put them, and why a merge can
+//! rebuild a profile by replaying events from two histories.
+
+use crate::counter::Counter;
+use crate::event::{Event, EventKind};
+use crate::time::{hour_of_week, time_zone, Millis};
+use crate::vocab::Vocabulary;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Orders concurrent writes: event time first, then the messageId digest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    pub ts: Millis,
+    pub tie: u64,
+}
+
+impl Stamp {
+    pub fn of(ev: &Event) -> Self {
+        Self {
+            ts: ev.timestamp,
+            tie: ev.tiebreak(),
+        }
+    }
+}
+
+/// A value with the stamp of the event that set it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stamped<T> {
+    pub at: Stamp,
+    pub value: T,
+}
+
+/// Last-writer-wins assignment.
+fn lww<T>(slot: &mut Option<Stamped<T>>, at: Stamp, value: T) {
+    if slot.as_ref().is_none_or(|s| s.at < at) {
+        *slot = Some(Stamped { at, value });
+    }
+}
+
+fn lww_map<T>(map: &mut BTreeMap<String, Stamped<T>>, key: &str, at: Stamp, value: T) {
+    match map.get_mut(key) {
+        Some(s) if s.at >= at => {}
+        Some(s) => *s = Stamped { at, value },
+        None => {
+            map.insert(key.to_string(), Stamped { at, value });
+        }
+    }
+}
+
+/// JSON kept inside a binary encoding as text (serde_json values need a self-describing
+/// format, the store uses a compact one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Json(pub Value);
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text)
+            .map(Json)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One product in the cart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CartLine {
+    /// Newest removal of this product.
+    pub removed: Stamp,
+    /// Additions after the last removal or order, oldest first.
+    pub adds: Vec<CartAdd>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CartAdd {
+    pub at: Stamp,
+    pub quantity: u32,
+    pub price_micros: i64,
+    pub name: Option<String>,
+    pub category: Option<String>,
+}
+
+/// The current cart: additions since the last order and since each product's last removal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cart {
+    pub cleared: Stamp,
+    pub lines: BTreeMap<String, CartLine>,
+}
+
+impl Cart {
+    fn add(&mut self, product: &str, add: CartAdd) {
+        let removed = self.lines.get(product).map(|l| l.removed).unwrap_or_default();
+        if add.at <= self.cleared || add.at <= removed {
+            return;
+        }
+        let line = self.lines.entry(product.to_string()).or_default();
+        let pos = line.adds.partition_point(|a| a.at < add.at);
+        line.adds.insert(pos, add);
+    }
+
+    fn remove(&mut self, product: &str, at: Stamp) {
+        let line = self.lines.entry(product.to_string()).or_default();
+        line.removed = line.removed.max(at);
+        let boundary = line.removed.max(self.cleared);
+        line.adds.retain(|a| a.at > boundary);
+        self.prune();
+    }
+
+    fn clear(&mut self, at: Stamp) {
+        self.cleared = self.cleared.max(at);
+        let cleared = self.cleared;
+        for line in self.lines.values_mut() {
+            line.adds.retain(|a| a.at > cleared);
+        }
+        self.prune();
+    }
+
+    /// A line with no additions whose removal predates the last clear carries no
+    /// information; dropping it keeps the state canonical whatever the event order.
+    fn prune(&mut self) {
+        let cleared = self.cleared;
+        self.lines
+            .retain(|_, l| !l.adds.is_empty() || l.removed > cleared);
+    }
+
+    /// Items currently in the cart: (product id, quantity, unit price, name, category, added).
+    pub fn items(&self) -> Vec<CartItem> {
+        self.lines
+            .iter()
+            .filter(|(_, l)| !l.adds.is_empty())
+            .filter_map(|(id, l)| {
+                let latest = l.adds.last()?;
+                Some(CartItem {
+                    product_id: id.clone(),
+                    quantity: l.adds.iter().map(|a| a.quantity).sum(),
+                    price_micros: latest.price_micros,
+                    name: latest.name.clone(),
+                    category: latest.category.clone(),
+                    added_at: latest.at.ts,
+                })
+            })
+            .collect()
+    }
+
+    pub fn value_micros(&self) -> i64 {
+        self.items()
+            .iter()
+            .map(|i| i.price_micros.saturating_mul(i.quantity as i64))
+            .sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartItem {
+    pub product_id: String,
+    pub quantity: u32,
+    #[serde(skip)]
+    pub price_micros: i64,
+    pub name: Option<String>,
+    pub category: Option<String>,
+    #[serde(skip)]
+    pub added_at: Millis,
+}
+
+/// Email engagement counters and their latest instants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailStats {
+    pub delivered: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    pub bounced: u64,
+    pub complained: u64,
+    pub unsubscribed: u64,
+    pub last_delivered: Option<Millis>,
+    pub last_opened: Option<Millis>,
+    pub last_clicked: Option<Millis>,
+}
+
+fn max_opt(slot: &mut Option<Millis>, ts: Millis) {
+    *slot = Some(slot.map_or(ts, |t| t.max(ts)));
+}
+
+/// Sparse hour-of-week histogram: sorted (hour 0..168, count).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourHistogram(pub Vec<(u8, u32)>);
+
+impl HourHistogram {
+    fn add(&mut self, hour: u8) {
+        match self.0.binary_search_by_key(&hour, |(h, _)| *h) {
+            Ok(p) => self.0[p].1 += 1,
+            Err(p) => self.0.insert(p, (hour, 1)),
+        }
+    }
+
+    pub fn dense(&self) -> [u32; 168] {
+        let mut d = [0u32; 168];
+        for (h, c) in &self.0 {
+            if let Some(slot) = d.get_mut(*h as usize) {
+                *slot += c;
+            }
+        }
+        d
+    }
+}
+
+/// Everything Kairos derives about one person from their events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileState {
+    pub traits: BTreeMap<String, Stamped<Json>>,
+    pub first_seen: Option<Millis>,
+    pub last_seen: Option<Millis>,
+    pub event_count: u64,
+    pub activity: BTreeMap<String, Counter>,
+    pub orders: u64,
+    pub revenue_micros: i64,
+    pub first_order: Option<Millis>,
+    pub last_order: Option<Millis>,
+    pub cart: Cart,
+    pub email: EmailStats,
+    /// Activity by local hour of week, for events whose sender reported a time zone.
+    pub hours_local: HourHistogram,
+    /// Activity by UTC hour of week, for events without one; shifted by the profile's zone
+    /// when read, so a zone learnt later still applies.
+    pub hours_utc: HourHistogram,
+    pub context_timezone: Option<Stamped<String>>,
+    /// Subscription per list (`marketing`, `product`, ...): true = subscribed.
+    pub subscriptions: BTreeMap<String, Stamped<bool>>,
+    /// Consent per purpose: true = granted.
+    pub consent: BTreeMap<String, Stamped<bool>>,
+    /// Why the email address must not be mailed (hard bounce, spam complaint).
+    pub suppressed: Option<Stamped<String>>,
+    pub groups: BTreeSet<String>,
+}
+
+fn number(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}
+
+fn to_micros(f: f64) -> i64 {
+    (f * 1_000_000.0).round() as i64
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn flag(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "subscribed" | "granted" | "true" | "yes" | "opted_in" => Some(true),
+            "unsubscribed" | "denied" | "false" | "no" | "opted_out" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl ProfileState {
+    /// Folds one event into the state. Order-independent (see the module doc).
+    pub fn apply(&mut self, ev: &Event, vocab: &Vocabulary) {
+        let at = Stamp::of(ev);
+        let ts = ev.timestamp;
+        self.event_count += 1;
+        self.first_seen = Some(self.first_seen.map_or(ts, |t| t.min(ts)));
+        max_opt(&mut self.last_seen, ts);
+        if let Some(tz) = ev.context_timezone() {
+            if time_zone(tz).is_some() {
+                lww(&mut self.context_timezone, at, tz.to_string());
+            }
+        }
+        match ev.kind {
+            EventKind::Identify => self.apply_traits(&ev.traits, at),
+            EventKind::Group => {
+                if let Some(g) = &ev.group_id {
+                    self.groups.insert(g.clone());
+                }
+            }
+            EventKind::Alias => {}
+            EventKind::Track | EventKind::Page | EventKind::Screen => {
+                if let Some(name) = ev.activity_name() {
+                    match self.activity.get_mut(name) {
+                        Some(c) => c.add(ts),
+                        None => {
+                            let mut c = Counter::default();
+                            c.add(ts);
+                            self.activity.insert(name.to_string(), c);
+                        }
+                    }
+                }
+                self.record_hour(ev);
+                if ev.kind == EventKind::Track {
+                    self.apply_track(ev, at, vocab);
+                }
+            }
+        }
+    }
+
+    fn record_hour(&mut self, ev: &Event) {
+        let local = ev
+            .context_timezone()
+            .and_then(time_zone)
+            .and_then(|tz| hour_of_week(ev.timestamp, &tz));
+        match local {
+            Some(h) => self.hours_local.add(h),
+            None => {
+                if let Some(h) = hour_of_week(ev.timestamp, &jiff::tz::TimeZone::UTC) {
+                    self.hours_utc.add(h)
+                }
+            }
+        }
+    }
+
+    fn apply_traits(&mut self, traits: &Map<String, Value>, at: Stamp) {
+        for (k, v) in traits {
+            lww_map(&mut self.traits, k, at, Json(v.clone()));
+            match (k.as_str(), v) {
+                ("unsubscribed", Value::Bool(b)) => {
+                    lww_map(&mut self.subscriptions, "marketing", at, !b)
+                }
+                ("subscriptions", Value::Object(m)) => {
+                    for (list, state) in m {
+                        if let Some(f) = flag(state) {
+                            lww_map(&mut self.subscriptions, list, at, f);
+                        }
+                    }
+                }
+                ("consent", Value::Object(m)) => {
+                    for (purpose, state) in m {
+                        if let Some(f) = flag(state) {
+                            lww_map(&mut self.consent, purpose, at, f);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_track(&mut self, ev: &Event, at: Stamp, vocab: &Vocabulary) {
+        let Some(name) = ev.event.as_deref() else {
+            return;
+        };
+        let p = &ev.properties;
+        let ts = ev.timestamp;
+        if vocab.is_order(name) {
+            self.orders += 1;
+            let revenue = number(p.get("revenue"))
+                .or_else(|| number(p.get("total")))
+                .or_else(|| number(p.get("value")))
+                .unwrap_or(0.0);
+            self.revenue_micros = self.revenue_micros.saturating_add(to_micros(revenue));
+            self.first_order = Some(self.first_order.map_or(ts, |t| t.min(ts)));
+            max_opt(&mut self.last_order, ts);
+            self.cart.clear(at);
+        } else if vocab.is_cart_add(name) {
+            if let Some(product) = product_id(p) {
+                self.cart.add(
+                    &product,
+                    CartAdd {
+                        at,
+                        quantity: number(p.get("quantity"))
+                            .map(|q| q.clamp(1.0, 1e6) as u32)
+                            .unwrap_or(1),
+                        price_micros: number(p.get("price")).map(to_micros).unwrap_or(0),
+                        name: text(p.get("name")),
+                        category: text(p.get("category")),
+                    },
+                );
+            }
+        } else if vocab.is_cart_remove(name) {
+            if let Some(product) = product_id(p) {
+                self.cart.remove(&product, at);
+            }
+        } else if vocab.is_email_delivered(name) {
+            self.email.delivered += 1;
+            max_opt(&mut self.email.last_delivered, ts);
+        } else if vocab.is_email_opened(name) {
+            self.email.opened += 1;
+            max_opt(&mut self.email.last_opened, ts);
+        } else if vocab.is_email_clicked(name) {
+            self.email.clicked += 1;
+            max_opt(&mut self.email.last_clicked, ts);
+        } else if vocab.is_email_bounced(name) {
+            self.email.bounced += 1;
+            let kind = text(p.get("type"))
+                .or_else(|| text(p.get("bounce_type")))
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if kind == "hard" || kind == "permanent" {
+                lww(&mut self.suppressed, at, "hard_bounce".to_string());
+            }
+        } else if vocab.is_spam_complaint(name) {
+            self.email.complained += 1;
+            lww(&mut self.suppressed, at, "spam_complaint".to_string());
+            lww_map(&mut self.subscriptions, "marketing", at, false);
+        } else if vocab.is_unsubscribe(name) {
+            self.email.unsubscribed += 1;
+            let list = text(p.get("list")).unwrap_or_else(|| "marketing".into());
+            lww_map(&mut self.subscriptions, &list, at, false);
+        } else if vocab.is_subscribe(name) {
+            let list = text(p.get("list")).unwrap_or_else(|| "marketing".into());
+            lww_map(&mut self.subscriptions, &list, at, true);
+        } else if vocab.is_consent(name) {
+            if let Some(Value::Object(m)) = p.get("purposes") {
+                for (purpose, state) in m {
+                    if let Some(f) = flag(state) {
+                        lww_map(&mut self.consent, purpose, at, f);
+                    }
+                }
+            } else if let (Some(purpose), Some(granted)) =
+                (text(p.get("purpose")), p.get("granted").and_then(flag))
+            {
+                lww_map(&mut self.consent, &purpose, at, granted);
+            }
+        }
+    }
+
+    /// A trait's current value (null and absent are the same).
+    pub fn trait_value(&self, name: &str) -> Option<&Value> {
+        self.traits.get(name).map(|s| &s.value.0).filter(|v| !v.is_null())
+    }
+
+    /// The person's time zone: the `timezone` trait if valid, else the newest one their
+    /// devices reported.
+    pub fn timezone(&self) -> Option<String> {
+        self.trait_value("timezone")
+            .and_then(Value::as_str)
+            .filter(|tz| time_zone(tz).is_some())
+            .map(str::to_string)
+            .or_else(|| self.context_timezone.as_ref().map(|s| s.value.clone()))
+    }
+
+    /// Activity by local hour of week. Events that carried no zone are shifted by the
+    /// profile's current zone offset at `now` (an approximation across DST changes).
+    pub fn hour_of_week_local(&self, now: Millis) -> [u32; 168] {
+        let mut out = self.hours_local.dense();
+        let offset_hours = self
+            .timezone()
+            .and_then(|tz| time_zone(&tz))
+            .and_then(|tz| {
+                let ts = jiff::Timestamp::from_millisecond(now).ok()?;
+                Some(tz.to_offset(ts).seconds() as i64 / 3600)
+            })
+            .unwrap_or(0);
+        for (h, c) in &self.hours_utc.0 {
+            let local = (*h as i64 + offset_hours).rem_euclid(168) as usize;
+            if let Some(slot) = out.get_mut(local) {
+                *slot += c;
+            }
+        }
+        out
+    }
+
+    /// Is the person subscribed to `list`? Unknown means subscribed only for `transactional`.
+    pub fn is_subscribed(&self, list: &str) -> Option<bool> {
+        self.subscriptions.get(list).map(|s| s.value)
+    }
+
+    /// Approximate heap bytes, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let traits: usize = self
+            .traits
+            .iter()
+            .map(|(k, v)| k.len() + v.value.0.to_string().len() + 64)
+            .sum();
+        let activity: usize = self
+            .activity
+            .iter()
+            .map(|(k, c)| k.len() + c.heap_bytes() + 96)
+            .sum();
+        traits
+            + activity
+            + self.cart.lines.len() * 128
+            + (self.hours_local.0.capacity() + self.hours_utc.0.capacity()) * 8
+    }
+
+    /// The computed state as JSON for the profile API, with windows evaluated at `now`.
+    pub fn view(&self, now: Millis) -> Value {
+        use crate::time::{format_timestamp as iso, DAY, HOUR};
+        let opt_iso = |t: Option<Millis>| t.map(iso);
+        let traits: Map<String, Value> = self
+            .traits
+            .iter()
+            .filter(|(_, v)| !v.value.0.is_null())
+            .map(|(k, v)| (k.clone(), v.value.0.clone()))
+            .collect();
+        let events: Map<String, Value> = self
+            .activity
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    json!({
+                        "total": c.total,
+                        "first": iso(c.first),
+                        "last": iso(c.last),
+                        "last1h": c.count_within(HOUR, now),
+                        "last24h": c.count_within(DAY, now),
+                        "last7d": c.count_within(7 * DAY, now),
+                        "last30d": c.count_within(30 * DAY, now),
+                    }),
+                )
+            })
+            .collect();
+        let items = self.cart.items();
+        let hours = self.hour_of_week_local(now);
+        let hours_map: Map<String, Value> = hours
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(h, c)| (h.to_string(), json!(c)))
+            .collect();
+        let flags = |m: &BTreeMap<String, Stamped<bool>>| -> Map<String, Value> {
+            m.iter().map(|(k, v)| (k.clone(), json!(v.value))).collect()
+        };
+        json!({
+            "traits": traits,
+            "firstSeen": opt_iso(self.first_seen),
+            "lastSeen": opt_iso(self.last_seen),
+            "eventCount": self.event_count,
+            "events": events,
+            "orders": self.orders,
+            "lifetimeRevenue": self.revenue_micros as f64 / 1e6,
+            "firstPurchase": opt_iso(self.first_order),
+            "lastPurchase": opt_iso(self.last_order),
+            "cart": {
+                "items": items.iter().map(|i| json!({
+                    "productId": i.product_id,
+                    "quantity": i.quantity,
+                    "price": i.price_micros as f64 / 1e6,
+                    "name": i.name,
+                    "category": i.category,
+                    "addedAt": iso(i.added_at),
+                })).collect::<Vec<_>>(),
+                "value": self.cart.value_micros() as f64 / 1e6,
+            },
+            "email": {
+                "delivered": self.email.delivered,
+                "opened": self.email.opened,
+                "clicked": self.email.clicked,
+                "bounced": self.email.bounced,
+                "complained": self.email.complained,
+                "unsubscribed": self.email.unsubscribed,
+                "lastDelivered": opt_iso(self.email.last_delivered),
+                "lastOpened": opt_iso(self.email.last_opened),
+                "lastClicked": opt_iso(self.email.last_clicked),
+            },
+            "timezone": self.timezone(),
+            "hourOfWeek": hours_map,
+            "subscriptions": flags(&self.subscriptions),
+            "consent": flags(&self.consent),
+            "suppressed": self.suppressed.as_ref().map(|s| s.value.clone()),
+            "groups": self.groups,
+        })
+    }
+}
+
+fn product_id(p: &Map<String, Value>) -> Option<String> {
+    text(p.get("product_id"))
+        .or_else(|| text(p.get("productId")))
+        .or_else(|| text(p.get("sku")))
+        .or_else(|| text(p.get("id")))
+}
