@@ -93,7 +93,13 @@ mod tests {
     fn windows_at_each_resolution() {
         let now = 1_000 * DAY;
         let mut c = Counter::default();
-        for t in [now - 10 * MINUTE, now - 2 * HOUR, now - 3 * DAY, now - 60 * DAY, now] {
+        for t in [
+            now - 10 * MINUTE,
+            now - 2 * HOUR,
+            now - 3 * DAY,
+            now - 60 * DAY,
+            now,
+        ] {
             c.add(t);
         }
         assert_eq!(c.count_within(30 * MINUTE, now), 2);
@@ -107,7 +113,9 @@ mod tests {
     #[test]
     fn late_events_give_the_in_order_result() {
         let base = 500 * DAY;
-        let times: Vec<Millis> = (0..200).map(|i| base + (i * 7919 % 200) * 37 * MINUTE).collect();
+        let times: Vec<Millis> = (0..200)
+            .map(|i| base + (i * 7919 % 200) * 37 * MINUTE)
+            .collect();
         let mut in_order = Counter::default();
         let mut sorted = times.clone();
         sorted.sort();

@@ -14,7 +14,9 @@
 //!    custom identifiers); other profiles found through its identifiers are merged into it
 //!    under the same rule 3 restriction.
 //! 5. `alias(previousId -> userId)` always merges the profile of `previousId` (as userId or
-//!    anonymousId) into the profile of `userId`: it is the explicit instruction to join.
+//!    anonymousId) into the profile of `userId`: it is the explicit instruction to join. The
+//!    target then holds `previousId` as both kinds, so events under it that arrive later (or
+//!    arrived late) join the same person whatever the arrival order.
 //! 6. A profile's id is derived from its identifiers ([`canonical_id`]): its smallest userId,
 //!    else smallest anonymousId, else email. So the same events give the same ids in any order.
 
@@ -144,7 +146,12 @@ pub fn event_identifiers(ev: &Event, identity_traits: &[String]) -> Vec<IdKey> {
         ids.push(IdKey::anonymous(a));
     }
     if ev.kind == EventKind::Identify {
-        if let Some(e) = ev.traits.get("email").and_then(Value::as_str).and_then(IdKey::email) {
+        if let Some(e) = ev
+            .traits
+            .get("email")
+            .and_then(Value::as_str)
+            .and_then(IdKey::email)
+        {
             ids.push(e);
         }
         for t in identity_traits {
@@ -204,16 +211,13 @@ pub fn plan(
         if target.is_none() {
             plan.link.push(IdKey::user(user));
         }
-        let mut prev_found = false;
+        // previousId may have been a userId or an anonymousId: the target takes both, merging
+        // whatever holds them, so later (or late) events under either land here.
         for key in [IdKey::user(prev), IdKey::anonymous(prev)] {
-            if let Some(f) = lookup(&key) {
-                prev_found = true;
-                push_merge(&mut plan, f.id);
+            match lookup(&key) {
+                Some(f) => push_merge(&mut plan, f.id),
+                None => plan.link.push(key),
             }
-        }
-        if !prev_found {
-            // The previous id was never seen: remember it so later events with it land here.
-            plan.link.push(IdKey::anonymous(prev));
         }
         for key in ids.iter().skip(1) {
             consider(&mut plan, key, None, &mut lookup);

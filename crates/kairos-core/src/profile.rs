@@ -94,10 +94,13 @@ impl Profile {
         }
         for k in &self.identifiers {
             if let IdKind::Trait(_) = k.kind {
-                ids.entry(k.kind.label())
+                if let Some(list) = ids
+                    .entry(k.kind.label())
                     .or_insert_with(|| json!([]))
                     .as_array_mut()
-                    .map(|a| a.push(json!(k.value)));
+                {
+                    list.push(json!(k.value));
+                }
             }
         }
         json!({

@@ -269,7 +269,12 @@ fn decode_item(
     }
     let obj = match serde_json::from_str::<Value>(raw) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(reject(None, FieldError::new("event", "must be a JSON object"))),
+        Ok(_) => {
+            return Err(reject(
+                None,
+                FieldError::new("event", "must be a JSON object"),
+            ))
+        }
         Err(e) => return Err(reject(None, FieldError::new("event", e.to_string()))),
     };
     let message_id = obj.get("messageId").and_then(|v| match v {
@@ -280,7 +285,11 @@ fn decode_item(
     normalize(obj, raw, ctx, env, limits).map_err(|e| reject(message_id, e))
 }
 
-fn id_field(obj: &Map<String, Value>, field: &str, limits: &Limits) -> Result<Option<String>, FieldError> {
+fn id_field(
+    obj: &Map<String, Value>,
+    field: &str,
+    limits: &Limits,
+) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -315,7 +324,10 @@ fn string_field(obj: &Map<String, Value>, field: &str) -> Result<Option<String>,
     }
 }
 
-fn object_field(obj: &mut Map<String, Value>, field: &str) -> Result<Map<String, Value>, FieldError> {
+fn object_field(
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Map<String, Value>, FieldError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
@@ -329,9 +341,9 @@ fn object_field(obj: &mut Map<String, Value>, field: &str) -> Result<Map<String,
 fn time_field(obj: &Map<String, Value>, field: &str) -> Result<Option<Millis>, FieldError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_timestamp(s).map(Some).ok_or_else(|| {
-            FieldError::new(field, format!("{s:?} is not an ISO-8601 timestamp"))
-        }),
+        Some(Value::String(s)) => parse_timestamp(s)
+            .map(Some)
+            .ok_or_else(|| FieldError::new(field, format!("{s:?} is not an ISO-8601 timestamp"))),
         Some(other) => Err(FieldError::new(
             field,
             format!("must be an ISO-8601 string, not {}", type_name(other)),
@@ -396,16 +408,17 @@ fn normalize(
         },
         EventKind::Alias => {
             if previous_id.is_none() {
-                return Err(FieldError::new("previousId", "is required for an alias call"));
+                return Err(FieldError::new(
+                    "previousId",
+                    "is required for an alias call",
+                ));
             }
             if user_id.is_none() {
                 return Err(FieldError::new("userId", "is required for an alias call"));
             }
         }
-        EventKind::Group => {
-            if group_id.is_none() {
-                return Err(FieldError::new("groupId", "is required for a group call"));
-            }
+        EventKind::Group if group_id.is_none() => {
+            return Err(FieldError::new("groupId", "is required for a group call"));
         }
         _ => {}
     }
@@ -517,7 +530,8 @@ mod tests {
             one_error(json!([{"type": "track", "event": "A"}])),
             "userId: an event needs a userId or an anonymousId"
         );
-        assert!(one_error(json!([{"type": "bogus", "userId": "u"}])).starts_with("type: unknown type \"bogus\""));
+        assert!(one_error(json!([{"type": "bogus", "userId": "u"}]))
+            .starts_with("type: unknown type \"bogus\""));
         assert_eq!(one_error(json!([{"userId": "u"}])), "type: is required");
         assert_eq!(
             one_error(json!([{"type": "track", "userId": "u"}])),
@@ -591,14 +605,22 @@ mod tests {
     #[test]
     fn oversized_event_and_body() {
         let big = "x".repeat(33 * 1024);
-        let msg = one_error(json!([{"type": "track", "event": "A", "userId": "u", "properties": {"p": big}}]));
+        let msg = one_error(
+            json!([{"type": "track", "event": "A", "userId": "u", "properties": {"p": big}}]),
+        );
         assert!(msg.starts_with("size: event is "), "{msg}");
         let limits = Limits {
             max_batch_bytes: 100,
             ..Limits::default()
         };
         let err = decode_batch(&[b' '; 200], &env(), &limits).expect_err("too large");
-        assert!(matches!(err, BodyError::TooLarge { size: 200, limit: 100 }));
+        assert!(matches!(
+            err,
+            BodyError::TooLarge {
+                size: 200,
+                limit: 100
+            }
+        ));
     }
 
     #[test]

@@ -102,7 +102,11 @@ pub struct Cart {
 
 impl Cart {
     fn add(&mut self, product: &str, add: CartAdd) {
-        let removed = self.lines.get(product).map(|l| l.removed).unwrap_or_default();
+        let removed = self
+            .lines
+            .get(product)
+            .map(|l| l.removed)
+            .unwrap_or_default();
         if add.at <= self.cleared || add.at <= removed {
             return;
         }
@@ -441,7 +445,10 @@ impl ProfileState {
 
     /// A trait's current value (null and absent are the same).
     pub fn trait_value(&self, name: &str) -> Option<&Value> {
-        self.traits.get(name).map(|s| &s.value.0).filter(|v| !v.is_null())
+        self.traits
+            .get(name)
+            .map(|s| &s.value.0)
+            .filter(|v| !v.is_null())
     }
 
     /// The person's time zone: the `timezone` trait if valid, else the newest one their

@@ -1,0 +1,403 @@
+//! The embedded store: opening, reads, and the maintenance that does not belong to the writer.
+
+use crate::keys::*;
+use crate::StoreError;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use kairos_core::{Event, IdKey, Millis, Profile, ProfileId};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Options for opening a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Block compression (LZ4). Off only for tests that inspect raw files.
+    pub compression: bool,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            compression: true,
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// A dead-lettered (rejected) event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub received_at: Millis,
+    pub source: String,
+    pub index: usize,
+    pub message_id: Option<String>,
+    pub error: String,
+    pub raw: String,
+}
+
+/// A stored event with its arrival sequence number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// Handles to every keyspace; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) log: Keyspace,
+    pub(crate) by_profile: Keyspace,
+    pub(crate) dedupe: Keyspace,
+    pub(crate) profiles: Keyspace,
+    pub(crate) identity: Keyspace,
+    pub(crate) redirects: Keyspace,
+    pub(crate) redirected: Keyspace,
+    pub(crate) dead: Keyspace,
+    pub(crate) suppress: Keyspace,
+    path: PathBuf,
+}
+
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
+}
+
+impl Store {
+    pub fn open(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+        let db = Database::builder(&path)
+            .cache_size(opts.cache_bytes)
+            .manual_journal_persist(true)
+            .open()?;
+        let compression = opts.compression;
+        let ks = |name: &str| -> Result<Keyspace, StoreError> {
+            Ok(db.keyspace(name, || {
+                let o = KeyspaceCreateOptions::default().manual_journal_persist(true);
+                if compression {
+                    o
+                } else {
+                    o.data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+                }
+            })?)
+        };
+        Ok(Self {
+            log: ks("log")?,
+            by_profile: ks("by_profile")?,
+            dedupe: ks("dedupe")?,
+            profiles: ks("profiles")?,
+            identity: ks("identity")?,
+            redirects: ks("redirects")?,
+            redirected: ks("redirected")?,
+            dead: ks("dead")?,
+            suppress: ks("suppress")?,
+            db,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// fsyncs everything written so far.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Follows merge redirects to the profile's current id.
+    pub fn resolve_id(&self, mut id: ProfileId) -> Result<ProfileId, StoreError> {
+        for _ in 0..64 {
+            match self.redirects.get(u64_key(id.0))? {
+                Some(v) => id = ProfileId(read_u64(&v).ok_or(StoreError::corrupt("redirect"))?),
+                None => return Ok(id),
+            }
+        }
+        Err(StoreError::corrupt("redirect cycle"))
+    }
+
+    pub fn profile(&self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
+        let id = self.resolve_id(id)?;
+        match self.profiles.get(u64_key(id.0))? {
+            Some(bytes) => Ok(Some(
+                Profile::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn lookup(&self, key: &IdKey) -> Result<Option<ProfileId>, StoreError> {
+        Ok(self
+            .identity
+            .get(key.index_key())?
+            .and_then(|v| read_u64(&v))
+            .map(ProfileId))
+    }
+
+    pub fn event_by_seq(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        match self.log.get(u64_key(seq))? {
+            Some(bytes) => Ok(Some(decode_event(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A profile's events in event-time order, starting after `after` = (time, seq).
+    pub fn profile_events(
+        &self,
+        id: ProfileId,
+        after: Option<(Millis, u64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let start = match after {
+            Some((ts, seq)) => by_profile_key(id, ts, seq.saturating_add(1)).to_vec(),
+            None => u64_key(id.0).to_vec(),
+        };
+        let end = u64_key(id.0.wrapping_add(1));
+        let mut out = Vec::new();
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if id.0 == u64::MAX {
+            Box::new(self.by_profile.range(start..))
+        } else {
+            Box::new(self.by_profile.range(start..end.to_vec()))
+        };
+        for guard in iter {
+            let key = guard.key()?;
+            let Some((_, _, seq)) = parse_by_profile_key(&key) else {
+                continue;
+            };
+            if let Some(event) = self.event_by_seq(seq)? {
+                out.push(StoredEvent { seq, event });
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Index entries (time, seq) of one profile.
+    pub(crate) fn profile_index(&self, id: ProfileId) -> Result<Vec<(Millis, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.by_profile.prefix(u64_key(id.0)) {
+            let key = guard.key()?;
+            if let Some((_, ts, seq)) = parse_by_profile_key(&key) {
+                out.push((ts, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events in arrival order with seq > `after` (export, replay, audits).
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.log.range(u64_key(after.saturating_add(1))..) {
+            let (k, v) = guard.into_inner()?;
+            let seq = read_u64(&k).ok_or(StoreError::corrupt("log key"))?;
+            out.push(StoredEvent {
+                seq,
+                event: decode_event(&v)?,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.dead.range(u64_key(after.saturating_add(1))..) {
+            let (_, v) = guard.into_inner()?;
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))?,
+            );
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_duplicate(&self, message_id: &str) -> Result<bool, StoreError> {
+        Ok(self.dedupe.contains_key(message_id.as_bytes())?)
+    }
+
+    /// Profiles in id order after `after` (for listing and backfills).
+    pub fn profiles_after(
+        &self,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<Profile>, StoreError> {
+        let start = after.map(|p| p.0.saturating_add(1)).unwrap_or(0);
+        let mut out = Vec::new();
+        for guard in self.profiles.range(u64_key(start)..) {
+            let (_, v) = guard.into_inner()?;
+            out.push(Profile::decode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Approximate counts, cheap to compute.
+    pub fn approximate_counts(&self) -> Counts {
+        Counts {
+            events: self.log.approximate_len() as u64,
+            profiles: self.profiles.approximate_len() as u64,
+            dead_letters: self.dead.approximate_len() as u64,
+        }
+    }
+
+    /// Last arrival seq in the log and in the dead-letter area (recovery of counters).
+    pub(crate) fn last_seqs(&self) -> Result<(u64, u64), StoreError> {
+        let last = |ks: &Keyspace| -> Result<u64, StoreError> {
+            match ks.last_key_value() {
+                Some(g) => Ok(read_u64(&g.key()?).unwrap_or(0)),
+                None => Ok(0),
+            }
+        };
+        Ok((last(&self.log)?, last(&self.dead)?))
+    }
+
+    /// Removes dedupe entries older than `retention_days` before `now`. Returns how many.
+    pub fn prune_dedupe(&self, now: Millis, retention_days: u32) -> Result<u64, StoreError> {
+        let today = day_of(now);
+        let cutoff = today.saturating_sub(retention_days);
+        let mut batch = self.db.batch();
+        let mut n = 0u64;
+        for guard in self.dedupe.iter() {
+            let (k, v) = guard.into_inner()?;
+            if dedupe_day(&v).is_some_and(|d| d < cutoff) {
+                batch.remove(&self.dedupe, k);
+                n += 1;
+            }
+        }
+        batch.commit()?;
+        self.persist()?;
+        Ok(n)
+    }
+
+    /// Has this identifier been erased (and suppression kept)?
+    pub fn is_suppressed(&self, key: &IdKey) -> Result<bool, StoreError> {
+        Ok(self.suppress.contains_key(suppression_hash(key))?)
+    }
+
+    pub(crate) fn has_suppressions(&self) -> bool {
+        self.suppress.first_key_value().is_some()
+    }
+
+    /// Makes deleted data leave the files on disk, for erasure.
+    ///
+    /// Deleting keys only writes tombstones; the old bytes stay in tables until compaction and
+    /// in the write-ahead journal until it is rotated and every memtable it covers is flushed.
+    /// So: first flush and fully compact every keyspace (tombstones drop the old values from
+    /// tables); then push the journal over fjall's rotation size (64 MB; fjall has no public
+    /// call to rotate it) with filler in a scratch keyspace and flush that, which seals the
+    /// journal and lets fjall delete it, since nothing else in it is unflushed; then clear the
+    /// scratch. Costs about 64 MB of sequential IO; erasures of one group share one purge.
+    pub fn purge_deleted(&self) -> Result<(), StoreError> {
+        const JOURNAL_ROTATION_BYTES: usize = 64_000_000;
+        self.persist()?;
+        for ks in self.all_keyspaces() {
+            ks.rotate_memtable_and_wait()?;
+            ks.major_compact()?;
+        }
+        let scratch = self
+            .db
+            .keyspace("purge_scratch", KeyspaceCreateOptions::default)?;
+        // Incompressible filler: the journal compresses large values.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut written = 0usize;
+        let mut i = 0u64;
+        while written <= JOURNAL_ROTATION_BYTES + (1 << 20) {
+            let mut batch = self.db.batch();
+            for _ in 0..8 {
+                batch.insert(&scratch, u64_key(i), chunk.clone());
+                i += 1;
+                written += chunk.len();
+            }
+            batch.commit()?;
+        }
+        self.persist()?;
+        scratch.rotate_memtable_and_wait()?;
+        // Journal deletion runs right after a flush, possibly after the wait above returned.
+        for _ in 0..200 {
+            if self.db.journal_count() <= 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        scratch.clear()?;
+        scratch.major_compact()?;
+        self.persist()?;
+        if self.db.journal_count() > 1 {
+            return Err(StoreError::Engine(
+                "erased data is still in a sealed journal that could not be evicted".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 9] {
+        [
+            &self.log,
+            &self.by_profile,
+            &self.dedupe,
+            &self.profiles,
+            &self.identity,
+            &self.redirects,
+            &self.redirected,
+            &self.dead,
+            &self.suppress,
+        ]
+    }
+
+    /// Visits every stored key and value (for erasure audits in tests and `kairos doctor`).
+    pub fn scan_all(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for ks in self.all_keyspaces() {
+            for guard in ks.iter() {
+                let (k, v) = guard.into_inner()?;
+                f(&k, &v);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// Day number since the epoch.
+pub fn day_of(t: Millis) -> u32 {
+    t.max(0).div_euclid(kairos_core::time::DAY) as u32
+}
+
+pub(crate) fn suppression_hash(key: &IdKey) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kairos-erased:");
+    h.update(key.index_key());
+    h.finalize().into()
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub events: u64,
+    pub profiles: u64,
+    pub dead_letters: u64,
+}

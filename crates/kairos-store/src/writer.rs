@@ -1,0 +1,587 @@
+//! The single writer: every change to profiles goes through it, one group at a time.
+//!
+//! A group is everything queued while the previous group was being committed (up to a cap).
+//! For each event the writer dedupes the messageId, resolves identity, folds the event into
+//! the profile, and appends it; then all changed profiles, events, index entries, dedupe keys
+//! and dead letters of the group are committed in one batch with one fsync, and only then is
+//! every submission of the group answered. So an acknowledged event is durable, and a
+//! request is never answered before the events of requests that arrived earlier.
+//!
+//! Merges read the store, so a group's pending batch is committed (without fsync) before a
+//! merge; the group's single fsync still comes before any answer.
+
+use crate::keys::*;
+use crate::store::{day_of, decode_event, suppression_hash, DeadLetter, Store};
+use crate::StoreError;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use fjall::OwnedWriteBatch;
+use kairos_core::identity::{self, canonical_id, event_identifiers, Found};
+use kairos_core::segment::Rejected;
+use kairos_core::{CoreConfig, Event, EventKind, IdKey, Millis, Profile, ProfileId};
+use std::collections::{HashMap, HashSet};
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+/// Tuning of the writer.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// fsync each group before answering. Only benchmarks of the non-durable ceiling turn
+    /// this off.
+    pub sync: bool,
+    /// Upper bound of events per group commit.
+    pub max_group_events: usize,
+    /// Submissions that may wait for the writer; beyond it callers are told to back off.
+    pub queue_capacity: usize,
+    /// Decoded profiles kept in memory.
+    pub cache_profiles: usize,
+    pub core: CoreConfig,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            sync: true,
+            max_group_events: 20_000,
+            queue_capacity: 512,
+            cache_profiles: 1_000_000,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// Events of one request (or one import chunk), and the rejected ones to dead-letter.
+pub struct Submission {
+    pub events: Vec<Event>,
+    pub rejected: Vec<Rejected>,
+    pub received_at: Millis,
+    pub source: String,
+    pub reply: Option<oneshot::Sender<Result<Outcome, StoreError>>>,
+}
+
+/// What happened to a submission once it is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Dropped because the person was erased and a suppression entry was kept.
+    pub suppressed: usize,
+    pub dead_lettered: usize,
+}
+
+/// Summary of an erasure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erased {
+    pub profile: ProfileId,
+    pub events: usize,
+    pub identifiers: usize,
+    pub dead_letters: usize,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Ingest(Submission),
+    Erase {
+        id: ProfileId,
+        keep_suppression: bool,
+        at: Millis,
+        reply: Reply<Option<Erased>>,
+    },
+}
+
+/// The handle that feeds the writer thread. Cloneable; the writer stops when every handle
+/// is dropped, after finishing what was queued.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: Sender<Command>,
+}
+
+/// Returned when the queue is full: the caller should answer 429.
+pub struct QueueFull(pub Submission);
+
+impl std::fmt::Debug for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueFull({} events)", self.0.events.len())
+    }
+}
+
+impl Ingestor {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Store, opts: WriterOptions) -> Result<(Self, JoinHandle<()>), StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));
+        let mut writer = Writer::new(store, opts)?;
+        let handle = std::thread::Builder::new()
+            .name("kairos-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Queues a submission unless the queue is full.
+    pub fn try_submit(&self, sub: Submission) -> Result<(), QueueFull> {
+        match self.tx.try_send(Command::Ingest(sub)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(cmd) | TrySendError::Disconnected(cmd)) => match cmd {
+                Command::Ingest(s) => Err(QueueFull(s)),
+                Command::Erase { .. } => unreachable!("try_send returns the command it was given"),
+            },
+        }
+    }
+
+    /// Queues a submission, waiting for room (imports).
+    pub fn submit(&self, sub: Submission) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Ingest(sub))
+            .map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Erases a person: events, identifiers, dedupe keys, dead letters, the profile and its
+    /// redirects. With `keep_suppression`, hashes of the identifiers are kept so that late
+    /// events for the person are dropped instead of re-creating them.
+    pub fn erase(
+        &self,
+        id: ProfileId,
+        keep_suppression: bool,
+        at: Millis,
+    ) -> Result<oneshot::Receiver<Result<Option<Erased>, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Erase {
+                id,
+                keep_suppression,
+                at,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(rx)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+enum Verdict {
+    Accepted,
+    Duplicate,
+    Suppressed,
+}
+
+struct Writer {
+    store: Store,
+    opts: WriterOptions,
+    cache: HashMap<ProfileId, Profile>,
+    dirty: HashSet<ProfileId>,
+    batch: OwnedWriteBatch,
+    /// Identity and dedupe entries written to the uncommitted batch (not yet readable).
+    pending_ids: HashMap<Vec<u8>, ProfileId>,
+    pending_dedupe: HashSet<String>,
+    next_seq: u64,
+    next_dead: u64,
+    suppress_active: bool,
+}
+
+impl Writer {
+    fn new(store: Store, opts: WriterOptions) -> Result<Self, StoreError> {
+        let (last_seq, last_dead) = store.last_seqs()?;
+        Ok(Self {
+            batch: store.db.batch(),
+            suppress_active: store.has_suppressions(),
+            store,
+            opts,
+            cache: HashMap::new(),
+            dirty: HashSet::new(),
+            pending_ids: HashMap::new(),
+            pending_dedupe: HashSet::new(),
+            next_seq: last_seq + 1,
+            next_dead: last_dead + 1,
+        })
+    }
+
+    fn run(&mut self, rx: Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let mut events = group_size(&group[0]);
+            while events < self.opts.max_group_events {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        events += group_size(&cmd);
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.run_group(group);
+        }
+        if let Err(e) = self.flush().and_then(|_| self.store.persist()) {
+            tracing::error!("final flush failed: {e}");
+        }
+    }
+
+    fn run_group(&mut self, group: Vec<Command>) {
+        let started = std::time::Instant::now();
+        let mut outcomes: Vec<(Reply<Outcome>, Outcome)> = Vec::new();
+        let mut erasures = Vec::new();
+        let mut n_events = 0usize;
+        let result = (|| -> Result<(), StoreError> {
+            for cmd in group {
+                match cmd {
+                    Command::Ingest(sub) => {
+                        n_events += sub.events.len();
+                        let outcome = self.ingest(&sub)?;
+                        if let Some(reply) = sub.reply {
+                            outcomes.push((reply, outcome));
+                        }
+                    }
+                    Command::Erase {
+                        id,
+                        keep_suppression,
+                        at,
+                        reply,
+                    } => {
+                        let erased = self.erase(id, keep_suppression, at)?;
+                        erasures.push((reply, erased));
+                    }
+                }
+            }
+            self.flush()?;
+            if self.opts.sync {
+                self.store.persist()?;
+            }
+            if !erasures.is_empty() {
+                self.store.purge_deleted()?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for (reply, outcome) in outcomes {
+                    let _ = reply.send(Ok(outcome));
+                }
+                for (reply, erased) in erasures {
+                    let _ = reply.send(Ok(erased));
+                }
+                metrics::counter!("kairos_events_committed_total").increment(n_events as u64);
+                metrics::counter!("kairos_group_commits_total").increment(1);
+                metrics::histogram!("kairos_group_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::error!("group commit failed: {e}");
+                // Nothing of this group was acknowledged; forget what the cache may hold of it.
+                self.cache.clear();
+                self.dirty.clear();
+                self.pending_ids.clear();
+                self.pending_dedupe.clear();
+                self.batch = self.store.db.batch();
+                for (reply, _) in outcomes {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (reply, _) in erasures {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        if self.cache.len() > self.opts.cache_profiles {
+            let keep = self.opts.cache_profiles / 2;
+            let mut i = 0usize;
+            self.cache.retain(|_, _| {
+                i += 1;
+                i <= keep
+            });
+        }
+    }
+
+    fn ingest(&mut self, sub: &Submission) -> Result<Outcome, StoreError> {
+        let mut out = Outcome::default();
+        for r in &sub.rejected {
+            let dl = DeadLetter {
+                seq: self.next_dead,
+                received_at: sub.received_at,
+                source: sub.source.clone(),
+                index: r.index,
+                message_id: r.message_id.clone(),
+                error: r.error.to_string(),
+                raw: r.raw.clone(),
+            };
+            let bytes = serde_json::to_vec(&dl).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.batch
+                .insert(&self.store.dead, u64_key(self.next_dead), bytes);
+            self.next_dead += 1;
+            out.dead_lettered += 1;
+        }
+        for ev in &sub.events {
+            match self.ingest_event(ev)? {
+                Verdict::Accepted => out.accepted += 1,
+                Verdict::Duplicate => out.duplicates += 1,
+                Verdict::Suppressed => out.suppressed += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    fn lookup(&self, key: &IdKey) -> Result<Option<ProfileId>, StoreError> {
+        if let Some(id) = self.pending_ids.get(&key.index_key()) {
+            return Ok(Some(*id));
+        }
+        self.store.lookup(key)
+    }
+
+    fn load(&mut self, id: ProfileId) -> Result<&mut Profile, StoreError> {
+        if !self.cache.contains_key(&id) {
+            let p = self
+                .store
+                .profile(id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("identity points at missing {id}")))?;
+            self.cache.insert(id, p);
+        }
+        self.cache
+            .get_mut(&id)
+            .ok_or_else(|| StoreError::corrupt("cache"))
+    }
+
+    fn ingest_event(&mut self, ev: &Event) -> Result<Verdict, StoreError> {
+        if self.pending_dedupe.contains(&ev.message_id)
+            || self.store.is_duplicate(&ev.message_id)?
+        {
+            return Ok(Verdict::Duplicate);
+        }
+        let traits = self.opts.core.identity_traits.clone();
+        let ids = event_identifiers(ev, &traits);
+        if self.suppress_active {
+            for k in &ids {
+                if self.store.is_suppressed(k)? {
+                    return Ok(Verdict::Suppressed);
+                }
+            }
+        }
+        // Look up every identifier the rules may ask about, then plan without IO.
+        let mut candidates = ids.clone();
+        if ev.kind == EventKind::Alias {
+            if let Some(prev) = &ev.previous_id {
+                candidates.push(IdKey::user(prev));
+                candidates.push(IdKey::anonymous(prev));
+            }
+        }
+        let mut found: HashMap<IdKey, Found> = HashMap::new();
+        for k in candidates {
+            if let Some(id) = self.lookup(&k)? {
+                let user_ids = self.load(id)?.user_ids();
+                found.insert(k, Found { id, user_ids });
+            }
+        }
+        let plan = identity::plan(ev, &traits, |k| found.get(k).cloned());
+        if !plan.conflicts.is_empty() {
+            metrics::counter!("kairos_identity_conflicts_total").increment(1);
+            tracing::debug!(
+                message_id = %ev.message_id,
+                "identifiers left with another person: {:?}",
+                plan.conflicts
+            );
+        }
+
+        // The identifiers the target will hold, hence its canonical id.
+        let mut identifiers = match plan.target {
+            Some(id) => self.load(id)?.identifiers.clone(),
+            None => Default::default(),
+        };
+        for m in &plan.merge {
+            identifiers.extend(self.load(*m)?.identifiers.iter().cloned());
+        }
+        identifiers.extend(plan.link.iter().cloned());
+        let final_id = canonical_id(&identifiers)
+            .ok_or_else(|| StoreError::corrupt("event without identifiers"))?;
+        // Profiles whose records and events move under the final id. A merged profile may
+        // already have the final id (it held the smallest userId): it is the home, not a source.
+        let mut sources: Vec<ProfileId> = plan.merge.clone();
+        sources.extend(plan.target);
+        sources.retain(|s| *s != final_id);
+
+        let mut profile = match plan.target {
+            Some(id) => {
+                self.dirty.remove(&id);
+                self.cache
+                    .remove(&id)
+                    .ok_or_else(|| StoreError::corrupt("cache"))?
+            }
+            None => Profile::new(final_id),
+        };
+        if !sources.is_empty() {
+            // Moves read the index; make everything written so far readable first.
+            self.flush()?;
+            for s in &sources {
+                self.move_profile(*s, final_id)?;
+            }
+        }
+        profile.id = final_id;
+        if !plan.merge.is_empty() {
+            let mut events = Vec::new();
+            for (_, seq) in self.store.profile_index(final_id)? {
+                if let Some(e) = self.store.event_by_seq(seq)? {
+                    events.push(e);
+                }
+            }
+            for s in &sources {
+                for (_, seq) in self.store.profile_index(*s)? {
+                    if let Some(e) = self.store.event_by_seq(seq)? {
+                        events.push(e);
+                    }
+                }
+            }
+            profile.rebuild(&mut events, &self.opts.core);
+            metrics::counter!("kairos_profile_merges_total").increment(plan.merge.len() as u64);
+        }
+        let newly_linked: Vec<IdKey> = if sources.is_empty() {
+            plan.link.clone()
+        } else {
+            identifiers.iter().cloned().collect()
+        };
+        profile.identifiers = identifiers;
+        for k in newly_linked {
+            let key = k.index_key();
+            self.batch
+                .insert(&self.store.identity, key.clone(), u64_key(final_id.0));
+            self.pending_ids.insert(key, final_id);
+        }
+
+        // Append the event and fold it in.
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let bytes = serde_json::to_vec(ev).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.batch.insert(&self.store.log, u64_key(seq), bytes);
+        self.batch.insert(
+            &self.store.by_profile,
+            by_profile_key(final_id, ev.timestamp, seq),
+            [],
+        );
+        self.batch.insert(
+            &self.store.dedupe,
+            ev.message_id.as_bytes(),
+            dedupe_value(day_of(ev.received_at), seq),
+        );
+        self.pending_dedupe.insert(ev.message_id.clone());
+        profile.state.apply(ev, &self.opts.core.vocabulary);
+        self.cache.insert(final_id, profile);
+        self.dirty.insert(final_id);
+        Ok(Verdict::Accepted)
+    }
+
+    /// Moves profile `from` (its events, redirects and record) under `to`.
+    fn move_profile(&mut self, from: ProfileId, to: ProfileId) -> Result<(), StoreError> {
+        let s = &self.store;
+        for (ts, seq) in s.profile_index(from)? {
+            self.batch
+                .remove(&s.by_profile, by_profile_key(from, ts, seq));
+            self.batch
+                .insert(&s.by_profile, by_profile_key(to, ts, seq), []);
+        }
+        // Anything that redirected to `from` now redirects to `to`: chains stay one hop.
+        for guard in s.redirected.prefix(u64_key(from.0)) {
+            let key = guard.key()?;
+            let Some(old) = key.get(8..16).and_then(read_u64) else {
+                continue;
+            };
+            self.batch.remove(&s.redirected, key.clone());
+            self.batch.insert(&s.redirects, u64_key(old), u64_key(to.0));
+            self.batch.insert(&s.redirected, pair_key(to.0, old), []);
+        }
+        self.batch
+            .insert(&s.redirects, u64_key(from.0), u64_key(to.0));
+        self.batch.insert(&s.redirected, pair_key(to.0, from.0), []);
+        self.batch.remove(&s.profiles, u64_key(from.0));
+        self.cache.remove(&from);
+        self.dirty.remove(&from);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let mut batch = std::mem::replace(&mut self.batch, self.store.db.batch());
+        for id in self.dirty.drain() {
+            if let Some(p) = self.cache.get(&id) {
+                batch.insert(&self.store.profiles, u64_key(id.0), p.encode());
+            }
+        }
+        batch.commit()?;
+        self.pending_ids.clear();
+        self.pending_dedupe.clear();
+        Ok(())
+    }
+
+    fn erase(
+        &mut self,
+        id: ProfileId,
+        keep_suppression: bool,
+        at: Millis,
+    ) -> Result<Option<Erased>, StoreError> {
+        self.flush()?;
+        let id = self.store.resolve_id(id)?;
+        let Some(profile) = self.store.profile(id)? else {
+            return Ok(None);
+        };
+        let s = self.store.clone();
+        let mut erased = Erased {
+            profile: id,
+            events: 0,
+            identifiers: 0,
+            dead_letters: 0,
+        };
+        for (ts, seq) in s.profile_index(id)? {
+            if let Some(bytes) = s.log.get(u64_key(seq))? {
+                let ev = decode_event(&bytes)?;
+                self.batch.remove(&s.dedupe, ev.message_id.as_bytes());
+            }
+            self.batch.remove(&s.log, u64_key(seq));
+            self.batch
+                .remove(&s.by_profile, by_profile_key(id, ts, seq));
+            erased.events += 1;
+        }
+        for k in &profile.identifiers {
+            self.batch.remove(&s.identity, k.index_key());
+            if keep_suppression {
+                self.batch
+                    .insert(&s.suppress, suppression_hash(k), at.to_be_bytes());
+                self.suppress_active = true;
+            }
+            erased.identifiers += 1;
+        }
+        for guard in s.redirected.prefix(u64_key(id.0)) {
+            let key = guard.key()?;
+            if let Some(old) = key.get(8..16).and_then(read_u64) {
+                self.batch.remove(&s.redirects, u64_key(old));
+            }
+            self.batch.remove(&s.redirected, key);
+        }
+        // Rejected events that name the person are theirs too.
+        // An identifier counts when it appears as a whole JSON string in the raw event.
+        let needles: Vec<String> = profile
+            .identifiers
+            .iter()
+            .map(|k| {
+                serde_json::Value::String(k.value.clone())
+                    .to_string()
+                    .to_lowercase()
+            })
+            .collect();
+        for guard in s.dead.iter() {
+            let (k, v) = guard.into_inner()?;
+            let raw = serde_json::from_slice::<DeadLetter>(&v)
+                .map(|d| d.raw)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&v).into_owned())
+                .to_lowercase();
+            if needles.iter().any(|n| raw.contains(n.as_str())) {
+                self.batch.remove(&s.dead, k);
+                erased.dead_letters += 1;
+            }
+        }
+        self.batch.remove(&s.profiles, u64_key(id.0));
+        self.cache.remove(&id);
+        self.dirty.remove(&id);
+        Ok(Some(erased))
+    }
+}
+
+fn group_size(cmd: &Command) -> usize {
+    match cmd {
+        Command::Ingest(s) => s.events.len().max(1),
+        Command::Erase { .. } => 1,
+    }
+}

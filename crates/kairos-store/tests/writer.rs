@@ -1,0 +1,380 @@
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use kairos_core::{EventKind, IdKey};
+use proptest::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+
+#[test]
+fn events_build_a_profile_readable_after_the_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let out = h.send(vec![
+        identify(
+            "m1",
+            Some("u1"),
+            None,
+            1_000,
+            json!({"email": "Ada@Example.com", "plan": "pro"}),
+        ),
+        track(
+            "m2",
+            "Added to Cart",
+            Some("u1"),
+            None,
+            2_000,
+            json!({"product_id": "p1", "price": 10.5, "quantity": 2}),
+        ),
+        track(
+            "m3",
+            "Order Completed",
+            Some("u1"),
+            None,
+            3_000,
+            json!({"revenue": 21.0}),
+        ),
+    ]);
+    assert_eq!(out.accepted, 3);
+    let p = h.profile_of(&IdKey::user("u1")).unwrap();
+    assert_eq!(p.state.orders, 1);
+    assert_eq!(p.state.revenue_micros, 21_000_000);
+    assert!(
+        p.state.cart.items().is_empty(),
+        "the order cleared the cart"
+    );
+    assert_eq!(
+        h.profile_of(&IdKey::email("ada@example.com").unwrap())
+            .unwrap()
+            .id,
+        p.id
+    );
+    let events = h.store.profile_events(p.id, None, 10).unwrap();
+    assert_eq!(events.len(), 3);
+    h.close();
+}
+
+#[test]
+fn duplicates_are_ignored_within_a_group_and_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let out = h.send(vec![
+        ev(EventKind::Track, "dup", Some("u1"), None, 1),
+        ev(EventKind::Track, "dup", Some("u1"), None, 1),
+    ]);
+    assert_eq!((out.accepted, out.duplicates), (1, 1));
+    h.close();
+    let h = Harness::open(dir.path());
+    let out = h.send(vec![ev(EventKind::Track, "dup", Some("u1"), None, 5)]);
+    assert_eq!((out.accepted, out.duplicates), (0, 1));
+    let out = h.send(vec![ev(EventKind::Track, "new", Some("u1"), None, 5)]);
+    assert_eq!(out.accepted, 1);
+    // Sequence numbers continue after a restart instead of overwriting the log.
+    assert_eq!(h.store.log_after(0, 100).unwrap().len(), 2);
+    h.close();
+}
+
+#[test]
+fn anonymous_history_joins_the_user_on_identify_and_the_id_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    h.send(vec![ev(EventKind::Track, "m1", None, Some("a1"), 1_000)]);
+    let anon = h.profile_of(&IdKey::anonymous("a1")).unwrap();
+    h.send(vec![identify(
+        "m2",
+        Some("u1"),
+        Some("a1"),
+        2_000,
+        json!({}),
+    )]);
+    let user = h.profile_of(&IdKey::user("u1")).unwrap();
+    assert_ne!(
+        anon.id, user.id,
+        "the id is derived from the userId once known"
+    );
+    assert_eq!(user.state.event_count, 2);
+    assert_eq!(
+        h.store.profile(anon.id).unwrap().unwrap().id,
+        user.id,
+        "old id redirects"
+    );
+    assert_eq!(h.store.profile_events(user.id, None, 10).unwrap().len(), 2);
+    h.close();
+}
+
+#[test]
+fn alias_merges_two_users_and_replays_in_event_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    h.send(vec![
+        track(
+            "m1",
+            "Added to Cart",
+            Some("old"),
+            None,
+            1_000,
+            json!({"product_id": "p1"}),
+        ),
+        track(
+            "m2",
+            "Order Completed",
+            Some("new"),
+            None,
+            2_000,
+            json!({"revenue": 5}),
+        ),
+    ]);
+    h.send(vec![alias("m3", "new", "old", 3_000)]);
+    let p = h.profile_of(&IdKey::user("new")).unwrap();
+    assert_eq!(h.profile_of(&IdKey::user("old")).unwrap().id, p.id);
+    // The cart add (t=1000) came before the order (t=2000), so the merged cart is empty.
+    assert!(p.state.cart.items().is_empty());
+    assert_eq!(p.state.event_count, 3);
+    h.close();
+}
+
+#[test]
+fn regression_shared_device_keeps_two_known_users_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    h.send(vec![identify(
+        "m1",
+        Some("u1"),
+        Some("device"),
+        1_000,
+        json!({}),
+    )]);
+    h.send(vec![identify(
+        "m2",
+        Some("u2"),
+        Some("device"),
+        2_000,
+        json!({}),
+    )]);
+    let p1 = h.profile_of(&IdKey::user("u1")).unwrap();
+    let p2 = h.profile_of(&IdKey::user("u2")).unwrap();
+    assert_ne!(p1.id, p2.id);
+    assert_eq!(h.profile_of(&IdKey::anonymous("device")).unwrap().id, p1.id);
+    h.close();
+}
+
+#[test]
+fn erasure_leaves_no_byte_naming_the_person_and_suppresses_late_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kairos_store::StoreOptions {
+        compression: false,
+        ..Default::default()
+    };
+    let h = Harness::open_with(dir.path(), &opts);
+    h.send(vec![
+        identify(
+            "m1",
+            Some("secret-user-77"),
+            Some("secret-anon-77"),
+            1_000,
+            json!({"email": "secret77@example.org"}),
+        ),
+        track(
+            "m2",
+            "Order Completed",
+            Some("secret-user-77"),
+            None,
+            2_000,
+            json!({"revenue": 9}),
+        ),
+        ev(EventKind::Track, "m3", Some("someone-else"), None, 3_000),
+    ]);
+    // A rejected event naming the person lands in the dead-letter area.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    h.ingest
+        .submit(kairos_store::Submission {
+            events: vec![],
+            rejected: vec![kairos_core::segment::Rejected {
+                index: 0,
+                message_id: None,
+                error: kairos_core::segment::FieldError::new(
+                    "event",
+                    "is required for a track call",
+                ),
+                raw: r#"{"type":"track","userId":"secret-user-77"}"#.into(),
+            }],
+            received_at: 0,
+            source: "t".into(),
+            reply: Some(tx),
+        })
+        .unwrap();
+    rx.blocking_recv().unwrap().unwrap();
+    let id = h.profile_of(&IdKey::user("secret-user-77")).unwrap().id;
+    let erased = h
+        .ingest
+        .erase(id, true, 5_000)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (erased.events, erased.identifiers, erased.dead_letters),
+        (2, 3, 1)
+    );
+    let needles = ["secret-user-77", "secret-anon-77", "secret77@example.org"];
+    let mut hits = Vec::new();
+    h.store
+        .scan_all(|k, v| {
+            for n in needles {
+                let n = n.as_bytes();
+                if k.windows(n.len()).any(|w| w == n) || v.windows(n.len()).any(|w| w == n) {
+                    hits.push(String::from_utf8_lossy(n).to_string());
+                }
+            }
+        })
+        .unwrap();
+    assert!(hits.is_empty(), "still stored: {hits:?}");
+    // Late event for the erased person is dropped, others still flow.
+    let out = h.send(vec![
+        ev(
+            EventKind::Track,
+            "late",
+            Some("secret-user-77"),
+            None,
+            6_000,
+        ),
+        ev(EventKind::Track, "m4", Some("someone-else"), None, 6_000),
+    ]);
+    assert_eq!((out.accepted, out.suppressed), (1, 1));
+    h.close();
+    // Nothing in the files on disk either (compression is off so a substring would show).
+    let mut on_disk = Vec::new();
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for n in needles {
+            if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                on_disk.push(format!("{} in {}", n, entry.display()));
+            }
+        }
+    }
+    assert!(on_disk.is_empty(), "found on disk: {on_disk:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A small population whose identities only join through their own ids, identify, alias
+/// and email: the replay-determinism property must hold for any arrival order.
+fn population(seed: u64) -> Vec<kairos_core::Event> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut n = 0;
+    let mut id = || {
+        n += 1;
+        format!("m{n}")
+    };
+    for p in 0..6 {
+        let user = format!("user{p}");
+        let anon = format!("anon{p}");
+        let anon2 = format!("anon{p}b");
+        let base = 1_000_000 + p as i64 * 10_000;
+        use rand::Rng;
+        for k in 0..rng.random_range(1..6) {
+            let name = [
+                "Product Viewed",
+                "Added to Cart",
+                "Order Completed",
+                "Email Opened",
+            ][k % 4];
+            out.push(track(
+                &id(),
+                name,
+                None,
+                Some(&anon),
+                base + k as i64 * 60_000,
+                json!({"product_id": format!("p{}", k % 3), "revenue": 3.5, "price": 2}),
+            ));
+        }
+        out.push(identify(
+            &id(),
+            Some(&user),
+            Some(&anon),
+            base + 500_000,
+            json!({"email": format!("P{p}@x.io"), "plan": if p % 2 == 0 {"pro"} else {"free"}}),
+        ));
+        out.push(identify(
+            &id(),
+            None,
+            Some(&anon2),
+            base + 700_000,
+            json!({"email": format!("p{p}@x.io ")}),
+        ));
+        out.push(track(
+            &id(),
+            "Removed from Cart",
+            Some(&user),
+            None,
+            base + 800_000,
+            json!({"product_id": "p1"}),
+        ));
+        if p % 3 == 0 {
+            out.push(alias(&id(), &user, &format!("legacy{p}"), base + 900_000));
+            out.push(ev(
+                EventKind::Page,
+                &id(),
+                Some(&format!("legacy{p}")),
+                None,
+                base + 100,
+            ));
+        }
+        out.push(identify(
+            &id(),
+            Some(&user),
+            None,
+            base + 400_000,
+            json!({"plan": "trial", "timezone": "Europe/Berlin"}),
+        ));
+    }
+    out
+}
+
+fn ingest_all(events: &[kairos_core::Event], batch: usize) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    for chunk in events.chunks(batch.max(1)) {
+        h.send(chunk.to_vec());
+    }
+    let all = h.all_profiles();
+    h.close();
+    all
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn replay_is_deterministic_under_shuffles_and_batch_sizes(seed in 0u64..1000, shuffle in 0u64..1000, batch in 1usize..20) {
+        let events = population(seed);
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.order_key());
+        let expected = ingest_all(&sorted, 1000);
+        let mut shuffled = events.clone();
+        shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(shuffle));
+        let got = ingest_all(&shuffled, batch);
+        prop_assert_eq!(expected.len(), 6, "one profile per person");
+        let differing: Vec<String> = expected
+            .iter()
+            .zip(got.iter().chain(std::iter::repeat(&serde_json::Value::Null)))
+            .filter(|(e, g)| e != g)
+            .map(|(e, g)| format!("expected {}\n     got {}", e, g))
+            .collect();
+        prop_assert!(got.len() == expected.len() && differing.is_empty(), "{} vs {} profiles; first difference:\n{}", got.len(), expected.len(), differing.first().map(|s| &s[..s.len().min(3000)]).unwrap_or(""));
+    }
+}
