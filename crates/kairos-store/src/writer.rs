@@ -81,6 +81,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Ingest(Submission),
+    /// Block the writer until the sender side is dropped.
+    Hold(crossbeam_channel::Receiver<()>),
     Erase {
         id: ProfileId,
         keep_suppression: bool,
@@ -122,7 +124,7 @@ impl Ingestor {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(cmd) | TrySendError::Disconnected(cmd)) => match cmd {
                 Command::Ingest(s) => Err(QueueFull(s)),
-                Command::Erase { .. } => unreachable!("try_send returns the command it was given"),
+                _ => unreachable!("try_send returns the command it was given"),
             },
         }
     }
@@ -158,6 +160,22 @@ impl Ingestor {
     pub fn queue_len(&self) -> usize {
         self.tx.len()
     }
+
+    /// Stops the writer after what is already queued, until the returned guard is dropped.
+    /// Submissions queue meanwhile (and are refused once the queue is full). For consistent
+    /// file-level backups and for tests of backpressure.
+    pub fn pause(&self) -> Result<PauseGuard, StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        self.tx
+            .send(Command::Hold(rx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(PauseGuard { _release: tx })
+    }
+}
+
+/// Keeps the writer paused while alive.
+pub struct PauseGuard {
+    _release: crossbeam_channel::Sender<()>,
 }
 
 enum Verdict {
@@ -199,10 +217,20 @@ impl Writer {
 
     fn run(&mut self, rx: Receiver<Command>) {
         while let Ok(first) = rx.recv() {
+            if let Command::Hold(release) = first {
+                // Returns when the guard is dropped (the channel disconnects).
+                let _ = release.recv();
+                continue;
+            }
             let mut group = vec![first];
             let mut events = group_size(&group[0]);
             while events < self.opts.max_group_events {
                 match rx.try_recv() {
+                    Ok(Command::Hold(release)) => {
+                        self.run_group(std::mem::take(&mut group));
+                        let _ = release.recv();
+                        break;
+                    }
                     Ok(cmd) => {
                         events += group_size(&cmd);
                         group.push(cmd);
@@ -241,6 +269,7 @@ impl Writer {
                         let erased = self.erase(id, keep_suppression, at)?;
                         erasures.push((reply, erased));
                     }
+                    Command::Hold(_) => {}
                 }
             }
             self.flush()?;
@@ -582,6 +611,6 @@ impl Writer {
 fn group_size(cmd: &Command) -> usize {
     match cmd {
         Command::Ingest(s) => s.events.len().max(1),
-        Command::Erase { .. } => 1,
+        Command::Erase { .. } | Command::Hold(_) => 1,
     }
 }

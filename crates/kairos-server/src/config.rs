@@ -1,0 +1,328 @@
+//! Configuration: built-in defaults < TOML file < `KAIROS_*` environment < command-line flags
+//! (the CLI applies the flags last).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Bearer token for the admin and read API. Generated and printed when unset.
+    pub admin_token: Option<String>,
+    /// Write keys, one per source. A dev key is generated and printed when empty.
+    pub sources: Vec<Source>,
+    /// Origins allowed to call the browser endpoints (`*` for any).
+    pub cors_origins: Vec<String>,
+    pub ingest: IngestConfig,
+    pub identity: IdentityConfig,
+    pub vocabulary: kairos_core::vocab::Vocabulary,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    pub write_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_event_bytes: usize,
+    /// Decompressed body limit.
+    pub max_batch_bytes: usize,
+    /// Body limit as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Decompressed size may be at most this many times the compressed size.
+    pub max_decompression_ratio: usize,
+    pub queue_capacity: usize,
+    pub max_group_events: usize,
+    pub dedupe_retention_days: u32,
+    /// Keep hashed identifiers of erased people so their late events are dropped.
+    pub suppress_erased: bool,
+    /// fsync before acknowledging. Only a benchmark of the non-durable ceiling turns it off.
+    pub fsync: bool,
+    pub cache_profiles: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Identify traits that identify a person besides email, e.g. `["phone"]`.
+    pub traits: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./kairos-data"),
+            admin_token: None,
+            sources: Vec::new(),
+            cors_origins: vec!["*".into()],
+            ingest: IngestConfig::default(),
+            identity: IdentityConfig::default(),
+            vocabulary: Default::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            max_body_bytes: 500 * 1024,
+            max_decompression_ratio: 100,
+            queue_capacity: 512,
+            max_group_events: 20_000,
+            dedupe_retention_days: 30,
+            suppress_erased: true,
+            fsync: true,
+            cache_profiles: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies `KAIROS_*` variables from `vars` (normally `std::env::vars()`).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("KAIROS_"))
+            .collect();
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
+            v.trim().parse().map_err(|_| ConfigError::Env {
+                name: name.into(),
+                message: format!("{v:?} is not a valid number"),
+            })
+        }
+        for (name, v) in &vars {
+            match name.as_str() {
+                "KAIROS_LISTEN" => self.listen = v.clone(),
+                "KAIROS_DATA_DIR" => self.data_dir = PathBuf::from(v),
+                "KAIROS_ADMIN_TOKEN" => self.admin_token = Some(v.clone()),
+                "KAIROS_WRITE_KEY" => {
+                    self.sources.retain(|s| s.name != "default");
+                    self.sources.push(Source {
+                        name: "default".into(),
+                        write_key: v.clone(),
+                    });
+                }
+                "KAIROS_CORS_ORIGINS" => {
+                    self.cors_origins = v
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                }
+                "KAIROS_QUEUE_CAPACITY" => self.ingest.queue_capacity = num(name, v)?,
+                "KAIROS_DEDUPE_RETENTION_DAYS" => self.ingest.dedupe_retention_days = num(name, v)?,
+                "KAIROS_MAX_GROUP_EVENTS" => self.ingest.max_group_events = num(name, v)?,
+                "KAIROS_FSYNC" => {
+                    self.ingest.fsync = !matches!(v.as_str(), "0" | "false" | "off" | "no")
+                }
+                // Read by the CLI itself (logging, config path).
+                "KAIROS_LOG" | "KAIROS_CONFIG" => {}
+                _ => tracing::warn!("ignoring unknown environment variable {name}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            if s.write_key.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "source {:?} has an empty write_key",
+                    s.name
+                )));
+            }
+            if !seen.insert(&s.write_key) {
+                return Err(ConfigError::Invalid(format!(
+                    "write key of source {:?} is used twice",
+                    s.name
+                )));
+            }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 8 characters".into(),
+            ));
+        }
+        if self.ingest.max_event_bytes > self.ingest.max_batch_bytes {
+            return Err(ConfigError::Invalid(
+                "ingest.max_event_bytes exceeds ingest.max_batch_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn core(&self) -> kairos_core::CoreConfig {
+        kairos_core::CoreConfig {
+            identity_traits: self.identity.traits.clone(),
+            vocabulary: self.vocabulary.clone(),
+        }
+    }
+
+    pub fn limits(&self) -> kairos_core::segment::Limits {
+        kairos_core::segment::Limits {
+            max_event_bytes: self.ingest.max_event_bytes,
+            max_batch_bytes: self.ingest.max_batch_bytes,
+            ..Default::default()
+        }
+    }
+
+    pub fn writer_options(&self) -> kairos_store::WriterOptions {
+        kairos_store::WriterOptions {
+            sync: self.ingest.fsync,
+            max_group_events: self.ingest.max_group_events,
+            queue_capacity: self.ingest.queue_capacity,
+            cache_profiles: self.ingest.cache_profiles,
+            core: self.core(),
+        }
+    }
+}
+
+/// Credentials generated for a zero-config start, kept in the data directory so that a
+/// restart keeps them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevCredentials {
+    pub write_key: String,
+    pub admin_token: String,
+}
+
+fn random_token(prefix: &str) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let s: String = (0..24)
+        .map(|_| {
+            let c = rng.random_range(0..36u8);
+            (if c < 10 { b'0' + c } else { b'a' + c - 10 }) as char
+        })
+        .collect();
+    format!("{prefix}{s}")
+}
+
+impl Config {
+    /// Fills in a write key and an admin token when none are configured. Returns the
+    /// credentials it filled in (to print them), or `None` when nothing was missing.
+    pub fn ensure_credentials(&mut self) -> Result<Option<DevCredentials>, ConfigError> {
+        if !self.sources.is_empty() && self.admin_token.is_some() {
+            return Ok(None);
+        }
+        let path = self.data_dir.join("dev-credentials.json");
+        let creds = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(_) => {
+                let c = DevCredentials {
+                    write_key: random_token("wk_dev_"),
+                    admin_token: random_token("adm_dev_"),
+                };
+                std::fs::create_dir_all(&self.data_dir).map_err(|source| ConfigError::Read {
+                    path: self.data_dir.clone(),
+                    source,
+                })?;
+                let text = serde_json::to_vec_pretty(&c)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                std::fs::write(&path, text).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                c
+            }
+        };
+        if self.sources.is_empty() {
+            self.sources.push(Source {
+                name: "dev".into(),
+                write_key: creds.write_key.clone(),
+            });
+        }
+        if self.admin_token.is_none() {
+            self.admin_token = Some(creds.admin_token.clone());
+        }
+        Ok(Some(creds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c: Config = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            [[sources]]
+            name = "web"
+            write_key = "wk_web"
+            [ingest]
+            queue_capacity = 10
+            "#,
+        )
+        .expect("toml");
+        c.apply_env([
+            ("KAIROS_LISTEN".to_string(), "127.0.0.1:7000".to_string()),
+            ("KAIROS_WRITE_KEY".to_string(), "wk_env".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ])
+        .expect("env");
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.ingest.queue_capacity, 10);
+        assert_eq!(
+            c.ingest.max_event_bytes,
+            32 * 1024,
+            "defaults fill the rest"
+        );
+        let err = c
+            .apply_env([("KAIROS_QUEUE_CAPACITY".to_string(), "lots".to_string())])
+            .expect_err("bad number");
+        assert!(err.to_string().contains("KAIROS_QUEUE_CAPACITY"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silence() {
+        let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo");
+        assert!(err.to_string().contains("listne"));
+    }
+}

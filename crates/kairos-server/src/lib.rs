@@ -1,0 +1,227 @@
+//! Kairos HTTP API: Segment-compatible ingest (`/v1/batch` and friends, browser aliases),
+//! the profile, event-log and privacy API, health and metrics, and configuration.
+//!
+//! It owns HTTP concerns only: authentication, body limits and decompression, the error
+//! table, routing. Meaning comes from `kairos-core`, durability from `kairos-store`. It must
+//! never contain profile logic or touch fjall directly, and it takes its listener, clock and
+//! shutdown signal from the caller so that tests bind `127.0.0.1:0` and control time.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod openapi;
+
+use axum::routing::{get, post};
+use axum::Router;
+use kairos_core::Millis;
+use kairos_store::{Ingestor, Store, StoreError, StoreOptions};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use config::Config;
+pub use error::{ApiError, ErrorCode};
+
+/// Where "now" comes from. Tests pass a controllable one.
+pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0)
+    })
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub store: Store,
+    pub ingest: Ingestor,
+    pub config: Config,
+    /// write key -> source name
+    pub write_keys: HashMap<String, String>,
+    pub limits: kairos_core::segment::Limits,
+    pub clock: Clock,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+}
+
+/// An open Kairos: store, writer thread and the state the HTTP layer serves.
+pub struct Kairos {
+    pub state: Arc<AppState>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Kairos {
+    /// Opens the store in `config.data_dir` and starts the writer. `config` must already
+    /// carry credentials (see [`Config::ensure_credentials`]).
+    pub fn open(
+        config: Config,
+        clock: Clock,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let store_err = |source| StartError::Store {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        let store = Store::open(config.data_dir.join("store"), &StoreOptions::default())
+            .map_err(store_err)?;
+        let (ingest, writer) =
+            Ingestor::start(store.clone(), config.writer_options()).map_err(store_err)?;
+        let write_keys = config
+            .sources
+            .iter()
+            .map(|s| (s.write_key.clone(), s.name.clone()))
+            .collect();
+        Ok(Self {
+            state: Arc::new(AppState {
+                store,
+                ingest,
+                limits: config.limits(),
+                config,
+                write_keys,
+                clock,
+                metrics,
+            }),
+            writer: Some(writer),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        let maintenance = tokio::spawn(maintenance(self.state.clone()));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        maintenance.abort();
+        // Every acknowledged event is already fsync'd by its group commit, so there is
+        // nothing to flush here. The writer thread ends when the last handle to it is gone
+        // (handles may outlive this call, e.g. in tests), so it is not joined.
+        drop(self.writer.take());
+        Ok(())
+    }
+}
+
+/// Background upkeep: prunes dedupe keys past the retention window, hourly.
+async fn maintenance(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            s.store
+                .prune_dedupe((s.clock)(), s.config.ingest.dedupe_retention_days)
+        })
+        .await;
+        match res {
+            Ok(Ok(n)) if n > 0 => tracing::info!("pruned {n} dedupe keys past retention"),
+            Ok(Err(e)) => tracing::warn!("dedupe pruning failed: {e}"),
+            _ => {}
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    use ingest::Endpoint;
+    let cors = cors_layer(&state.config.cors_origins);
+    let mut browser = Router::new();
+    for (path, ep) in [
+        ("/v1/b", Endpoint::Batch),
+        ("/v1/t", Endpoint::Single(kairos_core::EventKind::Track)),
+        ("/v1/i", Endpoint::Single(kairos_core::EventKind::Identify)),
+        ("/v1/p", Endpoint::Single(kairos_core::EventKind::Page)),
+        ("/v1/s", Endpoint::Single(kairos_core::EventKind::Screen)),
+        ("/v1/g", Endpoint::Single(kairos_core::EventKind::Group)),
+        ("/v1/a", Endpoint::Single(kairos_core::EventKind::Alias)),
+    ] {
+        browser = browser.route(path, post(ingest::handler(ep)));
+    }
+    let mut api = Router::new();
+    for (path, ep) in [
+        ("/v1/batch", Endpoint::Batch),
+        ("/v1/import", Endpoint::Batch),
+        ("/v1/track", Endpoint::Single(kairos_core::EventKind::Track)),
+        (
+            "/v1/identify",
+            Endpoint::Single(kairos_core::EventKind::Identify),
+        ),
+        ("/v1/page", Endpoint::Single(kairos_core::EventKind::Page)),
+        (
+            "/v1/screen",
+            Endpoint::Single(kairos_core::EventKind::Screen),
+        ),
+        ("/v1/group", Endpoint::Single(kairos_core::EventKind::Group)),
+        ("/v1/alias", Endpoint::Single(kairos_core::EventKind::Alias)),
+    ] {
+        api = api.route(path, post(ingest::handler(ep)));
+    }
+    Router::new()
+        .merge(browser.layer(cors.clone()))
+        .merge(api.layer(cors))
+        .merge(admin::routes())
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/v1/openapi.json", get(openapi::handler))
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(std::time::Duration::from_secs(3600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<http::HeaderValue> = origins
+            .iter()
+            .filter_map(|o| http::HeaderValue::from_str(o).ok())
+            .collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+async fn health(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "queue": state.ingest.queue_len(),
+        "queueCapacity": state.config.ingest.queue_capacity,
+    }))
+}
+
+async fn metrics_endpoint(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<String, ApiError> {
+    match &state.metrics {
+        Some(h) => Ok(h.render()),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            "metrics are not enabled in this process",
+        )),
+    }
+}
