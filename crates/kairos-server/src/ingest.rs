@@ -194,7 +194,7 @@ async fn ingest(
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sub = Submission {
-        events,
+        events: kairos_store::Prepared::all(events),
         rejected,
         received_at,
         source,

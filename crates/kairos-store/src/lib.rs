@@ -11,7 +11,9 @@ pub mod store;
 pub mod writer;
 
 pub use store::{Counts, DeadLetter, Store, StoreOptions, StoredEvent};
-pub use writer::{Erased, Ingestor, Outcome, PauseGuard, QueueFull, Submission, WriterOptions};
+pub use writer::{
+    Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission, WriterOptions,
+};
 
 /// Errors of the store.
 #[derive(Debug, Clone, thiserror::Error)]

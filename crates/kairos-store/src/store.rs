@@ -7,6 +7,10 @@ use kairos_core::{Event, IdKey, Millis, Profile, ProfileId};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Memtable size per keyspace. Smaller than fjall's 64 MB default: the single writer's
+/// inserts and point reads walk the memtable skiplist, and a shallower one is faster.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Options for opening a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -76,7 +80,9 @@ impl Store {
         let compression = opts.compression;
         let ks = |name: &str| -> Result<Keyspace, StoreError> {
             Ok(db.keyspace(name, || {
-                let o = KeyspaceCreateOptions::default().manual_journal_persist(true);
+                let o = KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(MEMTABLE_BYTES);
                 if compression {
                     o
                 } else {
@@ -333,12 +339,17 @@ impl Store {
         }
         self.persist()?;
         scratch.rotate_memtable_and_wait()?;
-        // Journal deletion runs right after a flush, possibly after the wait above returned.
-        for _ in 0..200 {
-            if self.db.journal_count() <= 1 {
-                break;
+        // Journal deletion runs in fjall's worker right after a flush, possibly after the
+        // wait above returned, and only once every keyspace it covers has flushed: keep
+        // flushing what has data until it is gone (a busy machine can take seconds).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.db.journal_count() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            for ks in self.all_keyspaces() {
+                ks.rotate_memtable_and_wait()?;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            scratch.insert(u64_key(u64::MAX), [0u8])?;
+            scratch.rotate_memtable_and_wait()?;
         }
         scratch.clear()?;
         scratch.major_compact()?;

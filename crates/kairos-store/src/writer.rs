@@ -49,9 +49,28 @@ impl Default for WriterOptions {
     }
 }
 
+/// An event with its stored encoding, prepared by the caller so that serialisation runs on
+/// the request threads rather than on the single writer thread.
+pub struct Prepared {
+    pub event: Event,
+    pub bytes: Vec<u8>,
+}
+
+impl Prepared {
+    pub fn new(event: Event) -> Self {
+        // Serialising an in-memory Event to a Vec cannot fail.
+        let bytes = serde_json::to_vec(&event).unwrap_or_default();
+        Self { event, bytes }
+    }
+
+    pub fn all(events: Vec<Event>) -> Vec<Self> {
+        events.into_iter().map(Self::new).collect()
+    }
+}
+
 /// Events of one request (or one import chunk), and the rejected ones to dead-letter.
 pub struct Submission {
-    pub events: Vec<Event>,
+    pub events: Vec<Prepared>,
     pub rejected: Vec<Rejected>,
     pub received_at: Millis,
     pub source: String,
@@ -111,7 +130,13 @@ impl Ingestor {
     /// Starts the writer thread over `store`.
     pub fn start(store: Store, opts: WriterOptions) -> Result<(Self, JoinHandle<()>), StoreError> {
         let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));
-        let mut writer = Writer::new(store, opts)?;
+        // Freeing thousands of decoded events per group is measurable on the writer thread;
+        // a helper thread frees them instead.
+        let (drop_tx, drop_rx) = crossbeam_channel::bounded::<Vec<Prepared>>(64);
+        std::thread::Builder::new()
+            .name("kairos-free".into())
+            .spawn(move || while drop_rx.recv().is_ok() {})?;
+        let mut writer = Writer::new(store, opts, drop_tx)?;
         let handle = std::thread::Builder::new()
             .name("kairos-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -193,13 +218,21 @@ struct Writer {
     /// Identity and dedupe entries written to the uncommitted batch (not yet readable).
     pending_ids: HashMap<Vec<u8>, ProfileId>,
     pending_dedupe: HashSet<String>,
+    /// Identity index entries already read or written, so hot identifiers skip the store.
+    /// Only this thread writes the index, so the cache cannot go stale.
+    id_cache: HashMap<Vec<u8>, ProfileId>,
     next_seq: u64,
     next_dead: u64,
     suppress_active: bool,
+    graveyard: Sender<Vec<Prepared>>,
 }
 
 impl Writer {
-    fn new(store: Store, opts: WriterOptions) -> Result<Self, StoreError> {
+    fn new(
+        store: Store,
+        opts: WriterOptions,
+        graveyard: Sender<Vec<Prepared>>,
+    ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
         Ok(Self {
             batch: store.db.batch(),
@@ -210,8 +243,10 @@ impl Writer {
             dirty: HashSet::new(),
             pending_ids: HashMap::new(),
             pending_dedupe: HashSet::new(),
+            id_cache: HashMap::new(),
             next_seq: last_seq + 1,
             next_dead: last_dead + 1,
+            graveyard,
         })
     }
 
@@ -253,11 +288,15 @@ impl Writer {
         let result = (|| -> Result<(), StoreError> {
             for cmd in group {
                 match cmd {
-                    Command::Ingest(sub) => {
+                    Command::Ingest(mut sub) => {
                         n_events += sub.events.len();
                         let outcome = self.ingest(&sub)?;
-                        if let Some(reply) = sub.reply {
+                        if let Some(reply) = sub.reply.take() {
                             outcomes.push((reply, outcome));
+                        }
+                        let events = std::mem::take(&mut sub.events);
+                        if let Err(e) = self.graveyard.try_send(events) {
+                            drop(e.into_inner());
                         }
                     }
                     Command::Erase {
@@ -299,6 +338,7 @@ impl Writer {
                 // Nothing of this group was acknowledged; forget what the cache may hold of it.
                 self.cache.clear();
                 self.dirty.clear();
+                self.id_cache.clear();
                 self.pending_ids.clear();
                 self.pending_dedupe.clear();
                 self.batch = self.store.db.batch();
@@ -338,8 +378,8 @@ impl Writer {
             self.next_dead += 1;
             out.dead_lettered += 1;
         }
-        for ev in &sub.events {
-            match self.ingest_event(ev)? {
+        for p in &sub.events {
+            match self.ingest_event(&p.event, &p.bytes)? {
                 Verdict::Accepted => out.accepted += 1,
                 Verdict::Duplicate => out.duplicates += 1,
                 Verdict::Suppressed => out.suppressed += 1,
@@ -348,11 +388,19 @@ impl Writer {
         Ok(out)
     }
 
-    fn lookup(&self, key: &IdKey) -> Result<Option<ProfileId>, StoreError> {
-        if let Some(id) = self.pending_ids.get(&key.index_key()) {
+    fn lookup(&mut self, key: &IdKey) -> Result<Option<ProfileId>, StoreError> {
+        let k = key.index_key();
+        if let Some(id) = self.pending_ids.get(&k).or_else(|| self.id_cache.get(&k)) {
             return Ok(Some(*id));
         }
-        self.store.lookup(key)
+        let found = self.store.lookup(key)?;
+        if let Some(id) = found {
+            if self.id_cache.len() >= self.opts.cache_profiles.saturating_mul(3) {
+                self.id_cache.clear();
+            }
+            self.id_cache.insert(k, id);
+        }
+        Ok(found)
     }
 
     fn load(&mut self, id: ProfileId) -> Result<&mut Profile, StoreError> {
@@ -368,7 +416,7 @@ impl Writer {
             .ok_or_else(|| StoreError::corrupt("cache"))
     }
 
-    fn ingest_event(&mut self, ev: &Event) -> Result<Verdict, StoreError> {
+    fn ingest_event(&mut self, ev: &Event, encoded: &[u8]) -> Result<Verdict, StoreError> {
         if self.pending_dedupe.contains(&ev.message_id)
             || self.store.is_duplicate(&ev.message_id)?
         {
@@ -469,14 +517,14 @@ impl Writer {
             let key = k.index_key();
             self.batch
                 .insert(&self.store.identity, key.clone(), u64_key(final_id.0));
+            self.id_cache.insert(key.clone(), final_id);
             self.pending_ids.insert(key, final_id);
         }
 
         // Append the event and fold it in.
         let seq = self.next_seq;
         self.next_seq += 1;
-        let bytes = serde_json::to_vec(ev).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.batch.insert(&self.store.log, u64_key(seq), bytes);
+        self.batch.insert(&self.store.log, u64_key(seq), encoded);
         self.batch.insert(
             &self.store.by_profile,
             by_profile_key(final_id, ev.timestamp, seq),
@@ -564,6 +612,7 @@ impl Writer {
             erased.events += 1;
         }
         for k in &profile.identifiers {
+            self.id_cache.remove(&k.index_key());
             self.batch.remove(&s.identity, k.index_key());
             if keep_suppression {
                 self.batch

@@ -78,7 +78,7 @@ impl Harness {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.ingest
             .submit(Submission {
-                events,
+                events: kairos_store::Prepared::all(events),
                 rejected: vec![],
                 received_at: 0,
                 source: "test".into(),

@@ -1,0 +1,448 @@
+//! `kairos bench`: benchmarks that need a server or a large population. Results and the
+//! exact commands are in docs/PERFORMANCE.md.
+//!
+//! `bench ingest` measures, in one run and with the same generator and payloads, (a) a bare
+//! axum endpoint that only parses each batch with serde_json, the ceiling of the HTTP path on
+//! this machine, and (b) Kairos with durable (fsync'd) group commit and profile updates.
+
+use anyhow::Context;
+use axum::routing::post;
+use bytes_ext::Bytes;
+use hdrhistogram::Histogram;
+use kairos_server::config::Source;
+use kairos_server::{Config, Kairos};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod bytes_ext {
+    pub use axum::body::Bytes;
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Durable ingest over HTTP against a bare serde_json endpoint, side by side.
+    Ingest(IngestArgs),
+    /// Memory and encoded size per profile for a large population.
+    Memory(MemoryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Events to send per target.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per /v1/batch request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Distinct people in the payloads.
+    #[arg(long, default_value_t = 100_000)]
+    people: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Skip the bare-endpoint baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Data directory for the Kairos run (default: a temporary directory).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct MemoryArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    profiles: usize,
+    /// Events folded into each profile.
+    #[arg(long, default_value_t = 12)]
+    events_per_profile: usize,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Memory(a) => memory(a),
+    }
+}
+
+const CATEGORIES: [&str; 8] = [
+    "shoes",
+    "outerwear",
+    "electronics",
+    "books",
+    "home",
+    "beauty",
+    "toys",
+    "sports",
+];
+const ZONES: [&str; 6] = [
+    "America/New_York",
+    "Europe/Berlin",
+    "Europe/Moscow",
+    "Asia/Tokyo",
+    "America/Los_Angeles",
+    "Australia/Sydney",
+];
+
+/// A realistic Segment event of a shop: the mix and shapes the simulator produces.
+pub fn shop_event(rng: &mut impl Rng, people: usize, seq: usize, ts: i64) -> Value {
+    let person = rng.random_range(0..people);
+    let product = rng.random_range(0..5000);
+    let category = CATEGORIES[product % CATEGORIES.len()];
+    let price = 5.0 + (product % 300) as f64 * 0.75;
+    let timestamp = kairos_core::time::format_timestamp(ts);
+    let context = json!({
+        "library": {"name": "analytics.js", "version": "5.2.0"},
+        "timezone": ZONES[person % ZONES.len()],
+        "ip": format!("203.0.113.{}", person % 250),
+        "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+        "page": {"path": format!("/p/{product}"), "url": format!("https://shop.example/p/{product}")}
+    });
+    let base = |v: Value| {
+        let mut v = v;
+        v["messageId"] = json!(format!("bench-{seq:012}"));
+        v["timestamp"] = json!(timestamp);
+        v["userId"] = json!(format!("user-{person}"));
+        v["anonymousId"] = json!(format!("anon-{person}"));
+        v["context"] = context.clone();
+        v
+    };
+    match rng.random_range(0..100) {
+        0..=39 => base(
+            json!({"type": "track", "event": "Product Viewed", "properties": {
+            "product_id": format!("sku-{product}"), "name": format!("Product {product}"), "category": category,
+            "brand": "Acme", "price": price, "currency": "USD"}}),
+        ),
+        40..=59 => base(
+            json!({"type": "page", "name": "Category", "properties": {"path": format!("/c/{category}"), "title": category}}),
+        ),
+        60..=71 => base(
+            json!({"type": "track", "event": "Added to Cart", "properties": {
+            "product_id": format!("sku-{product}"), "name": format!("Product {product}"), "category": category,
+            "price": price, "quantity": 1 + product % 3, "cart_id": format!("cart-{person}")}}),
+        ),
+        72..=75 => base(
+            json!({"type": "track", "event": "Order Completed", "properties": {
+            "order_id": format!("o-{seq}"), "revenue": price * 2.0, "currency": "USD",
+            "products": [{"product_id": format!("sku-{product}"), "price": price, "quantity": 2, "category": category}]}}),
+        ),
+        76..=87 => base(
+            json!({"type": "track", "event": "Email Delivered", "properties": {"message_id": format!("msg-{seq}"), "campaign": "weekly"}}),
+        ),
+        88..=95 => base(
+            json!({"type": "track", "event": "Email Opened", "properties": {"message_id": format!("msg-{seq}"), "campaign": "weekly"}}),
+        ),
+        _ => base(
+            json!({"type": "identify", "traits": {"email": format!("person{person}@example.com"), "plan": if person % 3 == 0 {"pro"} else {"free"}, "first_name": "Sam"}}),
+        ),
+    }
+}
+
+fn payloads(args: &IngestArgs) -> Vec<Bytes> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let now = 1_795_348_800_000i64;
+    let n_batches = args.events.div_ceil(args.batch);
+    (0..n_batches)
+        .map(|b| {
+            let events: Vec<Value> = (0..args.batch)
+                .map(|i| {
+                    let seq = b * args.batch + i;
+                    shop_event(
+                        &mut rng,
+                        args.people,
+                        seq,
+                        now - 3_600_000 + seq as i64 % 3_600_000,
+                    )
+                })
+                .collect();
+            Bytes::from(
+                serde_json::to_vec(
+                    &json!({"batch": events, "sentAt": kairos_core::time::format_timestamp(now)}),
+                )
+                .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+struct LoadResult {
+    seconds: f64,
+    requests: usize,
+    events: usize,
+    failures: usize,
+    latency_us: Histogram<u64>,
+}
+
+async fn load(
+    base: &str,
+    write_key: &str,
+    bodies: Arc<Vec<Bytes>>,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = format!("{base}/v1/batch");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, next, bodies, url, key) = (
+            client.clone(),
+            next.clone(),
+            bodies.clone(),
+            url.clone(),
+            write_key.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram bounds are static");
+            let mut failures = 0usize;
+            let mut done = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let t = Instant::now();
+                // Retry on 429 as SDKs do; the retried time counts in the latency.
+                loop {
+                    let r = client
+                        .post(&url)
+                        .basic_auth(&key, Some(""))
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 429 => {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            done += 1;
+                            break;
+                        }
+                        _ => {
+                            failures += 1;
+                            break;
+                        }
+                    }
+                }
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+            }
+            (hist, failures, done)
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new(3)?;
+    let mut failures = 0;
+    let mut requests = 0;
+    for t in tasks {
+        let (h, f, d) = t.await?;
+        latency_us.add(&h)?;
+        failures += f;
+        requests += d;
+    }
+    Ok(LoadResult {
+        seconds: started.elapsed().as_secs_f64(),
+        requests,
+        events: requests * batch,
+        failures,
+        latency_us,
+    })
+}
+
+async fn bare_endpoint() -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let app = axum::Router::new().route(
+        "/v1/batch",
+        post(|body: Bytes| async move {
+            let parsed: Result<Value, _> = serde_json::from_slice(&body);
+            match parsed {
+                Ok(v) => axum::Json(json!({"success": true, "accepted": v["batch"].as_array().map_or(0, |a| a.len())})),
+                Err(_) => axum::Json(json!({"success": false})),
+            }
+        }),
+    )
+    .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok((base, tx))
+}
+
+fn report(name: &str, r: &LoadResult) {
+    println!(
+        "{name:<28} {:>10.0} events/s  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} events in {:.2} s, {} failed requests)",
+        r.events as f64 / r.seconds,
+        r.requests as f64 / r.seconds,
+        r.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+        r.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+        r.latency_us.max() as f64 / 1000.0,
+        r.events,
+        r.seconds,
+        r.failures
+    );
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    println!(
+        "machine: {} cores; generator, servers and store share them",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "generating {} events in batches of {} over {} people...",
+        args.events, args.batch, args.people
+    );
+    let bodies = Arc::new(payloads(&args));
+    let avg = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len().max(1);
+    println!(
+        "{} request bodies, {} bytes each on average ({} bytes per event)",
+        bodies.len(),
+        avg,
+        avg / args.batch.max(1)
+    );
+
+    let bare = if args.no_baseline {
+        None
+    } else {
+        let (base, stop) = bare_endpoint().await?;
+        let r = load(&base, "any", bodies.clone(), args.batch, args.connections).await?;
+        let _ = stop.send(());
+        report("bare axum + serde_json", &r);
+        Some(r)
+    };
+
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let config = Config {
+        data_dir: dir,
+        sources: vec![Source {
+            name: "bench".into(),
+            write_key: "wk_bench".into(),
+        }],
+        admin_token: Some("bench-admin-token".into()),
+        ..Config::default()
+    };
+    let kairos =
+        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
+    let state = kairos.state.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kairos.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let r = load(
+        &base,
+        "wk_bench",
+        bodies.clone(),
+        args.batch,
+        args.connections,
+    )
+    .await?;
+    report("kairos durable ingest", &r);
+    if let Some(b) = &bare {
+        let ratio = (r.events as f64 / r.seconds) / (b.events as f64 / b.seconds);
+        println!("kairos / bare ratio: {:.1}%", ratio * 100.0);
+    }
+    let counts = state.store.approximate_counts();
+    println!(
+        "store: ~{} events, ~{} profiles, {} MB on disk",
+        counts.events,
+        counts.profiles,
+        state.store.disk_bytes() / 1_000_000
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn memory(args: MemoryArgs) -> anyhow::Result<()> {
+    use kairos_core::segment::{decode_line, Limits, RequestEnv};
+    use kairos_core::{CoreConfig, Profile, ProfileId};
+    let cfg = CoreConfig::default();
+    let env = RequestEnv {
+        received_at: 1_795_348_800_000,
+        correct_skew: false,
+        source: "bench".into(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Decode a pool of realistic events once; profiles fold copies of them at spread times.
+    let pool: Vec<kairos_core::Event> = (0..4096)
+        .map(|i| {
+            let v = shop_event(
+                &mut rng,
+                1_000_000,
+                i,
+                env.received_at - (i as i64 % 30) * 86_400_000,
+            );
+            decode_line(&v.to_string(), i, &env, &Limits::default())
+                .map_err(|r| anyhow::anyhow!(r.error.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let before = rss_bytes();
+    let mut profiles = std::collections::HashMap::with_capacity(args.profiles);
+    let mut encoded = 0u64;
+    for p in 0..args.profiles {
+        let mut profile = Profile::new(ProfileId(p as u64));
+        profile
+            .identifiers
+            .insert(kairos_core::IdKey::user(&format!("user-{p}")));
+        profile
+            .identifiers
+            .insert(kairos_core::IdKey::anonymous(&format!(
+                "anon-{p:08}-4c1f-9a7e"
+            )));
+        for k in 0..args.events_per_profile {
+            let mut ev = pool[(p * 7 + k * 13) % pool.len()].clone();
+            ev.timestamp -= (k as i64) * 3_600_000 * 7;
+            profile.state.apply(&ev, &cfg.vocabulary);
+        }
+        if p % 1000 == 0 {
+            encoded += profile.encode().len() as u64;
+        }
+        profiles.insert(profile.id, profile);
+    }
+    let after = rss_bytes();
+    let n = args.profiles as f64;
+    println!(
+        "{} profiles with {} events each",
+        args.profiles, args.events_per_profile
+    );
+    println!(
+        "resident memory: {:.0} MB total, {:.0} bytes per profile (decoded, in the writer's cache)",
+        (after - before) as f64 / 1e6,
+        (after - before) as f64 / n
+    );
+    println!(
+        "encoded profile (as stored): {:.0} bytes on average",
+        encoded as f64 / (args.profiles.div_ceil(1000)) as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The `kairos` binary. The only crate that uses `anyhow`: it turns every library error into
+//! a message for a person at a terminal.
+
+mod bench;
+mod import;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kairos_server::{Config, Kairos};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "kairos",
+    version,
+    about = "Real-time engagement scoring and personalization"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where configuration comes from; flags win over `KAIROS_*` variables, which win over the
+/// TOML file, which wins over built-in defaults.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file (default: none; built-in defaults apply).
+    #[arg(long, env = "KAIROS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (holds the store and generated dev credentials).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the embedded store.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Load history: Segment JSONL (.jsonl or .jsonl.gz), or a CRM CSV with --identify.
+    Import(import::ImportArgs),
+    /// Benchmarks (see docs/PERFORMANCE.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(std::env::vars())?;
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAIROS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lsm_tree=warn,fjall=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn serve(args: ConfigArgs, listen: Option<String>) -> anyhow::Result<()> {
+    let mut config = load_config(&args)?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(creds) = config.ensure_credentials()? {
+        eprintln!(
+            "No write key or admin token configured; using development credentials \
+             (kept in {}):\n  write key:   {}\n  admin token: {}",
+            config.data_dir.join("dev-credentials.json").display(),
+            creds.write_key,
+            creds.admin_token
+        );
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listen = config.listen.clone();
+    let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("kairos listening on http://{addr}");
+    println!("listening on http://{addr}");
+    kairos.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
+        Command::Import(args) => import::run(args),
+        Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
+    }
+}
