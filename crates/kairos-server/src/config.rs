@@ -321,6 +321,18 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_and_validates() {
+        let c: Config = toml::from_str(include_str!("../../../docs/kairos.example.toml"))
+            .expect("docs/kairos.example.toml parses");
+        c.validate().expect("and is valid");
+        assert_eq!(c.sources.len(), 2);
+        let mut defaults = Config::default();
+        defaults.admin_token = c.admin_token.clone();
+        defaults.sources = c.sources.clone();
+        assert_eq!(c, defaults, "the example documents the defaults");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_not_silence() {
         let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo");
         assert!(err.to_string().contains("listne"));

@@ -1,0 +1,84 @@
+#![allow(clippy::unwrap_used)]
+//! `kairos import` end to end: JSONL (plain and gzip) and CRM CSV, with rejects and dedupe.
+
+use std::io::Write;
+use std::process::Command;
+
+fn kairos(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("KAIROS_WRITE_KEY", "wk_import_test")
+        .env("KAIROS_ADMIN_TOKEN", "import-admin-token")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn open_store(dir: &std::path::Path) -> kairos_store::Store {
+    kairos_store::Store::open(dir.join("store"), &kairos_store::StoreOptions::default()).unwrap()
+}
+
+#[test]
+fn jsonl_import_validates_dedupes_and_builds_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut lines = Vec::new();
+    for i in 0..500 {
+        lines.push(serde_json::json!({
+            "type": "track", "event": if i % 10 == 0 { "Order Completed" } else { "Product Viewed" },
+            "userId": format!("u{}", i % 50), "messageId": format!("imp-{i}"),
+            "timestamp": "2026-10-01T10:00:00.000Z", "properties": {"revenue": 10}
+        }).to_string());
+    }
+    lines.push("{\"type\": \"track\", \"userId\": \"u1\", \"messageId\": \"no-event\"}".into());
+    lines.push("this is not json".into());
+    lines.push(lines[3].clone()); // a duplicate messageId
+    let plain = dir.path().join("events.jsonl");
+    std::fs::write(&plain, lines.join("\n")).unwrap();
+    let (ok, out) = kairos(&["import", plain.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    assert!(out.contains("imported 503 lines"), "{out}");
+    assert!(out.contains("500 stored, 1 duplicates"), "{out}");
+    assert!(out.contains("2 rejected"), "{out}");
+
+    // Importing the same history again, gzipped, stores nothing new.
+    let gz = dir.path().join("events.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    enc.write_all(lines.join("\n").as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let (ok, out) = kairos(&["import", gz.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    assert!(out.contains("0 stored, 501 duplicates"), "{out}");
+
+    let store = open_store(&data);
+    let id = store.lookup(&kairos_core::IdKey::user("u0")).unwrap().unwrap();
+    let p = store.profile(id).unwrap().unwrap();
+    assert_eq!(p.state.event_count, 10);
+    assert_eq!(p.state.orders, 10);
+    assert_eq!(store.dead_letters(0, 100).unwrap().len(), 4, "two rejects per import run");
+}
+
+#[test]
+fn csv_identify_import_sets_traits_and_links_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("crm.csv");
+    std::fs::write(&csv, "user_id,email,plan,zip,score\nc1, Ada@Example.COM ,pro,01234,42\nc2,bob@example.com,free,99999,7\n,nobody@example.com,free,1,1\n").unwrap();
+    let (ok, out) = kairos(&["import", "--identify", csv.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 stored"), "{out}");
+    assert!(out.contains("1 rejected"), "{out}");
+    let store = open_store(&data);
+    let id = store.lookup(&kairos_core::IdKey::email("ada@example.com").unwrap()).unwrap().unwrap();
+    let p = store.profile(id).unwrap().unwrap();
+    assert_eq!(p.user_ids(), vec!["c1".to_string()]);
+    assert_eq!(p.state.trait_value("zip").unwrap(), "01234");
+    assert_eq!(p.state.trait_value("score").unwrap(), 42);
+}
