@@ -20,12 +20,20 @@ pub struct Counter {
     pub total: u64,
     pub first: Millis,
     pub last: Millis,
-    /// One sorted sparse list of (bucket index, count) per resolution.
-    buckets: [Vec<(u32, u32)>; 3],
+    /// Sorted sparse (key, count) for all resolutions in one allocation: the key's top two
+    /// bits are the resolution, the low 30 the bucket index (minutes fit until year 4011).
+    buckets: Vec<(u32, u32)>,
 }
 
+const INDEX_BITS: u32 = 30;
+const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
+
 fn bucket_index(ts: Millis, res: Millis) -> u32 {
-    ts.max(0).div_euclid(res).min(u32::MAX as i64) as u32
+    (ts.max(0).div_euclid(res).min(INDEX_MASK as i64)) as u32
+}
+
+fn key(res_slot: usize, idx: u32) -> u32 {
+    ((res_slot as u32) << INDEX_BITS) | idx
 }
 
 impl Counter {
@@ -38,19 +46,23 @@ impl Counter {
             self.last = self.last.max(ts);
         }
         self.total += 1;
-        for (i, (res, keep)) in RESOLUTIONS.iter().enumerate() {
+        for (slot, (res, keep)) in RESOLUTIONS.iter().enumerate() {
             let horizon = bucket_index(self.last, *res).saturating_sub(*keep as u32);
             let idx = bucket_index(ts, *res);
-            let list = &mut self.buckets[i];
             if idx >= horizon {
-                match list.binary_search_by_key(&idx, |(b, _)| *b) {
-                    Ok(pos) => list[pos].1 += 1,
-                    Err(pos) => list.insert(pos, (idx, 1)),
+                let k = key(slot, idx);
+                match self.buckets.binary_search_by_key(&k, |(b, _)| *b) {
+                    Ok(pos) => self.buckets[pos].1 += 1,
+                    Err(pos) => self.buckets.insert(pos, (k, 1)),
                 }
             }
-            let stale = list.partition_point(|(b, _)| *b < horizon);
-            if stale > 0 {
-                list.drain(..stale);
+            // Drop this resolution's buckets below its horizon.
+            let lo = self.buckets.partition_point(|(b, _)| *b < key(slot, 0));
+            let hi = self
+                .buckets
+                .partition_point(|(b, _)| *b < key(slot, horizon));
+            if hi > lo {
+                self.buckets.drain(lo..hi);
             }
         }
     }
@@ -65,13 +77,14 @@ impl Counter {
         if now - window < self.first && now >= self.last {
             return self.total;
         }
-        for (i, (res, keep)) in RESOLUTIONS.iter().enumerate() {
+        for (slot, (res, keep)) in RESOLUTIONS.iter().enumerate() {
             if window <= res * keep {
-                let from = bucket_index(now - window + 1, *res);
-                let to = bucket_index(now, *res);
-                return self.buckets[i]
+                let from = key(slot, bucket_index(now - window + 1, *res));
+                let to = key(slot, bucket_index(now, *res));
+                let lo = self.buckets.partition_point(|(b, _)| *b < from);
+                return self.buckets[lo..]
                     .iter()
-                    .filter(|(b, _)| *b >= from && *b <= to)
+                    .take_while(|(b, _)| *b <= to)
                     .map(|(_, c)| *c as u64)
                     .sum();
             }
@@ -81,7 +94,7 @@ impl Counter {
 
     /// Bytes held on the heap, for memory accounting.
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.iter().map(|b| b.capacity() * 8).sum()
+        self.buckets.capacity() * 8
     }
 }
 

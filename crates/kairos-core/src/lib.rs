@@ -13,6 +13,7 @@ pub mod profile;
 pub mod segment;
 pub mod state;
 pub mod time;
+pub mod vecmap;
 pub mod vocab;
 
 pub use event::{Event, EventKind};

@@ -10,6 +10,7 @@
 use crate::counter::Counter;
 use crate::event::{Event, EventKind};
 use crate::time::{hour_of_week, time_zone, Millis};
+use crate::vecmap::VecMap;
 use crate::vocab::Vocabulary;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Map, Value};
@@ -45,13 +46,11 @@ fn lww<T>(slot: &mut Option<Stamped<T>>, at: Stamp, value: T) {
     }
 }
 
-fn lww_map<T>(map: &mut BTreeMap<String, Stamped<T>>, key: &str, at: Stamp, value: T) {
+fn lww_map<T>(map: &mut VecMap<Stamped<T>>, key: &str, at: Stamp, value: T) {
     match map.get_mut(key) {
         Some(s) if s.at >= at => {}
         Some(s) => *s = Stamped { at, value },
-        None => {
-            map.insert(key.to_string(), Stamped { at, value });
-        }
+        None => map.insert(key.to_string(), Stamped { at, value }),
     }
 }
 
@@ -224,11 +223,11 @@ impl HourHistogram {
 /// Everything Kairos derives about one person from their events.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileState {
-    pub traits: BTreeMap<String, Stamped<Json>>,
+    pub traits: VecMap<Stamped<Json>>,
     pub first_seen: Option<Millis>,
     pub last_seen: Option<Millis>,
     pub event_count: u64,
-    pub activity: BTreeMap<String, Counter>,
+    pub activity: VecMap<Counter>,
     pub orders: u64,
     pub revenue_micros: i64,
     pub first_order: Option<Millis>,
@@ -242,9 +241,9 @@ pub struct ProfileState {
     pub hours_utc: HourHistogram,
     pub context_timezone: Option<Stamped<String>>,
     /// Subscription per list (`marketing`, `product`, ...): true = subscribed.
-    pub subscriptions: BTreeMap<String, Stamped<bool>>,
+    pub subscriptions: VecMap<Stamped<bool>>,
     /// Consent per purpose: true = granted.
-    pub consent: BTreeMap<String, Stamped<bool>>,
+    pub consent: VecMap<Stamped<bool>>,
     /// Why the email address must not be mailed (hard bounce, spam complaint).
     pub suppressed: Option<Stamped<String>>,
     pub groups: BTreeSet<String>,
@@ -306,14 +305,9 @@ impl ProfileState {
             EventKind::Alias => {}
             EventKind::Track | EventKind::Page | EventKind::Screen => {
                 if let Some(name) = ev.activity_name() {
-                    match self.activity.get_mut(name) {
-                        Some(c) => c.add(ts),
-                        None => {
-                            let mut c = Counter::default();
-                            c.add(ts);
-                            self.activity.insert(name.to_string(), c);
-                        }
-                    }
+                    self.activity
+                        .get_or_insert_with(name, Counter::default)
+                        .add(ts);
                 }
                 self.record_hour(ev);
                 if ev.kind == EventKind::Track {
@@ -541,7 +535,7 @@ impl ProfileState {
             .filter(|(_, c)| **c > 0)
             .map(|(h, c)| (h.to_string(), json!(c)))
             .collect();
-        let flags = |m: &BTreeMap<String, Stamped<bool>>| -> Map<String, Value> {
+        let flags = |m: &VecMap<Stamped<bool>>| -> Map<String, Value> {
             m.iter().map(|(k, v)| (k.clone(), json!(v.value))).collect()
         };
         json!({

@@ -82,7 +82,7 @@ impl Default for IngestConfig {
             dedupe_retention_days: 30,
             suppress_erased: true,
             fsync: true,
-            cache_profiles: 1_000_000,
+            cache_profiles: 250_000,
         }
     }
 }

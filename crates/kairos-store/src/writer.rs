@@ -43,7 +43,7 @@ impl Default for WriterOptions {
             sync: true,
             max_group_events: 20_000,
             queue_capacity: 512,
-            cache_profiles: 1_000_000,
+            cache_profiles: 250_000,
             core: CoreConfig::default(),
         }
     }
