@@ -50,7 +50,10 @@ fn jsonl_import_validates_dedupes_and_builds_profiles() {
 
     // Importing the same history again, gzipped, stores nothing new.
     let gz = dir.path().join("events.jsonl.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
     enc.write_all(lines.join("\n").as_bytes()).unwrap();
     enc.finish().unwrap();
     let (ok, out) = kairos(&["import", gz.to_str().unwrap()], &data);
@@ -58,11 +61,18 @@ fn jsonl_import_validates_dedupes_and_builds_profiles() {
     assert!(out.contains("0 stored, 501 duplicates"), "{out}");
 
     let store = open_store(&data);
-    let id = store.lookup(&kairos_core::IdKey::user("u0")).unwrap().unwrap();
+    let id = store
+        .lookup(&kairos_core::IdKey::user("u0"))
+        .unwrap()
+        .unwrap();
     let p = store.profile(id).unwrap().unwrap();
     assert_eq!(p.state.event_count, 10);
     assert_eq!(p.state.orders, 10);
-    assert_eq!(store.dead_letters(0, 100).unwrap().len(), 4, "two rejects per import run");
+    assert_eq!(
+        store.dead_letters(0, 100).unwrap().len(),
+        4,
+        "two rejects per import run"
+    );
 }
 
 #[test]
@@ -76,7 +86,10 @@ fn csv_identify_import_sets_traits_and_links_email() {
     assert!(out.contains("2 stored"), "{out}");
     assert!(out.contains("1 rejected"), "{out}");
     let store = open_store(&data);
-    let id = store.lookup(&kairos_core::IdKey::email("ada@example.com").unwrap()).unwrap().unwrap();
+    let id = store
+        .lookup(&kairos_core::IdKey::email("ada@example.com").unwrap())
+        .unwrap()
+        .unwrap();
     let p = store.profile(id).unwrap().unwrap();
     assert_eq!(p.user_ids(), vec!["c1".to_string()]);
     assert_eq!(p.state.trait_value("zip").unwrap(), "01234");

@@ -326,9 +326,11 @@ mod tests {
             .expect("docs/kairos.example.toml parses");
         c.validate().expect("and is valid");
         assert_eq!(c.sources.len(), 2);
-        let mut defaults = Config::default();
-        defaults.admin_token = c.admin_token.clone();
-        defaults.sources = c.sources.clone();
+        let defaults = Config {
+            admin_token: c.admin_token.clone(),
+            sources: c.sources.clone(),
+            ..Config::default()
+        };
         assert_eq!(c, defaults, "the example documents the defaults");
     }
 
