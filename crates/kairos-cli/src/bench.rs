@@ -27,6 +27,18 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Memory and encoded size per profile for a large population.
     Memory(MemoryArgs),
+    /// `kairos import` speed on a generated Segment JSONL file.
+    Import(ImportBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ImportBenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    #[arg(long, default_value_t = 100_000)]
+    people: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +78,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Memory(a) => memory(a),
+        BenchCommand::Import(a) => tokio::task::spawn_blocking(move || import_bench(a)).await?,
     }
 }
 
@@ -444,5 +457,27 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         "encoded profile (as stored): {:.0} bytes on average",
         encoded as f64 / (args.profiles.div_ceil(1000)) as f64
     );
+    Ok(())
+}
+
+pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("events.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let start = 1_795_348_800_000i64 - 30 * 86_400_000;
+    for i in 0..args.events {
+        let ts = start + (i as i64 * 30 * 86_400_000) / args.events.max(1) as i64;
+        serde_json::to_writer(&mut out, &shop_event(&mut rng, args.people, i, ts))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    let bytes = std::fs::metadata(&file)?.len();
+    println!("{} events over {} people, {} MB of JSONL", args.events, args.people, bytes / 1_000_000);
+    let started = Instant::now();
+    crate::import::run(crate::import::ImportArgs::for_bench(file, dir.path().join("data")))?;
+    let secs = started.elapsed().as_secs_f64();
+    println!("import: {:.0} events/s ({:.1} s, including the final fsync)", args.events as f64 / secs, secs);
     Ok(())
 }

@@ -69,6 +69,23 @@ fn open_input(path: &PathBuf, read: Arc<AtomicU64>) -> anyhow::Result<Box<dyn Bu
     }
 }
 
+impl ImportArgs {
+    /// Arguments for `kairos bench import`: a JSONL file into a fresh data directory.
+    pub fn for_bench(file: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            file,
+            identify: false,
+            id_column: None,
+            source: "bench".into(),
+            chunk: 5000,
+            config: ConfigArgs {
+                config: None,
+                data_dir: Some(data_dir),
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Totals {
     lines: u64,

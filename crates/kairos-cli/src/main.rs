@@ -26,10 +26,10 @@ struct Cli {
 pub struct ConfigArgs {
     /// TOML configuration file (default: none; built-in defaults apply).
     #[arg(long, env = "KAIROS_CONFIG")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Data directory (holds the store and generated dev credentials).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +127,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
         Command::Import(args) => import::run(args),
+        // Import drives the writer with blocking calls: keep it off the async runtime.
+        Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
     }
 }
