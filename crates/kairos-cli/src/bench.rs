@@ -474,10 +474,22 @@ pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     let bytes = std::fs::metadata(&file)?.len();
-    println!("{} events over {} people, {} MB of JSONL", args.events, args.people, bytes / 1_000_000);
+    println!(
+        "{} events over {} people, {} MB of JSONL",
+        args.events,
+        args.people,
+        bytes / 1_000_000
+    );
     let started = Instant::now();
-    crate::import::run(crate::import::ImportArgs::for_bench(file, dir.path().join("data")))?;
+    crate::import::run(crate::import::ImportArgs::for_bench(
+        file,
+        dir.path().join("data"),
+    ))?;
     let secs = started.elapsed().as_secs_f64();
-    println!("import: {:.0} events/s ({:.1} s, including the final fsync)", args.events as f64 / secs, secs);
+    println!(
+        "import: {:.0} events/s ({:.1} s, including the final fsync)",
+        args.events as f64 / secs,
+        secs
+    );
     Ok(())
 }
