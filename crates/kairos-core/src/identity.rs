@@ -15,7 +15,8 @@
 //!    under the same rule 3 restriction.
 //! 5. `alias(previousId -> userId)` always merges the profile of `previousId` (as userId or
 //!    anonymousId) into the profile of `userId`: it is the explicit instruction to join. The
-//!    target then holds `previousId` as both kinds, so events under it that arrive later (or
+//!    target holds `previousId` as an anonymousId; an event whose userId is not known yet is
+//!    also looked up as an anonymousId, so events under the old id that arrive later (or
 //!    arrived late) join the same person whatever the arrival order.
 //! 6. A profile's id is derived from its identifiers ([`canonical_id`]): its smallest userId,
 //!    else smallest anonymousId, else email. So the same events give the same ids in any order.
@@ -211,13 +212,16 @@ pub fn plan(
         if target.is_none() {
             plan.link.push(IdKey::user(user));
         }
-        // previousId may have been a userId or an anonymousId: the target takes both, merging
-        // whatever holds them, so later (or late) events under either land here.
-        for key in [IdKey::user(prev), IdKey::anonymous(prev)] {
-            match lookup(&key) {
-                Some(f) => push_merge(&mut plan, f.id),
-                None => plan.link.push(key),
-            }
+        // previousId may have been a userId or an anonymousId: whatever holds either is
+        // merged. The target always holds it as an anonymousId, so that later (or late)
+        // events under it land here: anonymous ones directly, ones with it as userId through
+        // the fallback lookup below (rule 5).
+        if let Some(f) = lookup(&IdKey::user(prev)) {
+            push_merge(&mut plan, f.id);
+        }
+        match lookup(&IdKey::anonymous(prev)) {
+            Some(f) => push_merge(&mut plan, f.id),
+            None => plan.link.push(IdKey::anonymous(prev)),
         }
         for key in ids.iter().skip(1) {
             consider(&mut plan, key, None, &mut lookup);
@@ -233,7 +237,11 @@ pub fn plan(
         let key = IdKey::user(user);
         match lookup(&key) {
             Some(f) => target = Some(f),
-            None => plan.link.push(key),
+            None => {
+                // A userId first seen as an alias's previousId (held as an anonymousId).
+                target = lookup(&IdKey::anonymous(user));
+                plan.link.push(key);
+            }
         }
     } else {
         // Anonymous event: the first identifier that resolves picks the profile.

@@ -433,6 +433,9 @@ impl Writer {
         }
         // Look up every identifier the rules may ask about, then plan without IO.
         let mut candidates = ids.clone();
+        if let Some(user) = &ev.user_id {
+            candidates.push(IdKey::anonymous(user));
+        }
         if ev.kind == EventKind::Alias {
             if let Some(prev) = &ev.previous_id {
                 candidates.push(IdKey::user(prev));
