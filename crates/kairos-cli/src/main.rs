@@ -44,6 +44,8 @@ enum Command {
     },
     /// Load history: Segment JSONL (.jsonl or .jsonl.gz), or a CRM CSV with --identify.
     Import(import::ImportArgs),
+    /// Drive a realistic synthetic shop through the public API (or into a JSONL file).
+    Simulate(kairos_sim::SimulateArgs),
     /// Benchmarks (see docs/PERFORMANCE.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -127,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
         Command::Import(args) => import::run(args),
+        Command::Simulate(args) => rt.block_on(kairos_sim::run(args)).map(|_| ()),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),

@@ -5,10 +5,12 @@ use std::io::Write;
 use std::process::Command;
 
 fn kairos(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kairos"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
+    cmd.args(args);
+    if args[0] != "simulate" {
+        cmd.arg("--data-dir").arg(data_dir);
+    }
+    let out = cmd
         .env("KAIROS_WRITE_KEY", "wk_import_test")
         .env("KAIROS_ADMIN_TOKEN", "import-admin-token")
         .output()
@@ -94,4 +96,53 @@ fn csv_identify_import_sets_traits_and_links_email() {
     assert_eq!(p.user_ids(), vec!["c1".to_string()]);
     assert_eq!(p.state.trait_value("zip").unwrap(), "01234");
     assert_eq!(p.state.trait_value("score").unwrap(), 42);
+}
+
+#[test]
+fn simulated_history_imports_without_a_single_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("sim.jsonl.gz");
+    let truth = dir.path().join("truth.jsonl");
+    let (ok, out) = kairos(
+        &[
+            "simulate",
+            "--people",
+            "60",
+            "--days",
+            "5",
+            "--out",
+            file.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kairos(&["import", file.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 rejected"), "{out}");
+    assert!(out.contains(" 0 duplicates"), "{out}");
+    // Each signed-up person of the truth file is one profile holding their anonymous id.
+    let store = open_store(&data);
+    let mut checked = 0;
+    for line in std::fs::read_to_string(&truth).unwrap().lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (Some(user), Some(0)) = (p["user_id"].as_str(), p["signup_day"].as_u64()) else {
+            continue;
+        };
+        let by_user = store.lookup(&kairos_core::IdKey::user(user)).unwrap();
+        let by_anon = store
+            .lookup(&kairos_core::IdKey::anonymous(
+                p["anonymous_id"].as_str().unwrap(),
+            ))
+            .unwrap();
+        assert!(by_user.is_some());
+        assert_eq!(
+            by_user, by_anon,
+            "{user}: anonymous history joined on signup"
+        );
+        checked += 1;
+    }
+    assert!(checked > 10);
 }
