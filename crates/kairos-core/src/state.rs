@@ -586,3 +586,149 @@ fn product_id(p: &Map<String, Value>) -> Option<String> {
         .or_else(|| text(p.get("sku")))
         .or_else(|| text(p.get("id")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind};
+    use crate::time::parse_timestamp;
+    use serde_json::json;
+
+    fn track(id: &str, name: &str, at: &str, props: Value) -> Event {
+        Event {
+            message_id: id.into(),
+            kind: EventKind::Track,
+            event: Some(name.into()),
+            name: None,
+            user_id: Some("u".into()),
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            timestamp: parse_timestamp(at).expect("time"),
+            received_at: 0,
+            properties: props.as_object().cloned().unwrap_or_default(),
+            traits: Map::new(),
+            context: Map::new(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn consent_subscriptions_and_suppression_follow_event_time() {
+        let v = Vocabulary::default();
+        let mut s = ProfileState::default();
+        let mut identify = track("i", "", "2026-01-01T00:00:00Z", json!({}));
+        identify.kind = EventKind::Identify;
+        identify.event = None;
+        identify.traits = json!({"subscriptions": {"marketing": "subscribed", "product": true},
+                                 "consent": {"analytics": "granted"}})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+        // The unsubscribe happened after the identify but arrives first.
+        s.apply(
+            &track("u1", "Unsubscribed", "2026-01-02T00:00:00Z", json!({})),
+            &v,
+        );
+        s.apply(&identify, &v);
+        assert_eq!(s.is_subscribed("marketing"), Some(false));
+        assert_eq!(s.is_subscribed("product"), Some(true));
+        assert_eq!(s.consent.get("analytics").map(|c| c.value), Some(true));
+        s.apply(
+            &track(
+                "c1",
+                "Consent Updated",
+                "2026-01-03T00:00:00Z",
+                json!({"purpose": "analytics", "granted": false}),
+            ),
+            &v,
+        );
+        assert_eq!(s.consent.get("analytics").map(|c| c.value), Some(false));
+        assert!(s.suppressed.is_none());
+        s.apply(
+            &track(
+                "b1",
+                "Email Bounced",
+                "2026-01-04T00:00:00Z",
+                json!({"type": "soft"}),
+            ),
+            &v,
+        );
+        assert!(s.suppressed.is_none(), "a soft bounce does not suppress");
+        s.apply(
+            &track(
+                "b2",
+                "Email Bounced",
+                "2026-01-05T00:00:00Z",
+                json!({"type": "hard"}),
+            ),
+            &v,
+        );
+        assert_eq!(
+            s.suppressed.as_ref().map(|x| x.value.as_str()),
+            Some("hard_bounce")
+        );
+        assert_eq!(s.email.bounced, 2);
+    }
+
+    #[test]
+    fn cart_is_what_was_added_since_the_last_order_minus_removals() {
+        let v = Vocabulary::default();
+        let mut s = ProfileState::default();
+        let add = |id: &str, at: &str, p: &str| {
+            track(
+                id,
+                "Added to Cart",
+                at,
+                json!({"product_id": p, "price": "12.50", "quantity": 2}),
+            )
+        };
+        s.apply(&add("a1", "2026-01-01T10:00:00Z", "p1"), &v);
+        s.apply(
+            &track(
+                "o1",
+                "Order Completed",
+                "2026-01-01T11:00:00Z",
+                json!({"revenue": 25}),
+            ),
+            &v,
+        );
+        s.apply(&add("a2", "2026-01-01T12:00:00Z", "p2"), &v);
+        s.apply(&add("a3", "2026-01-01T12:05:00Z", "p3"), &v);
+        s.apply(
+            &track(
+                "r1",
+                "Removed from Cart",
+                "2026-01-01T12:10:00Z",
+                json!({"product_id": "p3"}),
+            ),
+            &v,
+        );
+        let items = s.cart.items();
+        assert_eq!(items.len(), 1);
+        assert_eq!((items[0].product_id.as_str(), items[0].quantity), ("p2", 2));
+        assert_eq!(s.cart.value_micros(), 25_000_000);
+        assert_eq!(s.orders, 1);
+        assert_eq!(s.revenue_micros, 25_000_000);
+    }
+
+    #[test]
+    fn hour_of_week_uses_the_senders_zone_or_the_profile_zone() {
+        let v = Vocabulary::default();
+        let mut s = ProfileState::default();
+        // Monday 2026-03-09 14:00 UTC = 10:00 in New York (EDT) = hour 10 of the week.
+        let mut e = track("h1", "Product Viewed", "2026-03-09T14:00:00Z", json!({}));
+        e.context
+            .insert("timezone".into(), json!("America/New_York"));
+        s.apply(&e, &v);
+        // No zone on this one: kept by UTC hour and shifted by the profile's zone when read.
+        s.apply(
+            &track("h2", "Product Viewed", "2026-03-09T15:00:00Z", json!({})),
+            &v,
+        );
+        let hours = s.hour_of_week_local(parse_timestamp("2026-03-10T00:00:00Z").expect("t"));
+        assert_eq!(hours[10], 1);
+        assert_eq!(hours[11], 1, "15:00 UTC shifted by the profile's -4h");
+        assert_eq!(s.timezone().as_deref(), Some("America/New_York"));
+    }
+}

@@ -378,3 +378,57 @@ proptest! {
         prop_assert!(got.len() == expected.len() && differing.is_empty(), "{} vs {} profiles; first difference:\n{}", got.len(), expected.len(), differing.first().map(|s| &s[..s.len().min(3000)]).unwrap_or(""));
     }
 }
+
+#[test]
+fn dedupe_keys_expire_after_the_retention_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let day = 86_400_000i64;
+    let mut old = ev(EventKind::Track, "old-id", Some("u1"), None, 1_000);
+    old.received_at = 100 * day;
+    let mut recent = ev(EventKind::Track, "recent-id", Some("u1"), None, 1_000);
+    recent.received_at = 125 * day;
+    h.send(vec![old.clone(), recent.clone()]);
+    // 30-day retention at day 140: the day-100 key goes, the day-125 key stays.
+    assert_eq!(h.store.prune_dedupe(140 * day, 30).unwrap(), 1);
+    let out = h.send(vec![old, recent]);
+    assert_eq!((out.accepted, out.duplicates), (1, 1));
+    h.close();
+}
+
+#[test]
+fn configured_traits_identify_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = kairos_store::Store::open(dir.path(), &Default::default()).unwrap();
+    let opts = kairos_store::WriterOptions {
+        core: kairos_core::CoreConfig {
+            identity_traits: vec!["phone".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (ingest, handle) = kairos_store::Ingestor::start(store.clone(), opts).unwrap();
+    let h = Harness {
+        store,
+        ingest,
+        handle: Some(handle),
+    };
+    h.send(vec![identify(
+        "m1",
+        Some("crm-7"),
+        None,
+        1_000,
+        json!({"phone": "+4930123"}),
+    )]);
+    // A later anonymous identify from another device with the same phone joins the person.
+    h.send(vec![identify(
+        "m2",
+        None,
+        Some("tablet"),
+        2_000,
+        json!({"phone": "+4930123"}),
+    )]);
+    let p = h.profile_of(&IdKey::anonymous("tablet")).unwrap();
+    assert_eq!(p.user_ids(), vec!["crm-7".to_string()]);
+    h.close();
+}
