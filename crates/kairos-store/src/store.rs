@@ -307,12 +307,16 @@ impl Store {
     /// journal and lets fjall delete it, since nothing else in it is unflushed; then clear the
     /// scratch. Costs about 64 MB of sequential IO; erasures of one group share one purge.
     pub fn purge_deleted(&self) -> Result<(), StoreError> {
+        // fjall seals its journal only once it passes this size, and only while a flush runs.
         const JOURNAL_ROTATION_BYTES: usize = 64_000_000;
         self.persist()?;
         for ks in self.all_keyspaces() {
             ks.rotate_memtable_and_wait()?;
             ks.major_compact()?;
         }
+        // Every journal present now may hold the erased bytes; done when all of them are gone.
+        let old_journals = self.journal_ids()?;
+        let newest_old = old_journals.iter().copied().max().unwrap_or(0);
         let scratch = self
             .db
             .keyspace("purge_scratch", KeyspaceCreateOptions::default)?;
@@ -326,40 +330,68 @@ impl Store {
                 x as u8
             })
             .collect();
-        let mut written = 0usize;
-        let mut i = 0u64;
-        while written <= JOURNAL_ROTATION_BYTES + (1 << 20) {
-            let mut batch = self.db.batch();
-            for _ in 0..8 {
-                batch.insert(&scratch, u64_key(i), chunk.clone());
-                i += 1;
-                written += chunk.len();
+        let mut next_key = 0u64;
+        let mut write_filler = |bytes: usize| -> Result<(), StoreError> {
+            let mut written = 0usize;
+            while written < bytes {
+                let mut batch = self.db.batch();
+                for _ in 0..8 {
+                    batch.insert(&scratch, u64_key(next_key), chunk.clone());
+                    next_key += 1;
+                    written += chunk.len();
+                }
+                batch.commit()?;
             }
-            batch.commit()?;
-        }
-        self.persist()?;
-        scratch.rotate_memtable_and_wait()?;
-        // Journal deletion runs in fjall's worker right after a flush, possibly after the
-        // wait above returned, and only once every keyspace it covers has flushed: keep
-        // flushing what has data until it is gone (a busy machine can take seconds).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.db.journal_count() > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.persist()
+        };
+        write_filler(JOURNAL_ROTATION_BYTES + (8 << 20))?;
+        // Rotation and deletion both happen in fjall's workers after a flush, possibly after
+        // the waits here returned, and deletion only once every keyspace the journal covers
+        // has flushed past it: keep flushing until the old journals are gone (a busy machine
+        // can take seconds). Flushes on a never-rotated journal mean more filler is needed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let ids = self.journal_ids()?;
+            if !ids.iter().any(|id| old_journals.contains(id)) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Engine(
+                    "erased data is still in a sealed journal that could not be evicted".into(),
+                ));
+            }
+            if ids.iter().all(|&id| id <= newest_old) {
+                // Still writing to an old journal: push it past the rotation size again.
+                write_filler(8 << 20)?;
+            }
             for ks in self.all_keyspaces() {
                 ks.rotate_memtable_and_wait()?;
             }
             scratch.insert(u64_key(u64::MAX), [0u8])?;
+            self.persist()?;
             scratch.rotate_memtable_and_wait()?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         scratch.clear()?;
         scratch.major_compact()?;
         self.persist()?;
-        if self.db.journal_count() > 1 {
-            return Err(StoreError::Engine(
-                "erased data is still in a sealed journal that could not be evicted".into(),
-            ));
-        }
         Ok(())
+    }
+
+    /// Numbers of the journal files (`<n>.jnl`) in the database folder.
+    fn journal_ids(&self) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let name = entry?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jnl"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 9] {
