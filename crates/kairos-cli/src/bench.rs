@@ -11,7 +11,6 @@ use bytes_ext::Bytes;
 use hdrhistogram::Histogram;
 use kairos_server::config::Source;
 use kairos_server::{Config, Kairos};
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -82,101 +81,27 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-const CATEGORIES: [&str; 8] = [
-    "shoes",
-    "outerwear",
-    "electronics",
-    "books",
-    "home",
-    "beauty",
-    "toys",
-    "sports",
-];
-const ZONES: [&str; 6] = [
-    "America/New_York",
-    "Europe/Berlin",
-    "Europe/Moscow",
-    "Asia/Tokyo",
-    "America/Los_Angeles",
-    "Australia/Sydney",
-];
-
-/// A realistic Segment event of a shop: the mix and shapes the simulator produces.
-pub fn shop_event(rng: &mut impl Rng, people: usize, seq: usize, ts: i64) -> Value {
-    let person = rng.random_range(0..people);
-    let product = rng.random_range(0..5000);
-    let category = CATEGORIES[product % CATEGORIES.len()];
-    let price = 5.0 + (product % 300) as f64 * 0.75;
-    let timestamp = kairos_core::time::format_timestamp(ts);
-    let context = json!({
-        "library": {"name": "analytics.js", "version": "5.2.0"},
-        "timezone": ZONES[person % ZONES.len()],
-        "ip": format!("203.0.113.{}", person % 250),
-        "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
-        "page": {"path": format!("/p/{product}"), "url": format!("https://shop.example/p/{product}")}
+/// The first `n` events of the simulated shop (kairos-sim), ending now.
+pub fn shop_events(people: usize, n: usize, seed: u64) -> Vec<Value> {
+    let days = 365;
+    let start_ms = 1_795_348_800_000i64 - days as i64 * 86_400_000;
+    let sim = kairos_sim::Simulation::new(kairos_sim::SimConfig {
+        people,
+        days,
+        seed,
+        start_ms,
     });
-    let base = |v: Value| {
-        let mut v = v;
-        v["messageId"] = json!(format!("bench-{seq:012}"));
-        v["timestamp"] = json!(timestamp);
-        v["userId"] = json!(format!("user-{person}"));
-        v["anonymousId"] = json!(format!("anon-{person}"));
-        v["context"] = context.clone();
-        v
-    };
-    match rng.random_range(0..100) {
-        0..=39 => base(
-            json!({"type": "track", "event": "Product Viewed", "properties": {
-            "product_id": format!("sku-{product}"), "name": format!("Product {product}"), "category": category,
-            "brand": "Acme", "price": price, "currency": "USD"}}),
-        ),
-        40..=59 => base(
-            json!({"type": "page", "name": "Category", "properties": {"path": format!("/c/{category}"), "title": category}}),
-        ),
-        60..=71 => base(
-            json!({"type": "track", "event": "Added to Cart", "properties": {
-            "product_id": format!("sku-{product}"), "name": format!("Product {product}"), "category": category,
-            "price": price, "quantity": 1 + product % 3, "cart_id": format!("cart-{person}")}}),
-        ),
-        72..=75 => base(
-            json!({"type": "track", "event": "Order Completed", "properties": {
-            "order_id": format!("o-{seq}"), "revenue": price * 2.0, "currency": "USD",
-            "products": [{"product_id": format!("sku-{product}"), "price": price, "quantity": 2, "category": category}]}}),
-        ),
-        76..=87 => base(
-            json!({"type": "track", "event": "Email Delivered", "properties": {"message_id": format!("msg-{seq}"), "campaign": "weekly"}}),
-        ),
-        88..=95 => base(
-            json!({"type": "track", "event": "Email Opened", "properties": {"message_id": format!("msg-{seq}"), "campaign": "weekly"}}),
-        ),
-        _ => base(
-            json!({"type": "identify", "traits": {"email": format!("person{person}@example.com"), "plan": if person % 3 == 0 {"pro"} else {"free"}, "first_name": "Sam"}}),
-        ),
-    }
+    sim.events().take(n).map(|e| e.value).collect()
 }
 
 fn payloads(args: &IngestArgs) -> Vec<Bytes> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let now = 1_795_348_800_000i64;
-    let n_batches = args.events.div_ceil(args.batch);
-    (0..n_batches)
-        .map(|b| {
-            let events: Vec<Value> = (0..args.batch)
-                .map(|i| {
-                    let seq = b * args.batch + i;
-                    shop_event(
-                        &mut rng,
-                        args.people,
-                        seq,
-                        now - 3_600_000 + seq as i64 % 3_600_000,
-                    )
-                })
-                .collect();
+    let sent_at = kairos_core::time::format_timestamp(1_795_348_800_000);
+    shop_events(args.people, args.events, args.seed)
+        .chunks(args.batch.max(1))
+        .map(|events| {
             Bytes::from(
-                serde_json::to_vec(
-                    &json!({"batch": events, "sentAt": kairos_core::time::format_timestamp(now)}),
-                )
-                .unwrap_or_default(),
+                serde_json::to_vec(&json!({"batch": events, "sentAt": sent_at}))
+                    .unwrap_or_default(),
             )
         })
         .collect()
@@ -405,16 +330,11 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         correct_skew: false,
         source: "bench".into(),
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // Decode a pool of realistic events once; profiles fold copies of them at spread times.
-    let pool: Vec<kairos_core::Event> = (0..4096)
-        .map(|i| {
-            let v = shop_event(
-                &mut rng,
-                1_000_000,
-                i,
-                env.received_at - (i as i64 % 30) * 86_400_000,
-            );
+    let pool: Vec<kairos_core::Event> = shop_events(2000, 20_000, 11)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
             decode_line(&v.to_string(), i, &env, &Limits::default())
                 .map_err(|r| anyhow::anyhow!(r.error.to_string()))
         })
@@ -465,11 +385,8 @@ pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("events.jsonl");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let start = 1_795_348_800_000i64 - 30 * 86_400_000;
-    for i in 0..args.events {
-        let ts = start + (i as i64 * 30 * 86_400_000) / args.events.max(1) as i64;
-        serde_json::to_writer(&mut out, &shop_event(&mut rng, args.people, i, ts))?;
+    for event in shop_events(args.people, args.events, args.seed) {
+        serde_json::to_writer(&mut out, &event)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

@@ -92,14 +92,44 @@ struct Totals {
     outcome: Outcome,
 }
 
-/// Submits chunks and keeps a bounded window of unanswered ones.
+/// Buffers events into chunks, submits them, and keeps a bounded window of unanswered ones.
 struct Pipeline {
     ingest: Ingestor,
     pending: VecDeque<oneshot::Receiver<Result<Outcome, kairos_store::StoreError>>>,
     totals: Totals,
+    events: Vec<Event>,
+    rejected: Vec<kairos_core::segment::Rejected>,
+    chunk: usize,
+    now: i64,
+    source: String,
 }
 
 impl Pipeline {
+    /// Adds one line's verdict; submits a chunk when it is full.
+    fn add(&mut self, item: Result<Event, kairos_core::segment::Rejected>) -> anyhow::Result<()> {
+        match item {
+            Ok(e) => self.events.push(e),
+            Err(r) => self.rejected.push(r),
+        }
+        self.totals.lines += 1;
+        if self.events.len() + self.rejected.len() >= self.chunk {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self) -> anyhow::Result<()> {
+        if self.events.is_empty() && self.rejected.is_empty() {
+            return Ok(());
+        }
+        let (events, rejected) = (
+            std::mem::take(&mut self.events),
+            std::mem::take(&mut self.rejected),
+        );
+        let (now, source) = (self.now, self.source.clone());
+        self.submit(events, rejected, now, &source)
+    }
+
     fn submit(
         &mut self,
         events: Vec<Event>,
@@ -167,17 +197,23 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    let now = now_ms();
     let mut pipe = Pipeline {
         ingest,
         pending: VecDeque::new(),
         totals: Totals::default(),
+        events: Vec::with_capacity(args.chunk),
+        rejected: Vec::new(),
+        chunk: args.chunk.max(1),
+        now,
+        source: args.source.clone(),
     };
-    let now = now_ms();
     if args.identify {
         import_csv(&args, input, &mut pipe, now, &bar, &read)?;
     } else {
         import_jsonl(&args, input, &mut pipe, now, &bar, &read)?;
     }
+    pipe.flush_chunk()?;
     while !pipe.pending.is_empty() {
         pipe.wait_one()?;
     }
@@ -215,8 +251,6 @@ fn import_jsonl(
         correct_skew: false,
         source: args.source.clone(),
     };
-    let mut events = Vec::with_capacity(args.chunk);
-    let mut rejected = Vec::new();
     let mut line = String::new();
     let mut index = 0usize;
     loop {
@@ -228,25 +262,12 @@ fn import_jsonl(
         if text.is_empty() {
             continue;
         }
-        match decode_line(text, index, &env, &limits) {
-            Ok(ev) => events.push(ev),
-            Err(r) => rejected.push(r),
-        }
+        pipe.add(decode_line(text, index, &env, &limits))?;
         index += 1;
-        if events.len() + rejected.len() >= args.chunk {
-            pipe.submit(
-                std::mem::take(&mut events),
-                std::mem::take(&mut rejected),
-                now,
-                &args.source,
-            )?;
+        if index.is_multiple_of(10_000) {
             bar.set_position(read.load(Ordering::Relaxed));
         }
     }
-    if !events.is_empty() || !rejected.is_empty() {
-        pipe.submit(events, rejected, now, &args.source)?;
-    }
-    pipe.totals.lines = index as u64;
     Ok(())
 }
 
@@ -305,21 +326,17 @@ fn import_csv(
         );
     };
     let by_email = id_col.eq_ignore_ascii_case("email");
-    let mut events = Vec::with_capacity(args.chunk);
-    let mut rejected = Vec::new();
-    let mut rows = 0u64;
     for (index, record) in reader.records().enumerate() {
         let record = record?;
-        rows += 1;
         let id = record.get(id_idx).unwrap_or("").trim().to_string();
         let raw = record.iter().collect::<Vec<_>>().join(",");
         if id.is_empty() {
-            rejected.push(kairos_core::segment::Rejected {
+            pipe.add(Err(kairos_core::segment::Rejected {
                 index,
                 message_id: None,
                 error: kairos_core::segment::FieldError::new(id_col.clone(), "is empty"),
                 raw,
-            });
+            }))?;
             continue;
         }
         let mut traits = Map::new();
@@ -330,7 +347,7 @@ fn import_csv(
             }
         }
         if by_email && kairos_core::identity::normalize_email(&id).is_none() {
-            rejected.push(kairos_core::segment::Rejected {
+            pipe.add(Err(kairos_core::segment::Rejected {
                 index,
                 message_id: None,
                 error: kairos_core::segment::FieldError::new(
@@ -338,7 +355,7 @@ fn import_csv(
                     "is not an email address",
                 ),
                 raw,
-            });
+            }))?;
             continue;
         }
         // The same row imported twice is the same message: re-imports are idempotent.
@@ -346,7 +363,7 @@ fn import_csv(
             "csv-{:032x}",
             xxhash_rust::xxh3::xxh3_128(format!("{}\u{1f}{raw}", headers.join(",")).as_bytes())
         );
-        events.push(Event {
+        pipe.add(Ok(Event {
             message_id,
             kind: EventKind::Identify,
             event: None,
@@ -361,21 +378,9 @@ fn import_csv(
             traits,
             context: Map::new(),
             source: args.source.clone(),
-        });
-        if events.len() + rejected.len() >= args.chunk {
-            pipe.submit(
-                std::mem::take(&mut events),
-                std::mem::take(&mut rejected),
-                now,
-                &args.source,
-            )?;
-            bar.set_position(read.load(Ordering::Relaxed));
-        }
+        }))?;
+        bar.set_position(read.load(Ordering::Relaxed));
     }
-    if !events.is_empty() || !rejected.is_empty() {
-        pipe.submit(events, rejected, now, &args.source)?;
-    }
-    pipe.totals.lines = rows;
     Ok(())
 }
 

@@ -67,16 +67,7 @@ async fn official_segment_python_sdk_builds_one_merged_profile() {
             server.log_tail()
         );
     }
-    let client = reqwest::Client::new();
-    let p: serde_json::Value = client
-        .get(format!("{}/v1/profiles?userId=sdk-user", server.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = server.admin_get("/v1/profiles?userId=sdk-user").await;
     let ids = &p["identifiers"];
     let anon: Vec<&str> = ids["anonymousId"]
         .as_array()

@@ -78,21 +78,27 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// GET with the admin token; the JSON body.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Every messageId in the event log, in arrival order.
     pub async fn logged_message_ids(&self) -> Vec<String> {
-        let client = reqwest::Client::new();
         let mut after = 0u64;
         let mut ids = Vec::new();
         loop {
-            let r: serde_json::Value = client
-                .get(format!("{}/v1/events?after={after}&limit=10000", self.base))
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = self
+                .admin_get(&format!("/v1/events?after={after}&limit=10000"))
+                .await;
             for e in r["events"].as_array().unwrap() {
                 ids.push(e["messageId"].as_str().unwrap().to_string());
             }

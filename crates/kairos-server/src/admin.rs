@@ -51,8 +51,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn blocking_err(e: tokio::task::JoinError) -> ApiError {
-    ApiError::new(ErrorCode::StorageFailure, format!("read task failed: {e}"))
+/// Runs store reads on the blocking pool (fjall calls block on IO).
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StorageFailure, format!("read task failed: {e}")))?
+}
+
+/// The cursor of the next page: the last item's, when the page is full.
+fn next_cursor<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
+    if page.len() == limit {
+        page.last().map(cursor)
+    } else {
+        None
+    }
 }
 
 /// Resolves a path id: a Kairos id (`p_...`), else a userId.
@@ -93,48 +109,37 @@ async fn find_profile(
     } else {
         None
     };
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
+    let after = match q.after.as_deref() {
+        Some(a) => Some(a.parse::<ProfileId>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "after: expected a profile id like p_0123456789abcdef",
+            )
+            .field("after")
+        })?),
+        None => None,
+    };
+    blocking(&state, move |s| {
         let now = (s.clock)();
-        match key {
-            Some(key) => {
-                let id = s.store.lookup(&key)?.ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no profile with {} {:?}", key.kind.label(), key.value),
-                    )
-                })?;
-                let p = s
-                    .store
-                    .profile(id)?
-                    .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "profile not found"))?;
-                Ok(Json(p.view(now)))
-            }
-            None => {
-                let after = match q.after.as_deref() {
-                    Some(a) => Some(a.parse::<ProfileId>().map_err(|_| {
-                        ApiError::new(
-                            ErrorCode::InvalidParameter,
-                            "after: expected a profile id like p_0123456789abcdef",
-                        )
-                        .field("after")
-                    })?),
-                    None => None,
-                };
-                let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-                let page = s.store.profiles_after(after, limit)?;
-                let next = (page.len() == limit)
-                    .then(|| page.last().map(|p| p.id.to_string()))
-                    .flatten();
-                Ok(Json(json!({
-                    "profiles": page.iter().map(|p| p.view(now)).collect::<Vec<_>>(),
-                    "next": next,
-                })))
-            }
-        }
+        let Some(key) = key else {
+            let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+            let page = s.store.profiles_after(after, limit)?;
+            return Ok(Json(json!({
+                "profiles": page.iter().map(|p| p.view(now)).collect::<Vec<_>>(),
+                "next": next_cursor(&page, limit, |p| p.id.to_string()),
+            })));
+        };
+        let not_found = || {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no profile with {} {:?}", key.kind.label(), key.value),
+            )
+        };
+        let id = s.store.lookup(&key)?.ok_or_else(not_found)?;
+        let p = s.store.profile(id)?.ok_or_else(not_found)?;
+        Ok(Json(p.view(now)))
     })
     .await
-    .map_err(blocking_err)?
 }
 
 async fn get_profile(
@@ -143,10 +148,10 @@ async fn get_profile(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || Ok(Json(resolve(&s, &id)?.view((s.clock)()))))
-        .await
-        .map_err(blocking_err)?
+    blocking(&state, move |s| {
+        Ok(Json(resolve(s, &id)?.view((s.clock)())))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -175,27 +180,18 @@ async fn profile_events(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let p = resolve(&s, &id)?;
-        let after = q.after.as_deref().map(parse_cursor).transpose()?;
+    let after = q.after.as_deref().map(parse_cursor).transpose()?;
+    blocking(&state, move |s| {
+        let p = resolve(s, &id)?;
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let events = s.store.profile_events(p.id, after, limit)?;
-        let next = (events.len() == limit)
-            .then(|| {
-                events
-                    .last()
-                    .map(|e| format!("{}:{}", e.event.timestamp, e.seq))
-            })
-            .flatten();
         Ok(Json(json!({
             "profile": p.id.to_string(),
             "events": events.iter().map(|e| e.event.to_segment_json()).collect::<Vec<_>>(),
-            "next": next,
+            "next": next_cursor(&events, limit, |e| format!("{}:{}", e.event.timestamp, e.seq)),
         })))
     })
     .await
-    .map_err(blocking_err)?
 }
 
 #[derive(Deserialize)]
@@ -210,10 +206,7 @@ async fn erase_profile(
     Query(q): Query<EraseQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    let profile = tokio::task::spawn_blocking(move || resolve(&s, &id))
-        .await
-        .map_err(blocking_err)??;
+    let profile = blocking(&state, move |s| resolve(s, &id)).await?;
     let suppress = q.suppress.unwrap_or(state.config.ingest.suppress_erased);
     let rx = state.ingest.erase(profile.id, suppress, (state.clock)())?;
     let erased = rx
@@ -235,9 +228,8 @@ async fn export_profile(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let p = resolve(&s, &id)?;
+    blocking(&state, move |s| {
+        let p = resolve(s, &id)?;
         let events = s.store.profile_events(p.id, None, usize::MAX)?;
         let needles: Vec<String> = p
             .identifiers
@@ -253,15 +245,15 @@ async fn export_profile(
                 needles.iter().any(|n| raw.contains(n.as_str()))
             })
             .collect();
+        let now = (s.clock)();
         Ok(Json(json!({
-            "exportedAt": kairos_core::time::format_timestamp((s.clock)()),
-            "profile": p.view((s.clock)()),
+            "exportedAt": kairos_core::time::format_timestamp(now),
+            "profile": p.view(now),
             "events": events.iter().map(|e| e.event.to_segment_json()).collect::<Vec<_>>(),
             "deadLetters": dead,
         })))
     })
     .await
-    .map_err(blocking_err)?
 }
 
 #[derive(Deserialize)]
@@ -276,17 +268,13 @@ async fn dead_letters(
     Query(q): Query<SeqQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(&state, move |s| {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let list = s.store.dead_letters(q.after.unwrap_or(0), limit)?;
-        let next = (list.len() == limit)
-            .then(|| list.last().map(|d| d.seq))
-            .flatten();
+        let next = next_cursor(&list, limit, |d| d.seq);
         Ok(Json(json!({"deadLetters": list, "next": next})))
     })
     .await
-    .map_err(blocking_err)?
 }
 
 async fn event_log(
@@ -295,24 +283,22 @@ async fn event_log(
     Query(q): Query<SeqQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(&state, move |s| {
         let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
         let list = s.store.log_after(q.after.unwrap_or(0), limit)?;
-        let next = (list.len() == limit)
-            .then(|| list.last().map(|e| e.seq))
-            .flatten();
-        Ok(Json(json!({
-            "events": list.iter().map(|e| {
+        let events: Vec<Value> = list
+            .iter()
+            .map(|e| {
                 let mut v = e.event.to_segment_json();
                 v["seq"] = json!(e.seq);
                 v
-            }).collect::<Vec<_>>(),
-            "next": next,
-        })))
+            })
+            .collect();
+        Ok(Json(
+            json!({"events": events, "next": next_cursor(&list, limit, |e| e.seq)}),
+        ))
     })
     .await
-    .map_err(blocking_err)?
 }
 
 async fn stats(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
