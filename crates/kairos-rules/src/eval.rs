@@ -1,0 +1,411 @@
+//! Evaluation of compiled programs against an [`Env`], the host's view of one profile.
+//!
+//! Semantics, briefly: a missing value is `null`; comparisons involving `null` (other than
+//! `== null` / `!= null`) are false; values of different kinds are never equal (the string
+//! "3" is not the number 3); arithmetic on anything but numbers, and division by zero, give
+//! `null`; only `true` is true.
+
+use crate::compile::{AggId, ArithOp, CmpOp, Const, Filter, Func, Node, Program, Window};
+use crate::schema::Field;
+use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
+
+/// A run-time value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val<'a> {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Cow<'a, str>),
+    Dur(i64),
+    Time(i64),
+    /// A JSON array (a list-valued trait or property).
+    Arr(&'a [Json]),
+}
+
+impl<'a> Val<'a> {
+    /// A JSON value as a rule sees it; objects are not comparable and read as null.
+    pub fn from_json(v: &'a Json) -> Val<'a> {
+        match v {
+            Json::Null | Json::Object(_) => Val::Null,
+            Json::Bool(b) => Val::Bool(*b),
+            Json::Number(n) => n.as_f64().map_or(Val::Null, Val::Num),
+            Json::String(s) => Val::Str(Cow::Borrowed(s)),
+            Json::Array(a) => Val::Arr(a),
+        }
+    }
+
+    fn from_const(c: &'a Const) -> Val<'a> {
+        match c {
+            Const::Null => Val::Null,
+            Const::Bool(b) => Val::Bool(*b),
+            Const::Num(n) => Val::Num(*n),
+            Const::Str(s) => Val::Str(Cow::Borrowed(s)),
+            Const::Dur(d) => Val::Dur(*d),
+        }
+    }
+
+    pub fn is_true(&self) -> bool {
+        matches!(self, Val::Bool(true))
+    }
+
+    fn num(&self) -> Option<f64> {
+        match self {
+            Val::Num(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A number or a time as a JSON value (for explanations and previews).
+    pub fn to_json(&self) -> Json {
+        match self {
+            Val::Null => Json::Null,
+            Val::Bool(b) => Json::Bool(*b),
+            Val::Num(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
+            Val::Str(s) => Json::String(s.to_string()),
+            Val::Dur(d) | Val::Time(d) => Json::from(*d),
+            Val::Arr(a) => Json::Array(a.to_vec()),
+        }
+    }
+}
+
+/// The incoming event, for rules that read `event.*` and for `where` filters.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    pub name: Option<&'a str>,
+    pub kind: &'a str,
+    pub timestamp: i64,
+    pub properties: &'a Map<String, Json>,
+}
+
+/// A property by dotted path.
+pub fn lookup<'a>(map: &'a Map<String, Json>, path: &[String]) -> Option<&'a Json> {
+    let (first, rest) = path.split_first()?;
+    let mut v = map.get(first)?;
+    for p in rest {
+        v = match v {
+            Json::Object(m) => m.get(p)?,
+            Json::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// What a program reads of a profile. Implemented by the host over its profile state.
+///
+/// Aggregate windows are `(from, now]`; `from` is `i64::MIN` for all time.
+pub trait Env {
+    fn now(&self) -> i64;
+    fn field(&self, f: Field) -> Val<'_>;
+    fn trait_value(&self, path: &[String]) -> Option<&Json>;
+    fn score(&self, index: usize) -> Option<f64>;
+    fn tier(&self, index: usize) -> Option<&str>;
+    fn in_segment(&self, index: usize) -> bool;
+    fn subscribed(&self, list: &str) -> bool;
+    fn consented(&self, purpose: &str) -> bool;
+    fn event(&self) -> Option<EventRef<'_>>;
+    fn count(&self, agg: AggId, from: i64) -> f64;
+    fn sum(&self, agg: AggId, from: i64) -> f64;
+    fn last(&self, agg: AggId) -> Option<i64>;
+    fn first(&self, agg: AggId) -> Option<i64>;
+    /// The first instant after now at which `count(agg, now' - (now - from))` can change
+    /// without a new event (the oldest counted event leaving the window), if any.
+    fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64>;
+}
+
+impl Program {
+    /// Evaluates a boolean rule.
+    pub fn matches(&self, env: &dyn Env) -> bool {
+        eval(&self.root, env).is_true()
+    }
+
+    /// Evaluates to a value (for numeric expressions and previews).
+    pub fn value<'e>(&'e self, env: &'e dyn Env) -> Val<'e> {
+        eval(&self.root, env)
+    }
+
+    /// The earliest instant after `env.now()` at which the result may change with no new
+    /// event (a window expiring, an age crossing its bound, the local hour turning), or
+    /// `None` if only events can change it. Conservative: at that instant re-evaluate.
+    pub fn next_change(&self, env: &dyn Env) -> Option<i64> {
+        let mut best: Option<i64> = None;
+        next_change(&self.root, env, &mut best);
+        best
+    }
+}
+
+impl Filter {
+    /// Whether an event's properties pass this `where` filter.
+    pub fn matches(&self, event: EventRef<'_>) -> bool {
+        struct Only<'a>(EventRef<'a>);
+        impl Env for Only<'_> {
+            fn now(&self) -> i64 {
+                self.0.timestamp
+            }
+            fn field(&self, _: Field) -> Val<'_> {
+                Val::Null
+            }
+            fn trait_value(&self, _: &[String]) -> Option<&Json> {
+                None
+            }
+            fn score(&self, _: usize) -> Option<f64> {
+                None
+            }
+            fn tier(&self, _: usize) -> Option<&str> {
+                None
+            }
+            fn in_segment(&self, _: usize) -> bool {
+                false
+            }
+            fn subscribed(&self, _: &str) -> bool {
+                false
+            }
+            fn consented(&self, _: &str) -> bool {
+                false
+            }
+            fn event(&self) -> Option<EventRef<'_>> {
+                Some(self.0)
+            }
+            fn count(&self, _: AggId, _: i64) -> f64 {
+                0.0
+            }
+            fn sum(&self, _: AggId, _: i64) -> f64 {
+                0.0
+            }
+            fn last(&self, _: AggId) -> Option<i64> {
+                None
+            }
+            fn first(&self, _: AggId) -> Option<i64> {
+                None
+            }
+            fn window_expiry(&self, _: AggId, _: i64) -> Option<i64> {
+                None
+            }
+        }
+        eval(&self.node, &Only(event)).is_true()
+    }
+}
+
+fn window_from(w: &Window, env: &dyn Env) -> i64 {
+    let mut from = match w.within {
+        Some(d) => env.now().saturating_sub(d),
+        None => i64::MIN,
+    };
+    if let Some(anchor) = w.since {
+        // Since an event that never happened: all of the window.
+        if let Some(t) = env.last(anchor) {
+            from = from.max(t);
+        }
+    }
+    from
+}
+
+fn equal(a: &Val, b: &Val) -> bool {
+    match (a, b) {
+        (Val::Num(x), Val::Num(y)) => x == y,
+        (Val::Str(x), Val::Str(y)) => x == y,
+        (Val::Bool(x), Val::Bool(y)) => x == y,
+        (Val::Null, Val::Null) => true,
+        (Val::Dur(x), Val::Dur(y)) | (Val::Time(x), Val::Time(y)) => x == y,
+        (Val::Arr(x), Val::Arr(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn order(a: &Val, b: &Val) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Val::Num(x), Val::Num(y)) => x.partial_cmp(y),
+        (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
+        (Val::Dur(x), Val::Dur(y)) | (Val::Time(x), Val::Time(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+fn compare(op: CmpOp, a: &Val, b: &Val) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        CmpOp::Eq => equal(a, b),
+        CmpOp::Ne => !equal(a, b),
+        _ => match order(a, b) {
+            None => false,
+            Some(o) => match op {
+                CmpOp::Lt => o == Less,
+                CmpOp::Le => o != Greater,
+                CmpOp::Gt => o == Greater,
+                _ => o != Less,
+            },
+        },
+    }
+}
+
+fn eval<'e>(node: &'e Node, env: &'e dyn Env) -> Val<'e> {
+    match node {
+        Node::Const(c) => Val::from_const(c),
+        Node::Field(f) => env.field(*f),
+        Node::Trait(path) => env.trait_value(path).map_or(Val::Null, Val::from_json),
+        Node::Score(i) => env.score(*i).map_or(Val::Null, Val::Num),
+        Node::Tier(i) => env
+            .tier(*i)
+            .map_or(Val::Null, |t| Val::Str(Cow::Borrowed(t))),
+        Node::EventName => env
+            .event()
+            .and_then(|e| e.name)
+            .map_or(Val::Null, |n| Val::Str(Cow::Borrowed(n))),
+        Node::EventType => env
+            .event()
+            .map_or(Val::Null, |e| Val::Str(Cow::Borrowed(e.kind))),
+        Node::EventTime => env.event().map_or(Val::Null, |e| Val::Time(e.timestamp)),
+        Node::EventProp(path) => env
+            .event()
+            .and_then(|e| lookup(e.properties, path))
+            .map_or(Val::Null, Val::from_json),
+        Node::Count(agg, w) => Val::Num(env.count(*agg, window_from(w, env))),
+        Node::Sum(agg, w) => Val::Num(env.sum(*agg, window_from(w, env))),
+        Node::Last(agg) => env.last(*agg).map_or(Val::Null, Val::Time),
+        Node::First(agg) => env.first(*agg).map_or(Val::Null, Val::Time),
+        Node::InSegment(i) => Val::Bool(env.in_segment(*i)),
+        Node::Subscribed(l) => Val::Bool(env.subscribed(l)),
+        Node::Consented(p) => Val::Bool(env.consented(p)),
+        Node::Exists(n) => Val::Bool(!matches!(eval(n, env), Val::Null)),
+        Node::Not(n) => Val::Bool(!eval(n, env).is_true()),
+        Node::Neg(n) => eval(n, env).num().map_or(Val::Null, |x| Val::Num(-x)),
+        Node::And(a, b) => Val::Bool(eval(a, env).is_true() && eval(b, env).is_true()),
+        Node::Or(a, b) => Val::Bool(eval(a, env).is_true() || eval(b, env).is_true()),
+        Node::Cmp(op, a, b) => Val::Bool(compare(*op, &eval(a, env), &eval(b, env))),
+        Node::Age(op, t, d) => match (eval(t, env), eval(d, env)) {
+            (Val::Time(t), Val::Dur(d)) => Val::Bool(compare(
+                *op,
+                &Val::Dur(env.now().saturating_sub(t)),
+                &Val::Dur(d),
+            )),
+            _ => Val::Bool(false),
+        },
+        Node::InList(n, items) => {
+            let v = eval(n, env);
+            Val::Bool(items.iter().any(|c| equal(&v, &Val::from_const(c))))
+        }
+        Node::InValue(n, list) => {
+            let v = eval(n, env);
+            Val::Bool(match eval(list, env) {
+                Val::Arr(items) => items.iter().any(|j| equal(&v, &Val::from_json(j))),
+                _ => false,
+            })
+        }
+        Node::Arith(op, a, b) => match (eval(a, env).num(), eval(b, env).num()) {
+            (Some(x), Some(y)) => {
+                let r = match op {
+                    ArithOp::Add => x + y,
+                    ArithOp::Sub => x - y,
+                    ArithOp::Mul => x * y,
+                    ArithOp::Div => x / y,
+                };
+                if r.is_finite() {
+                    Val::Num(r)
+                } else {
+                    Val::Null
+                }
+            }
+            _ => Val::Null,
+        },
+        Node::Call(f, args) => call(*f, args, env),
+    }
+}
+
+fn call<'e>(f: Func, args: &'e [Node], env: &'e dyn Env) -> Val<'e> {
+    let arg = |i: usize| args.get(i).map_or(Val::Null, |n| eval(n, env));
+    match f {
+        Func::Lower | Func::Upper => match arg(0) {
+            Val::Str(s) => Val::Str(Cow::Owned(if f == Func::Lower {
+                s.to_lowercase()
+            } else {
+                s.to_uppercase()
+            })),
+            _ => Val::Null,
+        },
+        Func::Abs => arg(0).num().map_or(Val::Null, |x| Val::Num(x.abs())),
+        Func::Min | Func::Max => match (arg(0).num(), arg(1).num()) {
+            (Some(a), Some(b)) => Val::Num(if f == Func::Min { a.min(b) } else { a.max(b) }),
+            _ => Val::Null,
+        },
+        Func::Contains => match (arg(0), arg(1)) {
+            (Val::Str(a), Val::Str(b)) => Val::Bool(a.contains(b.as_ref())),
+            (Val::Arr(items), v) => Val::Bool(items.iter().any(|j| equal(&v, &Val::from_json(j)))),
+            _ => Val::Bool(false),
+        },
+        Func::StartsWith | Func::EndsWith => match (arg(0), arg(1)) {
+            (Val::Str(a), Val::Str(b)) => Val::Bool(if f == Func::StartsWith {
+                a.starts_with(b.as_ref())
+            } else {
+                a.ends_with(b.as_ref())
+            }),
+            _ => Val::Bool(false),
+        },
+    }
+}
+
+const HOUR: i64 = 3_600_000;
+
+fn keep_min(best: &mut Option<i64>, t: i64) {
+    *best = Some(best.map_or(t, |b| b.min(t)));
+}
+
+fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
+    let now = env.now();
+    match node {
+        Node::Count(agg, w) | Node::Sum(agg, w) => {
+            if let Some(d) = w.within {
+                let from = window_from(w, env);
+                // The `since` anchor only moves with events; the `within` edge moves with time.
+                if from == now.saturating_sub(d) {
+                    if let Some(t) = env.window_expiry(*agg, from) {
+                        if t > now {
+                            keep_min(best, t);
+                        }
+                    }
+                } else if from.saturating_add(d) > now {
+                    // The anchor bounds the window until the `within` edge overtakes it.
+                    keep_min(best, from.saturating_add(d));
+                }
+            }
+        }
+        Node::Age(_, t, d) => {
+            if let (Val::Time(t), Val::Dur(d)) = (eval(t, env), eval(d, env)) {
+                // Age crosses d at t + d; `<=`/`>` flip one millisecond later.
+                for edge in [t.saturating_add(d), t.saturating_add(d).saturating_add(1)] {
+                    if edge > now {
+                        keep_min(best, edge);
+                    }
+                }
+            }
+            next_change_children(node, env, best);
+        }
+        Node::Field(Field::LocalHour | Field::LocalWeekday) => {
+            // Zone offsets are whole hours or half hours nearly everywhere; re-check then.
+            keep_min(best, (now.div_euclid(HOUR / 4) + 1) * (HOUR / 4));
+        }
+        _ => next_change_children(node, env, best),
+    }
+}
+
+fn next_change_children(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
+    match node {
+        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => next_change(n, env, best),
+        Node::And(a, b)
+        | Node::Or(a, b)
+        | Node::Cmp(_, a, b)
+        | Node::Age(_, a, b)
+        | Node::InValue(a, b)
+        | Node::Arith(_, a, b) => {
+            next_change(a, env, best);
+            next_change(b, env, best);
+        }
+        Node::InList(n, _) => next_change(n, env, best),
+        Node::Call(_, args) => {
+            for a in args {
+                next_change(a, env, best);
+            }
+        }
+        _ => {}
+    }
+}
