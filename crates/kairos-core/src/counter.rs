@@ -15,15 +15,71 @@ use serde::{Deserialize, Serialize};
 
 const RESOLUTIONS: [(Millis, i64); 3] = [(MINUTE, 48 * 60), (HOUR, 35 * 24), (DAY, 400)];
 
+/// What a bucket holds: a count, or a count and a sum.
+pub trait Tally: Copy + Default + PartialEq {
+    fn one(value: f64) -> Self;
+    fn merge(&mut self, other: Self);
+    fn count(&self) -> u64;
+    fn sum(&self) -> f64;
+}
+
+impl Tally for u32 {
+    fn one(_: f64) -> Self {
+        1
+    }
+    fn merge(&mut self, other: Self) {
+        *self = self.saturating_add(other);
+    }
+    fn count(&self) -> u64 {
+        *self as u64
+    }
+    fn sum(&self) -> f64 {
+        0.0
+    }
+}
+
+/// A count and the sum of a numeric property (`sum("Order Completed", "revenue", ...)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CountSum {
+    pub count: u32,
+    pub sum: f64,
+}
+
+impl Tally for CountSum {
+    fn one(value: f64) -> Self {
+        Self {
+            count: 1,
+            sum: value,
+        }
+    }
+    fn merge(&mut self, other: Self) {
+        self.count = self.count.saturating_add(other.count);
+        self.sum += other.sum;
+    }
+    fn count(&self) -> u64 {
+        self.count as u64
+    }
+    fn sum(&self) -> f64 {
+        self.sum
+    }
+}
+
+/// Events of one name (or one filtered aggregate) in time buckets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counter {
-    pub total: u64,
+pub struct Buckets<T> {
+    /// Lifetime tally.
+    pub total: T,
     pub first: Millis,
     pub last: Millis,
-    /// Sorted sparse (key, count) for all resolutions in one allocation: the key's top two
+    /// Sorted sparse (key, tally) for all resolutions in one allocation: the key's top two
     /// bits are the resolution, the low 30 the bucket index (minutes fit until year 4011).
-    buckets: Vec<(u32, u32)>,
+    buckets: Vec<(u32, T)>,
 }
+
+/// Per-event-name activity counts.
+pub type Counter = Buckets<u32>;
+/// Counts and sums of a property, for `sum(...)` aggregates.
+pub type SumCounter = Buckets<CountSum>;
 
 const INDEX_BITS: u32 = 30;
 const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
@@ -36,24 +92,29 @@ fn key(res_slot: usize, idx: u32) -> u32 {
     ((res_slot as u32) << INDEX_BITS) | idx
 }
 
-impl Counter {
+impl<T: Tally> Buckets<T> {
     pub fn add(&mut self, ts: Millis) {
-        if self.total == 0 {
+        self.add_value(ts, 0.0)
+    }
+
+    pub fn add_value(&mut self, ts: Millis, value: f64) {
+        let one = T::one(value);
+        if self.total.count() == 0 {
             self.first = ts;
             self.last = ts;
         } else {
             self.first = self.first.min(ts);
             self.last = self.last.max(ts);
         }
-        self.total += 1;
+        self.total.merge(one);
         for (slot, (res, keep)) in RESOLUTIONS.iter().enumerate() {
             let horizon = bucket_index(self.last, *res).saturating_sub(*keep as u32);
             let idx = bucket_index(ts, *res);
             if idx >= horizon {
                 let k = key(slot, idx);
                 match self.buckets.binary_search_by_key(&k, |(b, _)| *b) {
-                    Ok(pos) => self.buckets[pos].1 += 1,
-                    Err(pos) => self.buckets.insert(pos, (k, 1)),
+                    Ok(pos) => self.buckets[pos].1.merge(one),
+                    Err(pos) => self.buckets.insert(pos, (k, one)),
                 }
             }
             // Drop this resolution's buckets below its horizon.
@@ -67,34 +128,79 @@ impl Counter {
         }
     }
 
-    /// Events with a timestamp in `(now - window, now]`, exact to the bucket of the finest
-    /// resolution that covers the window. A window longer than 400 days counts the lifetime
-    /// total of events at or before `now`, as far as the day buckets and total allow.
-    pub fn count_within(&self, window: Millis, now: Millis) -> u64 {
-        if self.total == 0 || window <= 0 {
-            return 0;
-        }
-        if now - window < self.first && now >= self.last {
-            return self.total;
-        }
+    /// The resolution slot answering a window, and the key range of `(now - window, now]`.
+    fn range(&self, window: Millis, now: Millis) -> Option<(Millis, u32, u32)> {
         for (slot, (res, keep)) in RESOLUTIONS.iter().enumerate() {
             if window <= res * keep {
                 let from = key(slot, bucket_index(now - window + 1, *res));
                 let to = key(slot, bucket_index(now, *res));
-                let lo = self.buckets.partition_point(|(b, _)| *b < from);
-                return self.buckets[lo..]
-                    .iter()
-                    .take_while(|(b, _)| *b <= to)
-                    .map(|(_, c)| *c as u64)
-                    .sum();
+                return Some((*res, from, to));
             }
         }
-        self.total
+        None
+    }
+
+    /// The window covers every event there is.
+    fn covers_all(&self, window: Millis, now: Millis) -> bool {
+        now - window < self.first && now >= self.last
+    }
+
+    /// Events with a timestamp in `(now - window, now]`, exact to the bucket of the finest
+    /// resolution that covers the window. A window longer than 400 days counts the lifetime
+    /// total of events at or before `now`, as far as the day buckets and total allow.
+    pub fn tally_within(&self, window: Millis, now: Millis) -> T {
+        if self.total.count() == 0 || window <= 0 {
+            return T::default();
+        }
+        if self.covers_all(window, now) {
+            return self.total;
+        }
+        match self.range(window, now) {
+            Some((_, from, to)) => {
+                let lo = self.buckets.partition_point(|(b, _)| *b < from);
+                let mut t = T::default();
+                for (_, v) in self.buckets[lo..].iter().take_while(|(b, _)| *b <= to) {
+                    t.merge(*v);
+                }
+                t
+            }
+            None => self.total,
+        }
+    }
+
+    pub fn count_within(&self, window: Millis, now: Millis) -> u64 {
+        self.tally_within(window, now).count()
+    }
+
+    pub fn sum_within(&self, window: Millis, now: Millis) -> f64 {
+        self.tally_within(window, now).sum()
+    }
+
+    /// The first instant after `now` at which `tally_within(window, t)` can differ from its
+    /// value at `now` with no new event: when the oldest counted bucket leaves the window.
+    pub fn expiry(&self, window: Millis, now: Millis) -> Option<Millis> {
+        if self.total.count() == 0 || window <= 0 {
+            return None;
+        }
+        let shortcut_end = self
+            .covers_all(window, now)
+            .then(|| self.first.saturating_add(window));
+        let bucketed = self.range(window, now).and_then(|(res, from, to)| {
+            let lo = self.buckets.partition_point(|(b, _)| *b < from);
+            let (k, _) = self.buckets.get(lo).filter(|(b, _)| *b <= to)?;
+            let idx = (k & INDEX_MASK) as i64;
+            Some((idx + 1) * res + window - 1)
+        });
+        [shortcut_end, bucketed]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Bytes held on the heap, for memory accounting.
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * 8
+        self.buckets.capacity() * std::mem::size_of::<(u32, T)>()
     }
 }
 

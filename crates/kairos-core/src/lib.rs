@@ -10,6 +10,7 @@ pub mod counter;
 pub mod event;
 pub mod identity;
 pub mod profile;
+pub mod rules_env;
 pub mod segment;
 pub mod state;
 pub mod time;

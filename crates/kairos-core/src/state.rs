@@ -7,7 +7,7 @@
 //! hours later) end up exactly where an in-order replay would put them, and why a merge can
 //! rebuild a profile by replaying events from two histories.
 
-use crate::counter::Counter;
+use crate::counter::{Counter, SumCounter};
 use crate::event::{Event, EventKind};
 use crate::time::{hour_of_week, time_zone, Millis};
 use crate::vecmap::VecMap;
@@ -247,6 +247,10 @@ pub struct ProfileState {
     /// Why the email address must not be mailed (hard bounce, spam complaint).
     pub suppressed: Option<Stamped<String>>,
     pub groups: BTreeSet<String>,
+    /// Filtered counts and property sums the configured rules ask for, keyed by the
+    /// aggregate's canonical text (see [`kairos_rules::AggSpec`]). Plain per-name counts
+    /// come from `activity`.
+    pub aggregates: VecMap<SumCounter>,
 }
 
 fn number(v: Option<&Value>) -> Option<f64> {
@@ -314,6 +318,36 @@ impl ProfileState {
                     self.apply_track(ev, at, vocab);
                 }
             }
+        }
+    }
+
+    /// Folds an event into the filtered and summed aggregates that rules need.
+    /// Order-independent like [`ProfileState::apply`].
+    pub fn apply_aggregates(&mut self, ev: &Event, aggs: &kairos_rules::Aggregates) {
+        let Some(name) = ev.activity_name() else {
+            return;
+        };
+        for spec in &aggs.specs {
+            if spec.is_plain() || spec.event != name {
+                continue;
+            }
+            let view = kairos_rules::EventRef {
+                name: Some(name),
+                kind: ev.kind.as_str(),
+                timestamp: ev.timestamp,
+                properties: &ev.properties,
+            };
+            if spec.filter.as_ref().is_some_and(|f| !f.matches(view)) {
+                continue;
+            }
+            let value = spec
+                .property
+                .as_ref()
+                .and_then(|p| number(kairos_rules::lookup(&ev.properties, p)))
+                .unwrap_or(0.0);
+            self.aggregates
+                .get_or_insert_with(&spec.key, SumCounter::default)
+                .add_value(ev.timestamp, value);
         }
     }
 

@@ -1,0 +1,193 @@
+//! The profile state as the rule language sees it: an [`Env`] over [`ProfileState`].
+//!
+//! Windows are answered from the time buckets of [`crate::counter`] (exact to the minute up
+//! to 48 hours, to the hour up to 35 days, to the day up to 400 days), with one exact
+//! refinement: when the newest counted event is at or before the window's start, the count
+//! is zero. So `did("Order Completed", since: "Added to Cart")` compares the two instants
+//! exactly even when both fall in the same minute.
+
+use crate::counter::{Buckets, Tally};
+use crate::event::Event;
+use crate::state::ProfileState;
+use crate::time::{time_zone, Millis};
+use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Val};
+use serde_json::Value;
+
+/// One profile at one instant, with the scores, tiers and memberships computed so far.
+pub struct ProfileEnv<'a> {
+    pub state: &'a ProfileState,
+    pub aggregates: &'a Aggregates,
+    pub now: Millis,
+    /// The incoming event, for score rules and triggers.
+    pub event: Option<&'a Event>,
+    pub scores: &'a [f64],
+    pub tiers: &'a [String],
+    pub segments: &'a [bool],
+}
+
+enum Series<'a> {
+    Counts(&'a Buckets<u32>),
+    Sums(&'a crate::counter::SumCounter),
+}
+
+impl ProfileEnv<'_> {
+    fn series(&self, agg: AggId) -> Option<Series<'_>> {
+        let spec = self.aggregates.specs.get(agg)?;
+        if spec.is_plain() {
+            self.state.activity.get(&spec.event).map(Series::Counts)
+        } else {
+            self.state.aggregates.get(&spec.key).map(Series::Sums)
+        }
+    }
+
+    /// (count, sum) of events in `(from, now]`.
+    fn tally(&self, agg: AggId, from: Millis) -> (u64, f64) {
+        fn of<T: Tally>(b: &Buckets<T>, from: Millis, now: Millis) -> (u64, f64) {
+            if b.total.count() == 0 || (from != Millis::MIN && b.last <= from) || from >= now {
+                return (0, 0.0);
+            }
+            let window = if from == Millis::MIN {
+                Millis::MAX / 2
+            } else {
+                now - from
+            };
+            let t = b.tally_within(window, now);
+            (t.count(), t.sum())
+        }
+        match self.series(agg) {
+            Some(Series::Counts(b)) => of(b, from, self.now),
+            Some(Series::Sums(b)) => of(b, from, self.now),
+            None => (0, 0.0),
+        }
+    }
+
+    fn local(&self) -> Option<jiff::Zoned> {
+        let tz = self
+            .state
+            .timezone()
+            .and_then(|z| time_zone(&z))
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        Some(
+            jiff::Timestamp::from_millisecond(self.now)
+                .ok()?
+                .to_zoned(tz),
+        )
+    }
+}
+
+fn time(t: Option<Millis>) -> Val<'static> {
+    t.map_or(Val::Null, Val::Time)
+}
+
+impl Env for ProfileEnv<'_> {
+    fn now(&self) -> i64 {
+        self.now
+    }
+
+    fn field(&self, f: Field) -> Val<'_> {
+        let s = self.state;
+        match f {
+            Field::Orders => Val::Num(s.orders as f64),
+            Field::LifetimeRevenue => Val::Num(s.revenue_micros as f64 / 1e6),
+            Field::EventCount => Val::Num(s.event_count as f64),
+            Field::CartValue => Val::Num(s.cart.value_micros() as f64 / 1e6),
+            Field::CartItems => Val::Num(s.cart.items().iter().map(|i| i.quantity as f64).sum()),
+            Field::EmailDelivered => Val::Num(s.email.delivered as f64),
+            Field::EmailOpens => Val::Num(s.email.opened as f64),
+            Field::EmailClicks => Val::Num(s.email.clicked as f64),
+            Field::FirstSeen => time(s.first_seen),
+            Field::LastSeen => time(s.last_seen),
+            Field::FirstOrder => time(s.first_order),
+            Field::LastOrder => time(s.last_order),
+            Field::LastEmailOpen => time(s.email.last_opened),
+            Field::LastEmailClick => time(s.email.last_clicked),
+            Field::LocalHour => self
+                .local()
+                .map_or(Val::Null, |z| Val::Num(z.hour() as f64)),
+            Field::LocalWeekday => self.local().map_or(Val::Null, |z| {
+                Val::Num(z.weekday().to_monday_one_offset() as f64)
+            }),
+            Field::Timezone => s
+                .timezone()
+                .map_or(Val::Null, |z| Val::Str(std::borrow::Cow::Owned(z))),
+            Field::Suppressed => Val::Bool(s.suppressed.is_some()),
+            _ => Val::Null,
+        }
+    }
+
+    fn trait_value(&self, path: &[String]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        let mut v = self.state.trait_value(first)?;
+        for p in rest {
+            v = match v {
+                Value::Object(m) => m.get(p)?,
+                Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    fn score(&self, index: usize) -> Option<f64> {
+        self.scores.get(index).copied()
+    }
+
+    fn tier(&self, index: usize) -> Option<&str> {
+        self.tiers.get(index).map(String::as_str)
+    }
+
+    fn in_segment(&self, index: usize) -> bool {
+        self.segments.get(index).copied().unwrap_or(false)
+    }
+
+    /// Unknown subscription state means subscribed only for transactional messages:
+    /// marketing needs an explicit opt-in.
+    fn subscribed(&self, list: &str) -> bool {
+        self.state
+            .is_subscribed(list)
+            .unwrap_or(list == "transactional")
+    }
+
+    fn consented(&self, purpose: &str) -> bool {
+        self.state.consent.get(purpose).is_some_and(|s| s.value)
+    }
+
+    fn event(&self) -> Option<EventRef<'_>> {
+        self.event.map(|e| EventRef {
+            name: e.activity_name(),
+            kind: e.kind.as_str(),
+            timestamp: e.timestamp,
+            properties: &e.properties,
+        })
+    }
+
+    fn count(&self, agg: AggId, from: i64) -> f64 {
+        self.tally(agg, from).0 as f64
+    }
+
+    fn sum(&self, agg: AggId, from: i64) -> f64 {
+        self.tally(agg, from).1
+    }
+
+    fn last(&self, agg: AggId) -> Option<i64> {
+        match self.series(agg)? {
+            Series::Counts(b) => (b.total.count() > 0).then_some(b.last),
+            Series::Sums(b) => (b.total.count() > 0).then_some(b.last),
+        }
+    }
+
+    fn first(&self, agg: AggId) -> Option<i64> {
+        match self.series(agg)? {
+            Series::Counts(b) => (b.total.count() > 0).then_some(b.first),
+            Series::Sums(b) => (b.total.count() > 0).then_some(b.first),
+        }
+    }
+
+    fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {
+        let window = self.now.checked_sub(from)?;
+        match self.series(agg)? {
+            Series::Counts(b) => b.expiry(window, self.now),
+            Series::Sums(b) => b.expiry(window, self.now),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Rules evaluated over the real profile state equal a naive scan of the raw events under the
+//! documented window semantics (bucketed by the window's resolution), whatever the order in
+//! which the events arrived.
+
+use kairos_core::rules_env::ProfileEnv;
+use kairos_core::time::{DAY, HOUR, MINUTE};
+use kairos_core::vocab::Vocabulary;
+use kairos_core::{Event, EventKind, ProfileState};
+use kairos_rules::{compile, Aggregates, Schema, ScoreInfo};
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+const NAMES: [&str; 3] = ["Product Viewed", "Added to Cart", "Order Completed"];
+
+fn event(i: usize, name: &str, ts: i64, category: &str, price: u32) -> Event {
+    Event {
+        message_id: format!("m{i}"),
+        kind: EventKind::Track,
+        event: Some(name.into()),
+        name: None,
+        user_id: Some("u".into()),
+        anonymous_id: None,
+        previous_id: None,
+        group_id: None,
+        timestamp: ts,
+        received_at: ts,
+        properties: json!({"category": category, "price": price})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        traits: Map::new(),
+        context: Map::new(),
+        source: String::new(),
+    }
+}
+
+/// The resolution that answers a window of this length.
+fn resolution(window: i64) -> Option<i64> {
+    [(MINUTE, 48 * 60), (HOUR, 35 * 24), (DAY, 400)]
+        .into_iter()
+        .find(|(res, keep)| window <= res * keep)
+        .map(|(res, _)| res)
+}
+
+/// Events of `name` (passing `keep`) in `(from, now]`, bucketed like the state: an event
+/// counts when its bucket is not older than the bucket of `from + 1`, and none count when
+/// the newest is at or before `from`.
+fn naive(
+    events: &[Event],
+    name: &str,
+    keep: &dyn Fn(&Event) -> bool,
+    from: i64,
+    now: i64,
+) -> (u64, f64) {
+    let matching: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some(name) && keep(e) && e.timestamp <= now)
+        .collect();
+    let newest = matching.iter().map(|e| e.timestamp).max();
+    if newest.is_none_or(|t| from != i64::MIN && t <= from) {
+        return (0, 0.0);
+    }
+    let res = if from == i64::MIN {
+        None
+    } else {
+        resolution(now - from)
+    };
+    let counted: Vec<&&Event> = match res {
+        Some(res) => matching
+            .iter()
+            .filter(|e| e.timestamp.div_euclid(res) >= (from + 1).div_euclid(res))
+            .collect(),
+        None => matching.iter().collect(),
+    };
+    let sum = counted
+        .iter()
+        .map(|e| {
+            e.properties
+                .get("price")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+        })
+        .sum();
+    (counted.len() as u64, sum)
+}
+
+fn schema() -> Schema {
+    Schema {
+        scores: vec![ScoreInfo::default()],
+        ..Schema::default()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Query {
+    name: &'static str,
+    category: Option<&'static str>,
+    within: Option<i64>,
+    since: Option<&'static str>,
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    (
+        prop::sample::select(NAMES.to_vec()),
+        prop::option::of(prop::sample::select(vec!["shoes", "hats"])),
+        prop::option::of(prop_oneof![
+            (1i64..120).prop_map(|m| m * MINUTE),
+            (1i64..100).prop_map(|h| h * HOUR),
+            (1i64..120).prop_map(|d| d * DAY),
+        ]),
+        prop::option::of(prop::sample::select(NAMES.to_vec())),
+    )
+        .prop_map(|(name, category, within, since)| Query {
+            name,
+            category,
+            within,
+            since,
+        })
+}
+
+fn source(q: &Query, func: &str) -> String {
+    let filter = q
+        .category
+        .map(|c| format!(" where category == {c:?}"))
+        .unwrap_or_default();
+    let prop = if func == "sum" { ", \"price\"" } else { "" };
+    let mut s = format!("{func}({:?}{filter}{prop}", q.name);
+    if let Some(w) = q.within {
+        s.push_str(&format!(", within: {}ms", w));
+    }
+    if let Some(a) = q.since {
+        s.push_str(&format!(", since: {a:?}"));
+    }
+    s.push(')');
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn state_backed_windows_equal_the_naive_scan(
+        raw in prop::collection::vec(
+            (prop::sample::select(NAMES.to_vec()), 0i64..(150 * DAY), prop::sample::select(vec!["shoes", "hats", "bags"]), 1u32..200),
+            0..60,
+        ),
+        queries in prop::collection::vec(query(), 1..6),
+        ahead in 0i64..(2 * DAY),
+        seed in any::<u64>(),
+    ) {
+        let base = 1_000 * DAY;
+        let events: Vec<Event> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, (n, back, c, p))| event(i, n, base - back, c, *p))
+            .collect();
+        let now = base + ahead;
+        let mut aggs = Aggregates::default();
+        let s = schema();
+        let programs: Vec<(Query, kairos_rules::Program, kairos_rules::Program)> = queries
+            .iter()
+            .map(|q| {
+                let count = compile(&format!("{} >= 0", source(q, "count")), &s, &mut aggs);
+                let sum = compile(&format!("{} >= 0", source(q, "sum")), &s, &mut aggs);
+                (q.clone(), count.unwrap_or_else(|e| panic!("{e}")), sum.unwrap_or_else(|e| panic!("{e}")))
+            })
+            .collect();
+        // Fold in a shuffled order: late events must land where in-order ones would.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        let mut x = seed | 1;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let vocab = Vocabulary::default();
+        let mut state = ProfileState::default();
+        for i in order {
+            state.apply(&events[i], &vocab);
+            state.apply_aggregates(&events[i], &aggs);
+        }
+        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], tiers: &[], segments: &[] };
+        for (q, count, sum) in &programs {
+            let keep = |e: &Event| q.category.is_none_or(|c| e.properties.get("category") == Some(&json!(c)));
+            let mut from = q.within.map_or(i64::MIN, |w| now - w);
+            if let Some(anchor) = q.since {
+                if let Some(t) = events.iter().filter(|e| e.event.as_deref() == Some(anchor) && e.timestamp <= now).map(|e| e.timestamp).max() {
+                    from = from.max(t);
+                }
+            }
+            let (want_n, want_sum) = naive(&events, q.name, &keep, from, now);
+            // Evaluate the compiled left-hand sides (`count(...)`, `sum(...)`) as values.
+            let lhs = |p: &kairos_rules::Program| -> f64 {
+                let v = compile_value_of(p, &s, &mut aggs.clone());
+                match v.value(&env) { kairos_rules::Val::Num(n) => n, other => panic!("{other:?}") }
+            };
+            prop_assert_eq!(lhs(count), want_n as f64, "{}", count.source);
+            prop_assert!((lhs(sum) - want_sum).abs() < 1e-6, "{}: {} vs {}", sum.source, lhs(sum), want_sum);
+        }
+    }
+}
+
+/// The `count(...)`/`sum(...)` side of a `... >= 0` program, compiled against the same
+/// registry so aggregate ids agree.
+fn compile_value_of(
+    p: &kairos_rules::Program,
+    s: &Schema,
+    aggs: &mut Aggregates,
+) -> kairos_rules::Program {
+    let lhs = p.source.trim_end_matches(" >= 0");
+    kairos_rules::compile_value(lhs, s, aggs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn since_compares_instants_exactly_within_one_minute() {
+    let mut aggs = Aggregates::default();
+    let rule = compile(
+        r#"did("Added to Cart", within: 2h) and not did("Order Completed", since: "Added to Cart")"#,
+        &schema(),
+        &mut aggs,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t = 1_000 * DAY + 30 * MINUTE;
+    let vocab = Vocabulary::default();
+    let mut state = ProfileState::default();
+    // The order 20 s before the cart add, in the same minute: the cart is still abandoned.
+    for e in [
+        event(1, "Order Completed", t + 20_000, "x", 5),
+        event(2, "Added to Cart", t + 40_000, "x", 5),
+    ] {
+        state.apply(&e, &vocab);
+        state.apply_aggregates(&e, &aggs);
+    }
+    let env = |now| ProfileEnv {
+        state: &state,
+        aggregates: &aggs,
+        now,
+        event: None,
+        scores: &[],
+        tiers: &[],
+        segments: &[],
+    };
+    assert!(rule.matches(&env(t + MINUTE)));
+    // It leaves the segment by itself two hours later, and the timer knows when.
+    let next = rule.next_change(&env(t + MINUTE)).unwrap_or(0);
+    assert!(
+        next > t + MINUTE && next <= t + 40_000 + 2 * HOUR + MINUTE,
+        "{next}"
+    );
+    assert!(!rule.matches(&env(t + 40_000 + 2 * HOUR + MINUTE)));
+}
