@@ -117,15 +117,7 @@ impl Env for ProfileEnv<'_> {
 
     fn trait_value(&self, path: &[String]) -> Option<&Value> {
         let (first, rest) = path.split_first()?;
-        let mut v = self.state.trait_value(first)?;
-        for p in rest {
-            v = match v {
-                Value::Object(m) => m.get(p)?,
-                Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        Some(v)
+        kairos_rules::lookup_in(self.state.trait_value(first)?, rest)
     }
 
     fn score(&self, index: usize) -> Option<f64> {

@@ -81,8 +81,12 @@ pub struct EventRef<'a> {
 /// A property by dotted path.
 pub fn lookup<'a>(map: &'a Map<String, Json>, path: &[String]) -> Option<&'a Json> {
     let (first, rest) = path.split_first()?;
-    let mut v = map.get(first)?;
-    for p in rest {
+    lookup_in(map.get(first)?, rest)
+}
+
+/// A value inside a JSON value by dotted path (object keys, array indices).
+pub fn lookup_in<'a>(mut v: &'a Json, path: &[String]) -> Option<&'a Json> {
+    for p in path {
         v = match v {
             Json::Object(m) => m.get(p)?,
             Json::Array(a) => a.get(p.parse::<usize>().ok()?)?,

@@ -75,6 +75,6 @@ pub mod schema;
 
 pub use compile::{compile, compile_value, AggId, AggSpec, Aggregates, Filter, Program, Window};
 pub use error::{Pos, RuleError, Warning};
-pub use eval::{lookup, Env, EventRef, Val};
+pub use eval::{lookup, lookup_in, Env, EventRef, Val};
 pub use parser::parse;
 pub use schema::{Field, Schema, ScoreInfo, Type};
