@@ -76,19 +76,19 @@ impl Parser<'_> {
         }
     }
 
-    fn enter(&mut self) -> Result<(), RuleError> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
+    /// Runs one level of recursion, refusing nesting deeper than [`MAX_DEPTH`].
+    fn nested<T>(&mut self, f: fn(&mut Self) -> Result<T, RuleError>) -> Result<T, RuleError> {
+        if self.depth >= MAX_DEPTH {
             return Err(self.error_here(format!("expression nested deeper than {MAX_DEPTH}")));
         }
-        Ok(())
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
     }
 
     fn expr(&mut self) -> Result<Expr, RuleError> {
-        self.enter()?;
-        let r = self.or_expr();
-        self.depth -= 1;
-        r
+        self.nested(Self::or_expr)
     }
 
     fn binary_chain(
@@ -124,12 +124,10 @@ impl Parser<'_> {
         if *self.peek() == Tok::Not {
             let at = self.here();
             self.bump();
-            self.enter()?;
-            let inner = self.not_expr();
-            self.depth -= 1;
+            let inner = self.nested(Self::not_expr)?;
             return Ok(Expr::Unary {
                 op: UnOp::Not,
-                expr: Box::new(inner?),
+                expr: Box::new(inner),
                 at,
             });
         }
@@ -189,12 +187,10 @@ impl Parser<'_> {
         if *self.peek() == Tok::Minus {
             let at = self.here();
             self.bump();
-            self.enter()?;
-            let inner = self.unary();
-            self.depth -= 1;
+            let inner = self.nested(Self::unary)?;
             return Ok(Expr::Unary {
                 op: UnOp::Neg,
-                expr: Box::new(inner?),
+                expr: Box::new(inner),
                 at,
             });
         }
