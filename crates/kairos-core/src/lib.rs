@@ -7,10 +7,12 @@
 //! around it. Replaying the same events through it gives the same profiles, byte for byte.
 
 pub mod counter;
+pub mod defaults;
 pub mod event;
 pub mod identity;
 pub mod profile;
 pub mod rules_env;
+pub mod scoring;
 pub mod segment;
 pub mod state;
 pub mod time;
@@ -20,5 +22,6 @@ pub mod vocab;
 pub use event::{Event, EventKind};
 pub use identity::{IdKey, IdKind, ProfileId};
 pub use profile::{CoreConfig, Profile};
+pub use scoring::{Change, ChangeKind, Definitions, Derived, ScoreDef, Scoring, SegmentDef};
 pub use state::ProfileState;
 pub use time::Millis;

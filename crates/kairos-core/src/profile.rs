@@ -2,6 +2,7 @@
 
 use crate::event::Event;
 use crate::identity::{IdKey, IdKind, ProfileId};
+use crate::scoring::{Change, Derived, Scoring};
 use crate::state::ProfileState;
 use crate::time::Millis;
 use crate::vocab::Vocabulary;
@@ -19,7 +20,7 @@ pub struct CoreConfig {
 }
 
 /// Bumped when the encoding changes; state can always be rebuilt from events.
-const ENCODING_VERSION: u8 = 1;
+const ENCODING_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,6 +36,29 @@ pub struct Profile {
     pub id: ProfileId,
     pub identifiers: BTreeSet<IdKey>,
     pub state: ProfileState,
+    /// Scores, segments and their timeline, derived from `state` and the events.
+    pub derived: Derived,
+}
+
+/// Why a profile was (re)evaluated, for the timeline.
+#[derive(Clone, Copy, Debug)]
+pub enum Reason<'a> {
+    /// An event, by name (`Order Completed`, or the call type for identify and friends).
+    Event(&'a str),
+    /// The profile's timer came due.
+    Timer,
+    /// History was replayed: a late event, a merge, or changed definitions.
+    Replay(&'a str),
+}
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Event(name) => write!(f, "event: {name}"),
+            Reason::Timer => f.write_str("time passed"),
+            Reason::Replay(why) => write!(f, "replay: {why}"),
+        }
+    }
 }
 
 impl Profile {
@@ -43,6 +67,7 @@ impl Profile {
             id,
             identifiers: BTreeSet::new(),
             state: ProfileState::default(),
+            derived: Derived::default(),
         }
     }
 
@@ -77,13 +102,111 @@ impl Profile {
         }
     }
 
-    /// Rebuilds the state from scratch by replaying events in event-time order.
-    pub fn rebuild(&mut self, events: &mut [Event], cfg: &CoreConfig) {
+    /// Whether `ev` cannot be folded in place and the person's history must be replayed
+    /// with it ([`Profile::rebuild`]): it is older than an event already scored, or the
+    /// derived state was computed under other definitions.
+    pub fn needs_replay(&self, ev: &Event, scoring: &Scoring) -> bool {
+        if scoring.is_empty() || self.state.event_count == 0 {
+            return false;
+        }
+        self.derived.replay_version != scoring.replay_version
+            || (!scoring.scores.is_empty()
+                && self.derived.applied.is_some_and(|a| ev.order_key() < a))
+    }
+
+    /// Folds one event in (in order; see [`Profile::needs_replay`]) and evaluates segments
+    /// and tiers at `now`. Returns what changed.
+    pub fn apply(
+        &mut self,
+        ev: &Event,
+        cfg: &CoreConfig,
+        scoring: &Scoring,
+        now: Millis,
+    ) -> Vec<Change> {
+        self.state.apply(ev, &cfg.vocabulary);
+        self.state.apply_aggregates(ev, &scoring.aggregates);
+        self.derived.score_event(&self.state, ev, scoring);
+        let mut out = Vec::new();
+        if scoring.is_empty() {
+            return out;
+        }
+        let name = ev.activity_name().unwrap_or(ev.kind.as_str());
+        self.derived.evaluate(
+            &self.state,
+            scoring,
+            now.max(ev.timestamp),
+            Reason::Event(name),
+            &mut out,
+        );
+        out
+    }
+
+    /// Re-evaluates segments and tiers at `now` with no new event (the timer came due).
+    pub fn tick(&mut self, scoring: &Scoring, now: Millis) -> Vec<Change> {
+        self.reevaluate(scoring, now, Reason::Timer)
+    }
+
+    /// Re-evaluates segments and tiers at `now` (timers, edited segment definitions).
+    pub fn reevaluate(&mut self, scoring: &Scoring, now: Millis, why: Reason<'_>) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.derived
+            .evaluate(&self.state, scoring, now, why, &mut out);
+        out
+    }
+
+    /// Rebuilds state, scores and memberships from scratch by replaying events in event-time
+    /// order, then evaluates at `now`. Returns the net changes against the memberships and
+    /// tiers held before, so a replay never repeats an enter that already happened.
+    pub fn rebuild(
+        &mut self,
+        events: &mut [Event],
+        cfg: &CoreConfig,
+        scoring: &Scoring,
+        now: Millis,
+        why: &str,
+    ) -> Vec<Change> {
         events.sort_by_key(Event::order_key);
+        let old = std::mem::take(&mut self.derived);
         self.state = ProfileState::default();
+        let mut fresh = Derived {
+            segments: old.segments,
+            primary: old.primary,
+            timeline: old.timeline,
+            replay_version: scoring.replay_version,
+            ..Derived::default()
+        };
         for ev in events.iter() {
             self.state.apply(ev, &cfg.vocabulary);
+            self.state.apply_aggregates(ev, &scoring.aggregates);
+            fresh.score_event(&self.state, ev, scoring);
         }
+        let mut tiers: Vec<(String, Option<String>)> = Vec::new();
+        for name in fresh.scores.keys() {
+            tiers.push((
+                name.clone(),
+                old.scores.get(name).and_then(|s| s.tier.clone()),
+            ));
+        }
+        for (name, tier) in tiers {
+            if let Some(st) = fresh.scores.get_mut(&name) {
+                st.tier = tier;
+            }
+        }
+        self.derived = fresh;
+        let mut out = Vec::new();
+        if !scoring.is_empty() {
+            let now = events.last().map_or(now, |e| now.max(e.timestamp));
+            self.derived
+                .evaluate(&self.state, scoring, now, Reason::Replay(why), &mut out);
+        }
+        out
+    }
+
+    /// The profile as the API shows it, with scores and segments.
+    pub fn view_scored(&self, scoring: &Scoring, now: Millis) -> Value {
+        let mut v = self.view(now);
+        v["derived"] = self.derived.view(scoring, now);
+        v
     }
 
     /// The profile as the API shows it.

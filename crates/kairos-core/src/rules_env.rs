@@ -8,6 +8,7 @@
 
 use crate::counter::{Buckets, Tally};
 use crate::event::Event;
+use crate::scoring::ScoreNow;
 use crate::state::ProfileState;
 use crate::time::{time_zone, Millis};
 use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Val};
@@ -20,8 +21,9 @@ pub struct ProfileEnv<'a> {
     pub now: Millis,
     /// The incoming event, for score rules and triggers.
     pub event: Option<&'a Event>,
-    pub scores: &'a [f64],
-    pub tiers: &'a [String],
+    /// Every score at `now`, in definition order.
+    pub scores: &'a [ScoreNow<'a>],
+    /// Memberships computed so far, in definition order.
     pub segments: &'a [bool],
 }
 
@@ -121,11 +123,20 @@ impl Env for ProfileEnv<'_> {
     }
 
     fn score(&self, index: usize) -> Option<f64> {
-        self.scores.get(index).copied()
+        self.scores.get(index).map(|s| s.value)
     }
 
     fn tier(&self, index: usize) -> Option<&str> {
-        self.tiers.get(index).map(String::as_str)
+        self.scores.get(index).and_then(|s| s.tier)
+    }
+
+    fn score_reaches(&self, index: usize, value: f64) -> Option<i64> {
+        let s = self.scores.get(index)?;
+        crate::scoring::crossing(s.raw, s.half_life, self.now, value)
+    }
+
+    fn tier_change(&self, index: usize) -> Option<i64> {
+        self.scores.get(index)?.tier_change
     }
 
     fn in_segment(&self, index: usize) -> bool {

@@ -116,6 +116,16 @@ pub trait Env {
     /// The first instant after now at which `count(agg, now' - (now - from))` can change
     /// without a new event (the oldest counted event leaving the window), if any.
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64>;
+    /// The first instant after now at which score `index`, decaying with time and no new
+    /// event, reaches `value` (for `score.x >= 70`), if it ever does.
+    fn score_reaches(&self, _index: usize, _value: f64) -> Option<i64> {
+        None
+    }
+    /// The first instant after now at which the tier of score `index` changes with no new
+    /// event, if it does.
+    fn tier_change(&self, _index: usize) -> Option<i64> {
+        None
+    }
 }
 
 impl Program {
@@ -373,16 +383,43 @@ fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
                 }
             }
         }
-        Node::Age(_, t, d) => {
+        Node::Age(op, t, d) => {
             if let (Val::Time(t), Val::Dur(d)) = (eval(t, env), eval(d, env)) {
-                // Age crosses d at t + d; `<=`/`>` flip one millisecond later.
-                for edge in [t.saturating_add(d), t.saturating_add(d).saturating_add(1)] {
+                // Age reaches d at t + d: `<` and `>=` flip then, `<=` and `>` a millisecond
+                // later, `==` and `!=` at both.
+                let at = t.saturating_add(d);
+                let edges = match op {
+                    CmpOp::Lt | CmpOp::Ge => [at, at],
+                    CmpOp::Le | CmpOp::Gt => [at.saturating_add(1); 2],
+                    CmpOp::Eq | CmpOp::Ne => [at, at.saturating_add(1)],
+                };
+                for edge in edges {
                     if edge > now {
                         keep_min(best, edge);
                     }
                 }
             }
             next_change_children(node, env, best);
+        }
+        Node::Cmp(_, a, b) => {
+            if let (Node::Score(i), Node::Const(Const::Num(c)))
+            | (Node::Const(Const::Num(c)), Node::Score(i)) = (a.as_ref(), b.as_ref())
+            {
+                // `>=`/`<` flip at the instant of equality, `>`/`<=` just after it.
+                if let Some(t) = env.score_reaches(*i, *c) {
+                    for edge in [t, t.saturating_add(1)] {
+                        if edge > now {
+                            keep_min(best, edge);
+                        }
+                    }
+                }
+            }
+            next_change_children(node, env, best);
+        }
+        Node::Tier(i) => {
+            if let Some(t) = env.tier_change(*i).filter(|t| *t > now) {
+                keep_min(best, t);
+            }
         }
         Node::Field(Field::LocalHour | Field::LocalWeekday) => {
             // Zone offsets are whole hours or half hours nearly everywhere; re-check then.

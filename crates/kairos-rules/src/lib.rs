@@ -33,6 +33,9 @@
 //! comment     = "#" { any character but newline } ;
 //! ```
 //!
+//! Score rules and tier ladders wrap expressions in two small sentence forms, see
+//! [`definition`]: `when <expr> then +5 at most 3 times per 1d`, `cold < 30 <= warm < 70 <= hot`.
+//!
 //! Comparisons do not chain (`a < b < c` is an error). `and` binds tighter than `or`.
 //!
 //! # Names
@@ -67,6 +70,7 @@
 
 pub mod ast;
 pub mod compile;
+pub mod definition;
 pub mod error;
 pub mod eval;
 pub mod lexer;
@@ -74,6 +78,9 @@ pub mod parser;
 pub mod schema;
 
 pub use compile::{compile, compile_value, AggId, AggSpec, Aggregates, Filter, Program, Window};
+pub use definition::{
+    parse_duration, parse_score_rule, parse_tiers, Cap, ScoreRuleParts, TierBound,
+};
 pub use error::{Pos, RuleError, Warning};
 pub use eval::{lookup, lookup_in, Env, EventRef, Val};
 pub use parser::parse;

@@ -19,6 +19,12 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub identity: IdentityConfig,
     pub vocabulary: kairos_core::vocab::Vocabulary,
+    /// Start a new store with the built-in scores and segments (see docs/scoring.md).
+    pub default_definitions: bool,
+    /// Scores applied at every start (`[scores.engagement]`); the API edits the rest.
+    pub scores: BTreeMap<String, kairos_core::ScoreDef>,
+    /// Segments applied at every start (`[segments.vip]`).
+    pub segments: BTreeMap<String, kairos_core::SegmentDef>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -66,6 +72,9 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             identity: IdentityConfig::default(),
             vocabulary: Default::default(),
+            default_definitions: true,
+            scores: BTreeMap::new(),
+            segments: BTreeMap::new(),
         }
     }
 }
@@ -164,6 +173,29 @@ impl Config {
         Ok(())
     }
 
+    /// The definitions to put in force at start: what the store holds (or, for a new store,
+    /// the built-in ones unless turned off), with the config file's scores and segments
+    /// applied over them.
+    pub fn definitions(
+        &self,
+        stored: Option<kairos_core::Definitions>,
+    ) -> kairos_core::Definitions {
+        let mut defs = stored.unwrap_or_else(|| {
+            if self.default_definitions {
+                kairos_core::defaults::default_definitions()
+            } else {
+                Default::default()
+            }
+        });
+        for (k, v) in &self.scores {
+            defs.scores.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.segments {
+            defs.segments.insert(k.clone(), v.clone());
+        }
+        defs
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
@@ -215,6 +247,7 @@ impl Config {
             queue_capacity: self.ingest.queue_capacity,
             cache_profiles: self.ingest.cache_profiles,
             core: self.core(),
+            ..Default::default()
         }
     }
 }

@@ -79,8 +79,22 @@ impl Kairos {
         };
         let store = Store::open(config.data_dir.join("store"), &StoreOptions::default())
             .map_err(store_err)?;
-        let (ingest, writer) =
-            Ingestor::start(store.clone(), config.writer_options()).map_err(store_err)?;
+        let mut opts = config.writer_options();
+        opts.clock = kairos_store::Clock(clock.clone());
+        let (ingest, writer) = Ingestor::start(store.clone(), opts).map_err(store_err)?;
+        let stored = store.definitions().map_err(store_err)?;
+        let defs = config.definitions(stored.clone());
+        if Some(&defs) != stored.as_ref() {
+            let scoring = kairos_core::Scoring::compile(&defs, None)
+                .map_err(|e| config::ConfigError::Invalid(format!("definitions: {e}")))?;
+            let done = ingest.define(scoring, clock()).map_err(store_err)?;
+            // Waited for on a plain thread: `open` may be called from async code.
+            std::thread::spawn(move || done.blocking_recv())
+                .join()
+                .map_err(|_| store_err(StoreError::WriterStopped))?
+                .map_err(|_| store_err(StoreError::WriterStopped))?
+                .map_err(store_err)?;
+        }
         let write_keys = config
             .sources
             .iter()

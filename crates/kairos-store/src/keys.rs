@@ -11,6 +11,14 @@
 //! | `redirected` | new profile (u64), old profile (u64)  | empty (reverse of redirects) |
 //! | `dead`       | dead-letter seq (u64)                 | rejected event (JSON)        |
 //! | `suppress`   | SHA-256 of an erased identifier       | erasure time (i64)           |
+//! | `meta`       | name (`definitions`)                  | JSON                         |
+//! | `timers`     | due time (i64), profile (u64)         | empty                        |
+//! | `members`    | segment name, 0, profile (u64)        | entered at (i64)             |
+//! | `changes`    | change seq (u64)                      | change (JSON)                |
+//! | `streams`    | stream name, 0, change seq (u64)      | empty                        |
+//! | `profile_changes` | profile (u64), change seq (u64)  | empty                        |
+//!
+//! Stream names: `segment:<name>`, `tier:<score>`, `primary`.
 //!
 //! [`Profile`]: kairos_core::Profile
 
@@ -48,6 +56,39 @@ pub fn parse_by_profile_key(k: &[u8]) -> Option<(ProfileId, Millis, u64)> {
         time_from_bits(read_u64(k.get(8..16)?)?),
         read_u64(k.get(16..24)?)?,
     ))
+}
+
+/// Due time then profile, so a range scan up to now yields every due timer.
+pub fn timer_key(at: Millis, p: ProfileId) -> [u8; 16] {
+    pair_key(time_bits(at), p.0)
+}
+
+pub fn parse_timer_key(k: &[u8]) -> Option<(Millis, ProfileId)> {
+    Some((
+        time_from_bits(read_u64(k.get(..8)?)?),
+        ProfileId(read_u64(k.get(8..16)?)?),
+    ))
+}
+
+/// `name`, a zero byte, then a big-endian u64 (names never hold a zero byte).
+pub fn named_key(name: &str, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 9);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The prefix of every [`named_key`] of `name`.
+pub fn name_prefix(name: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// The u64 at the end of a [`named_key`].
+pub fn named_key_tail(k: &[u8]) -> Option<u64> {
+    read_u64(k.get(k.len().checked_sub(8)?..)?)
 }
 
 pub fn pair_key(a: u64, b: u64) -> [u8; 16] {

@@ -12,7 +12,8 @@ pub mod writer;
 
 pub use store::{Counts, DeadLetter, Store, StoreOptions, StoredEvent};
 pub use writer::{
-    Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission, WriterOptions,
+    Backfill, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission,
+    WriterOptions,
 };
 
 /// Errors of the store.

@@ -3,9 +3,17 @@
 use crate::keys::*;
 use crate::StoreError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use kairos_core::{Event, IdKey, Millis, Profile, ProfileId};
+use kairos_core::{Definitions, Event, IdKey, Millis, Profile, ProfileId, Scoring};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+pub(crate) const DEFINITIONS_KEY: &[u8] = b"definitions";
+const KNOWN_EVENT_PREFIX: &str = "event:";
+
+pub(crate) fn known_event_key(name: &str) -> Vec<u8> {
+    format!("{KNOWN_EVENT_PREFIX}{name}").into_bytes()
+}
 
 /// Memtable size per keyspace. Smaller than fjall's 64 MB default: the single writer's
 /// inserts and point reads walk the memtable skiplist, and a shallower one is faster.
@@ -62,6 +70,14 @@ pub struct Store {
     pub(crate) redirected: Keyspace,
     pub(crate) dead: Keyspace,
     pub(crate) suppress: Keyspace,
+    pub(crate) meta: Keyspace,
+    pub(crate) timers: Keyspace,
+    pub(crate) members: Keyspace,
+    pub(crate) changes: Keyspace,
+    pub(crate) streams: Keyspace,
+    pub(crate) profile_changes: Keyspace,
+    /// The compiled score and segment definitions in force; the writer replaces them.
+    pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
 }
 
@@ -90,7 +106,7 @@ impl Store {
                 }
             })?)
         };
-        Ok(Self {
+        let store = Self {
             log: ks("log")?,
             by_profile: ks("by_profile")?,
             dedupe: ks("dedupe")?,
@@ -100,9 +116,156 @@ impl Store {
             redirected: ks("redirected")?,
             dead: ks("dead")?,
             suppress: ks("suppress")?,
+            meta: ks("meta")?,
+            timers: ks("timers")?,
+            members: ks("members")?,
+            changes: ks("changes")?,
+            streams: ks("streams")?,
+            profile_changes: ks("profile_changes")?,
+            scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
-        })
+        };
+        if let Some(defs) = store.definitions()? {
+            match Scoring::compile(&defs, None) {
+                Ok(s) => store.set_scoring(Arc::new(s)),
+                Err(e) => tracing::error!("stored definitions do not compile, none in force: {e}"),
+            }
+        }
+        Ok(store)
+    }
+
+    /// The score and segment definitions in force.
+    pub fn scoring(&self) -> Arc<Scoring> {
+        match self.scoring.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn set_scoring(&self, s: Arc<Scoring>) {
+        match self.scoring.write() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    /// The stored definitions, if any were ever saved.
+    pub fn definitions(&self) -> Result<Option<Definitions>, StoreError> {
+        match self.meta.get(DEFINITIONS_KEY)? {
+            Some(v) => {
+                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("definitions: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every event name ever stored (for warnings about rules naming others).
+    pub fn known_events(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        for guard in self.meta.prefix(KNOWN_EVENT_PREFIX) {
+            let k = guard.key()?;
+            if let Some(name) = k.get(KNOWN_EVENT_PREFIX.len()..) {
+                out.insert(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Members of a segment in profile id order after `after`, with the time they entered.
+    pub fn segment_members(
+        &self,
+        segment: &str,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<(ProfileId, Millis)>, StoreError> {
+        let start = match after {
+            Some(p) => named_key(segment, p.0.saturating_add(1)),
+            None => name_prefix(segment),
+        };
+        let prefix = name_prefix(segment);
+        let mut out = Vec::new();
+        for guard in self.members.range(start..) {
+            let (k, v) = guard.into_inner()?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let id = named_key_tail(&k).ok_or(StoreError::corrupt("member key"))?;
+            let since = read_u64(&v).map_or(0, |b| b as i64);
+            out.push((ProfileId(id), since));
+        }
+        Ok(out)
+    }
+
+    /// Number of members of a segment (a prefix scan).
+    pub fn segment_size(&self, segment: &str) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for guard in self.members.prefix(name_prefix(segment)) {
+            guard.key()?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Changes of one stream (`segment:<name>`, `tier:<score>`, `primary`) after cursor
+    /// `after`, oldest first. Each carries its `seq`, the next cursor.
+    pub fn changes(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let prefix = name_prefix(stream);
+        let mut out = Vec::new();
+        for guard in self
+            .streams
+            .range(named_key(stream, after.saturating_add(1))..)
+        {
+            let k = guard.key()?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let seq = named_key_tail(&k).ok_or(StoreError::corrupt("stream key"))?;
+            if let Some(v) = self.changes.get(u64_key(seq))? {
+                out.push(
+                    serde_json::from_slice(&v)
+                        .map_err(|e| StoreError::Corrupt(format!("change: {e}")))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Timers due at or before `now`, oldest first.
+    pub fn due_timers(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, ProfileId)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self
+            .timers
+            .range(..=timer_key(now, ProfileId(u64::MAX)).to_vec())
+        {
+            let k = guard.key()?;
+            if let Some(t) = parse_timer_key(&k) {
+                out.push(t);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest pending timer, if any.
+    pub fn next_timer(&self) -> Result<Option<(Millis, ProfileId)>, StoreError> {
+        match self.timers.first_key_value() {
+            Some(g) => Ok(parse_timer_key(&g.key()?)),
+            None => Ok(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -243,6 +406,26 @@ impl Store {
         for guard in self.profiles.range(u64_key(start)..) {
             let (_, v) = guard.into_inner()?;
             out.push(Profile::decode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Profile ids in order after `after` (keys only, no decoding).
+    pub fn profile_ids_after(
+        &self,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>, StoreError> {
+        let start = after.map(|p| p.0.saturating_add(1)).unwrap_or(0);
+        let mut out = Vec::new();
+        for guard in self.profiles.range(u64_key(start)..) {
+            let k = guard.key()?;
+            out.push(ProfileId(
+                read_u64(&k).ok_or(StoreError::corrupt("profile key"))?,
+            ));
             if out.len() >= limit {
                 break;
             }
@@ -394,7 +577,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 9] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 15] {
         [
             &self.log,
             &self.by_profile,
@@ -405,6 +588,12 @@ impl Store {
             &self.redirected,
             &self.dead,
             &self.suppress,
+            &self.meta,
+            &self.timers,
+            &self.members,
+            &self.changes,
+            &self.streams,
+            &self.profile_changes,
         ]
     }
 

@@ -11,15 +11,23 @@
 //! merge; the group's single fsync still comes before any answer.
 
 use crate::keys::*;
-use crate::store::{day_of, decode_event, suppression_hash, DeadLetter, Store};
+use crate::store::{
+    day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, DEFINITIONS_KEY,
+};
 use crate::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use fjall::OwnedWriteBatch;
 use kairos_core::identity::{self, canonical_id, event_identifiers, Found};
+use kairos_core::profile::Reason;
 use kairos_core::segment::Rejected;
-use kairos_core::{CoreConfig, Event, EventKind, IdKey, Millis, Profile, ProfileId};
+use kairos_core::{
+    Change, ChangeKind, CoreConfig, Event, EventKind, IdKey, Millis, Profile, ProfileId, Scoring,
+};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Tuning of the writer.
@@ -35,6 +43,34 @@ pub struct WriterOptions {
     /// Decoded profiles kept in memory.
     pub cache_profiles: usize,
     pub core: CoreConfig,
+    /// How often due segment timers are looked for.
+    pub timer_interval: Duration,
+    /// The time segments are evaluated at; tests pass their own.
+    pub clock: Clock,
+}
+
+/// Milliseconds since the epoch, from the system or from a test.
+#[derive(Clone)]
+pub struct Clock(pub Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as Millis)
+        }))
+    }
+
+    pub fn now(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
 }
 
 impl Default for WriterOptions {
@@ -45,6 +81,8 @@ impl Default for WriterOptions {
             queue_capacity: 512,
             cache_profiles: 250_000,
             core: CoreConfig::default(),
+            timer_interval: Duration::from_millis(200),
+            clock: Clock::system(),
         }
     }
 }
@@ -108,6 +146,32 @@ enum Command {
         at: Millis,
         reply: Reply<Option<Erased>>,
     },
+    /// Timers that came due: re-evaluate those profiles.
+    Tick {
+        due: Vec<(Millis, ProfileId)>,
+        done: Sender<()>,
+    },
+    /// Bring these profiles up to the definitions in force (backfill).
+    Rebuild {
+        ids: Vec<ProfileId>,
+        done: Sender<()>,
+    },
+    /// Store and put in force new definitions (already compiled by the caller).
+    Define {
+        scoring: Arc<Scoring>,
+        reply: Reply<()>,
+    },
+}
+
+/// Progress of bringing every profile up to new definitions.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Backfill {
+    pub version: u64,
+    pub done: u64,
+    /// Profiles when it started (approximate).
+    pub total: u64,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
 }
 
 /// The handle that feeds the writer thread. Cloneable; the writer stops when every handle
@@ -115,6 +179,18 @@ enum Command {
 #[derive(Clone)]
 pub struct Ingestor {
     tx: Sender<Command>,
+    store: Store,
+    backfill: Arc<Mutex<Option<Backfill>>>,
+    /// Stops the timer thread when the last handle is dropped.
+    _timers: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Returned when the queue is full: the caller should answer 429.
@@ -136,11 +212,75 @@ impl Ingestor {
         std::thread::Builder::new()
             .name("kairos-free".into())
             .spawn(move || while drop_rx.recv().is_ok() {})?;
-        let mut writer = Writer::new(store, opts, drop_tx)?;
+        let interval = opts.timer_interval;
+        let clock = opts.clock.clone();
+        let mut writer = Writer::new(store.clone(), opts, drop_tx)?;
         let handle = std::thread::Builder::new()
             .name("kairos-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok((Self { tx }, handle))
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (tx, store, stop) = (tx.clone(), store.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kairos-timers".into())
+                .spawn(move || run_timers(&store, &tx, &stop, interval, &clock))?;
+        }
+        Ok((
+            Self {
+                tx,
+                store,
+                backfill: Arc::new(Mutex::new(None)),
+                _timers: Arc::new(StopOnDrop(stop)),
+            },
+            handle,
+        ))
+    }
+
+    /// Stores new definitions, puts them in force for every event from now on, and starts
+    /// bringing every stored profile up to them in the background (see [`Ingestor::backfill`]).
+    pub fn define(
+        &self,
+        scoring: Scoring,
+        now: Millis,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let scoring = Arc::new(scoring);
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Define {
+                scoring: scoring.clone(),
+                reply,
+            })
+            .map_err(|_| StoreError::WriterStopped)?;
+        let total = self.store.approximate_counts().profiles;
+        let status = Backfill {
+            version: scoring.version,
+            done: 0,
+            total,
+            started_at: now,
+            finished_at: None,
+        };
+        if let Ok(mut g) = self.backfill.lock() {
+            *g = Some(status);
+        }
+        let (tx, store, progress, version) = (
+            self.tx.clone(),
+            self.store.clone(),
+            self.backfill.clone(),
+            scoring.version,
+        );
+        std::thread::Builder::new()
+            .name("kairos-backfill".into())
+            .spawn(move || {
+                if let Err(e) = run_backfill(&store, &tx, &progress, version) {
+                    tracing::error!("backfill stopped: {e}");
+                }
+            })?;
+        Ok(rx)
+    }
+
+    /// Progress of the newest backfill, if any ran since start.
+    pub fn backfill(&self) -> Option<Backfill> {
+        self.backfill.lock().ok().and_then(|g| g.clone())
     }
 
     /// Queues a submission unless the queue is full.
@@ -225,6 +365,10 @@ struct Writer {
     next_dead: u64,
     suppress_active: bool,
     graveyard: Sender<Vec<Prepared>>,
+    scoring: Arc<Scoring>,
+    next_change: u64,
+    /// Event names ever seen, so rules naming others get a warning.
+    known_events: HashSet<String>,
 }
 
 impl Writer {
@@ -234,7 +378,15 @@ impl Writer {
         graveyard: Sender<Vec<Prepared>>,
     ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
+        let next_change = match store.changes.last_key_value() {
+            Some(g) => read_u64(&g.key()?).unwrap_or(0) + 1,
+            None => 1,
+        };
+        let known_events = store.known_events()?.into_iter().collect();
         Ok(Self {
+            known_events,
+            scoring: store.scoring(),
+            next_change,
             batch: store.db.batch(),
             suppress_active: store.has_suppressions(),
             store,
@@ -284,6 +436,8 @@ impl Writer {
         let started = std::time::Instant::now();
         let mut outcomes: Vec<(Reply<Outcome>, Outcome)> = Vec::new();
         let mut erasures = Vec::new();
+        let mut dones: Vec<Sender<()>> = Vec::new();
+        let mut defined: Vec<Reply<()>> = Vec::new();
         let mut n_events = 0usize;
         let result = (|| -> Result<(), StoreError> {
             for cmd in group {
@@ -308,6 +462,24 @@ impl Writer {
                         let erased = self.erase(id, keep_suppression, at)?;
                         erasures.push((reply, erased));
                     }
+                    Command::Tick { due, done } => {
+                        self.tick(due)?;
+                        dones.push(done);
+                    }
+                    Command::Rebuild { ids, done } => {
+                        for id in ids {
+                            self.bring_up_to_date(id)?;
+                        }
+                        dones.push(done);
+                    }
+                    Command::Define { scoring, reply } => {
+                        let json = serde_json::to_vec(&scoring.definitions)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        self.batch.insert(&self.store.meta, DEFINITIONS_KEY, json);
+                        self.scoring = scoring.clone();
+                        self.store.set_scoring(scoring);
+                        defined.push(reply);
+                    }
                     Command::Hold(_) => {}
                 }
             }
@@ -327,6 +499,9 @@ impl Writer {
                 }
                 for (reply, erased) in erasures {
                     let _ = reply.send(Ok(erased));
+                }
+                for reply in defined {
+                    let _ = reply.send(Ok(()));
                 }
                 metrics::counter!("kairos_events_committed_total").increment(n_events as u64);
                 metrics::counter!("kairos_group_commits_total").increment(1);
@@ -348,8 +523,20 @@ impl Writer {
                 for (reply, _) in erasures {
                     let _ = reply.send(Err(e.clone()));
                 }
+                for reply in defined {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                // Definitions that did not commit are not in force either.
+                if let Ok(Some(defs)) = self.store.definitions() {
+                    if let Ok(s) = Scoring::compile(&defs, None) {
+                        self.scoring = Arc::new(s);
+                        self.store.set_scoring(self.scoring.clone());
+                    }
+                }
             }
         }
+        // Timer and backfill threads wait for these; dropping them answers.
+        drop(dones);
         if self.cache.len() > self.opts.cache_profiles {
             let keep = self.opts.cache_profiles / 2;
             let mut i = 0usize;
@@ -493,22 +680,32 @@ impl Writer {
             }
         }
         profile.id = final_id;
-        if !plan.merge.is_empty() {
-            let mut events = Vec::new();
-            for (_, seq) in self.store.profile_index(final_id)? {
-                if let Some(e) = self.store.event_by_seq(seq)? {
-                    events.push(e);
-                }
-            }
-            for s in &sources {
-                for (_, seq) in self.store.profile_index(*s)? {
-                    if let Some(e) = self.store.event_by_seq(seq)? {
-                        events.push(e);
-                    }
-                }
-            }
-            profile.rebuild(&mut events, &self.opts.core);
+        let replay = if !plan.merge.is_empty() {
             metrics::counter!("kairos_profile_merges_total").increment(plan.merge.len() as u64);
+            Some("merge")
+        } else if profile.needs_replay(ev, &self.scoring) {
+            Some(
+                if profile.derived.replay_version != self.scoring.replay_version {
+                    "definitions changed"
+                } else {
+                    "late event"
+                },
+            )
+        } else {
+            None
+        };
+        let mut old_timer = profile.derived.timer;
+        if let Some(old_id) = plan.target.filter(|t| *t != final_id) {
+            // The person's derived index entries move to the new id with them.
+            self.forget_derived(old_id, &profile);
+            for (seg, since) in profile.derived.segments.iter() {
+                self.batch.insert(
+                    &self.store.members,
+                    named_key(seg, final_id.0),
+                    (*since as u64).to_be_bytes(),
+                );
+            }
+            old_timer = None;
         }
         let newly_linked: Vec<IdKey> = if sources.is_empty() {
             plan.link.clone()
@@ -539,14 +736,163 @@ impl Writer {
             dedupe_value(day_of(ev.received_at), seq),
         );
         self.pending_dedupe.insert(ev.message_id.clone());
-        profile.state.apply(ev, &self.opts.core.vocabulary);
+        if let Some(name) = ev.activity_name() {
+            if !self.known_events.contains(name) {
+                self.known_events.insert(name.to_string());
+                self.batch
+                    .insert(&self.store.meta, known_event_key(name), []);
+            }
+        }
+        let now = self.opts.clock.now();
+        let changes = match replay {
+            Some(why) => {
+                // The history, this event and any moved events included, must be readable.
+                self.flush()?;
+                let mut events = self.history(final_id)?;
+                metrics::counter!("kairos_profile_replays_total", "why" => why).increment(1);
+                profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
+            }
+            None => profile.apply(ev, &self.opts.core, &self.scoring, now),
+        };
+        self.record_effects(final_id, old_timer, profile.derived.timer, &changes)?;
         self.cache.insert(final_id, profile);
         self.dirty.insert(final_id);
         Ok(Verdict::Accepted)
     }
 
+    /// Every stored event of a profile.
+    fn history(&self, id: ProfileId) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        for (_, seq) in self.store.profile_index(id)? {
+            if let Some(e) = self.store.event_by_seq(seq)? {
+                events.push(e);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Writes what an evaluation changed: the timer index, segment members, and the change
+    /// records with their stream and profile index entries.
+    fn record_effects(
+        &mut self,
+        id: ProfileId,
+        old_timer: Option<Millis>,
+        new_timer: Option<Millis>,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        let s = &self.store;
+        if old_timer != new_timer {
+            if let Some(t) = old_timer {
+                self.batch.remove(&s.timers, timer_key(t, id));
+            }
+            if let Some(t) = new_timer {
+                self.batch.insert(&s.timers, timer_key(t, id), []);
+            }
+        }
+        for c in changes {
+            let seq = self.next_change;
+            self.next_change += 1;
+            match &c.kind {
+                ChangeKind::Enter { segment } => self.batch.insert(
+                    &s.members,
+                    named_key(segment, id.0),
+                    (c.at as u64).to_be_bytes(),
+                ),
+                ChangeKind::Exit { segment } => {
+                    self.batch.remove(&s.members, named_key(segment, id.0))
+                }
+                _ => {}
+            }
+            let mut v = c.to_json();
+            let stream = change_stream(&v).unwrap_or_default();
+            v["seq"] = seq.into();
+            v["profile"] = id.to_string().into();
+            let bytes = serde_json::to_vec(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.batch.insert(&s.changes, u64_key(seq), bytes);
+            self.batch.insert(&s.streams, named_key(&stream, seq), []);
+            self.batch
+                .insert(&s.profile_changes, pair_key(id.0, seq), []);
+            metrics::counter!("kairos_segment_changes_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Loads a profile for re-evaluation, or `None` when it no longer exists.
+    fn take_profile(&mut self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
+        let id = self.store.resolve_id(id)?;
+        if let Some(p) = self.cache.remove(&id) {
+            return Ok(Some(p));
+        }
+        self.store.profile(id)
+    }
+
+    /// Re-evaluates profiles whose timers came due.
+    fn tick(&mut self, due: Vec<(Millis, ProfileId)>) -> Result<(), StoreError> {
+        let now = self.opts.clock.now();
+        for (at, id) in due {
+            self.batch.remove(&self.store.timers, timer_key(at, id));
+            let Some(mut profile) = self.take_profile(id)? else {
+                continue;
+            };
+            let pid = profile.id;
+            if profile.derived.timer == Some(at) {
+                let changes = profile.tick(&self.scoring, now);
+                self.record_effects(pid, None, profile.derived.timer, &changes)?;
+                self.dirty.insert(pid);
+            }
+            self.cache.insert(pid, profile);
+        }
+        Ok(())
+    }
+
+    /// Brings one profile up to the definitions in force: replays its history when scores or
+    /// windows changed, else re-evaluates its segments.
+    fn bring_up_to_date(&mut self, id: ProfileId) -> Result<(), StoreError> {
+        let Some(mut profile) = self.take_profile(id)? else {
+            return Ok(());
+        };
+        let pid = profile.id;
+        let old_timer = profile.derived.timer;
+        let now = self.opts.clock.now();
+        let why = "definitions changed";
+        let changes = if profile.derived.replay_version != self.scoring.replay_version
+            && !self.scoring.is_empty()
+        {
+            self.flush()?;
+            let mut events = self.history(pid)?;
+            profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
+        } else if profile.derived.version != self.scoring.version {
+            profile.reevaluate(&self.scoring, now, Reason::Replay(why))
+        } else {
+            Vec::new()
+        };
+        self.record_effects(pid, old_timer, profile.derived.timer, &changes)?;
+        self.dirty.insert(pid);
+        self.cache.insert(pid, profile);
+        Ok(())
+    }
+
     /// Moves profile `from` (its events, redirects and record) under `to`.
+    /// Removes a profile's timer and segment-member entries.
+    fn forget_derived(&mut self, id: ProfileId, p: &Profile) {
+        if let Some(t) = p.derived.timer {
+            self.batch.remove(&self.store.timers, timer_key(t, id));
+        }
+        for seg in p.derived.segments.keys() {
+            self.batch.remove(&self.store.members, named_key(seg, id.0));
+        }
+    }
+
     fn move_profile(&mut self, from: ProfileId, to: ProfileId) -> Result<(), StoreError> {
+        // A merged-in person's memberships end with their id; the merged profile's own are
+        // computed by the replay that follows.
+        let source = match self.cache.get(&from) {
+            Some(p) => Some(p.clone()),
+            None => self.store.profile(from)?.filter(|p| p.id == from),
+        };
+        if let Some(p) = source {
+            self.forget_derived(from, &p);
+        }
         let s = &self.store;
         for (ts, seq) in s.profile_index(from)? {
             self.batch
@@ -624,12 +970,34 @@ impl Writer {
             }
             erased.identifiers += 1;
         }
+        self.forget_derived(id, &profile);
+        let mut ids = vec![id];
         for guard in s.redirected.prefix(u64_key(id.0)) {
             let key = guard.key()?;
             if let Some(old) = key.get(8..16).and_then(read_u64) {
                 self.batch.remove(&s.redirects, u64_key(old));
+                ids.push(ProfileId(old));
             }
             self.batch.remove(&s.redirected, key);
+        }
+        // Their segment and tier changes, under this id and every id merged into it.
+        for pid in ids {
+            for guard in s.profile_changes.prefix(u64_key(pid.0)) {
+                let key = guard.key()?;
+                let Some(seq) = key.get(8..16).and_then(read_u64) else {
+                    continue;
+                };
+                if let Some(v) = s.changes.get(u64_key(seq))? {
+                    let stream = serde_json::from_slice::<serde_json::Value>(&v)
+                        .ok()
+                        .and_then(|c| change_stream(&c));
+                    if let Some(stream) = stream {
+                        self.batch.remove(&s.streams, named_key(&stream, seq));
+                    }
+                }
+                self.batch.remove(&s.changes, u64_key(seq));
+                self.batch.remove(&s.profile_changes, key);
+            }
         }
         // Rejected events that name the person are theirs too.
         // An identifier counts when it appears as a whole JSON string in the raw event.
@@ -663,6 +1031,95 @@ impl Writer {
 fn group_size(cmd: &Command) -> usize {
     match cmd {
         Command::Ingest(s) => s.events.len().max(1),
-        Command::Erase { .. } | Command::Hold(_) => 1,
+        Command::Rebuild { ids, .. } => ids.len().max(1) * 4,
+        Command::Tick { due, .. } => due.len().max(1),
+        Command::Erase { .. } | Command::Hold(_) | Command::Define { .. } => 1,
+    }
+}
+
+/// Finds due timers and hands them to the writer, one batch at a time, until stopped.
+fn run_timers(
+    store: &Store,
+    tx: &Sender<Command>,
+    stop: &AtomicBool,
+    interval: Duration,
+    clock: &Clock,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(interval);
+        let due = match store.due_timers(clock.now(), 10_000) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading timers: {e}");
+                continue;
+            }
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let n = due.len();
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if tx.send(Command::Tick { due, done }).is_err() {
+            return;
+        }
+        // Answered (by dropping) once the group holding the tick is committed.
+        let _ = wait.recv();
+        metrics::counter!("kairos_timers_fired_total").increment(n as u64);
+    }
+}
+
+/// Walks every profile and has the writer bring it up to definitions `version`; stops early
+/// when newer definitions replace them.
+fn run_backfill(
+    store: &Store,
+    tx: &Sender<Command>,
+    progress: &Mutex<Option<Backfill>>,
+    version: u64,
+) -> Result<(), StoreError> {
+    const PAGE: usize = 256;
+    let mut after = None;
+    loop {
+        if store.scoring().version != version {
+            return Ok(());
+        }
+        let ids = store.profile_ids_after(after, PAGE)?;
+        let Some(last) = ids.last().copied() else {
+            break;
+        };
+        after = Some(last);
+        let n = ids.len() as u64;
+        let (done, wait) = crossbeam_channel::bounded(1);
+        tx.send(Command::Rebuild { ids, done })
+            .map_err(|_| StoreError::WriterStopped)?;
+        let _ = wait.recv();
+        if let Ok(mut g) = progress.lock() {
+            if let Some(b) = g.as_mut().filter(|b| b.version == version) {
+                b.done += n;
+                b.total = b.total.max(b.done);
+            }
+        }
+    }
+    if let Ok(mut g) = progress.lock() {
+        if let Some(b) = g.as_mut().filter(|b| b.version == version) {
+            b.finished_at = Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as Millis),
+            );
+            b.total = b.done;
+        }
+    }
+    Ok(())
+}
+
+/// The stream a change (as stored JSON) belongs to: `segment:<name>`, `tier:<score>` or
+/// `primary`.
+pub(crate) fn change_stream(change: &serde_json::Value) -> Option<String> {
+    let field = |k: &str| change.get(k).and_then(|v| v.as_str());
+    match field("type")? {
+        "enter" | "exit" => Some(format!("segment:{}", field("segment")?)),
+        "tier" => Some(format!("tier:{}", field("score")?)),
+        "primary_segment" => Some("primary".into()),
+        _ => None,
     }
 }

@@ -1,0 +1,847 @@
+//! Scores and segments: their definitions, the compiled form, and the state they derive on
+//! each profile.
+//!
+//! # Semantics (what replay reproduces exactly)
+//!
+//! - **Scores** are a function of the person's events in event-time order. Each event is
+//!   folded into the profile state first; then every rule of every score is evaluated with
+//!   `now` = the event's time, the event itself, and the scores as they were before it.
+//!   A rule that matches adds its points unless its cap (`at most N times per D`) already
+//!   counted N firings in `(t - D, t]`. Points decay with the score's half-life: the raw value
+//!   at `t` is `sum(p_i * 2^(-(t - t_i) / h))`, kept as one number and its instant, so an
+//!   event costs O(rules) however long the history. The shown value is the raw value clamped
+//!   to `[min, max]` when read, so clamping never depends on arrival order.
+//! - An event older than the newest one already scored cannot be folded in place (rules
+//!   read the state *at* the event's time); [`Profile::needs_replay`] says so and the host
+//!   replays the person's history ([`Profile::rebuild`]).
+//! - **Segments** are a function of the profile state at an instant: they are evaluated at
+//!   the host's `now` after every event and whenever the profile's timer comes due. The timer
+//!   is the earliest instant at which a membership or a tier could change with no new event
+//!   (a window edge, an age bound, a decaying score crossing a threshold).
+//! - Segment rules may read scores, tiers and other segments (evaluated in dependency order;
+//!   cycles are refused). Score rules may read scores and the event, not segments, so that a
+//!   score never depends on when segments happened to be evaluated.
+//!
+//! [`Profile::needs_replay`]: crate::Profile::needs_replay
+//! [`Profile::rebuild`]: crate::Profile::rebuild
+
+use crate::event::Event;
+use crate::profile::Reason;
+use crate::rules_env::ProfileEnv;
+use crate::state::ProfileState;
+use crate::time::{format_timestamp, Millis, DAY};
+use crate::vecmap::VecMap;
+use kairos_rules::{
+    compile, parse_duration, parse_score_rule, parse_tiers, Aggregates, Cap, Program, RuleError,
+    Schema, ScoreInfo, TierBound,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A score as configured (TOML or `PUT /v1/scores/{name}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreDef {
+    pub description: String,
+    /// `when <condition> then +<points> [at most <n> times per <duration>]`.
+    pub rules: Vec<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Points lose half their weight every `half_life` (`"14d"`); none: no decay.
+    pub half_life: Option<String>,
+    /// `cold < 30 <= warm < 70 <= hot`.
+    pub tiers: Option<String>,
+}
+
+/// A segment as configured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentDef {
+    pub description: String,
+    pub rule: String,
+    /// 1 is the highest. A person's primary segment is their member segment with the
+    /// smallest number (ties: by name).
+    pub priority: i32,
+}
+
+/// Every score and segment, by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Definitions {
+    pub scores: BTreeMap<String, ScoreDef>,
+    pub segments: BTreeMap<String, SegmentDef>,
+}
+
+/// A definition that cannot be used, with where in the definitions it is.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DefinitionError {
+    #[error("{path}: {error}")]
+    Rule { path: String, error: RuleError },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl DefinitionError {
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Rule { path, .. } | Self::Invalid { path, .. } => path,
+        }
+    }
+}
+
+fn invalid(path: String, message: impl Into<String>) -> DefinitionError {
+    DefinitionError::Invalid {
+        path,
+        message: message.into(),
+    }
+}
+
+/// Score names are identifiers (`score.purchase_intent`); segment names may also hold `-`.
+fn check_name(path: String, name: &str, allow_dash: bool) -> Result<(), DefinitionError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || (allow_dash && c == '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!(
+                "`{name}` is not a valid name: use 1-64 letters, digits and `_`{}, not starting with a digit",
+                if allow_dash { " or `-`" } else { "" }
+            ),
+        ))
+    }
+}
+
+pub struct CompiledRule {
+    pub source: String,
+    pub program: Program,
+    pub points: f64,
+    pub cap: Option<Cap>,
+}
+
+pub struct CompiledScore {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<CompiledRule>,
+    pub min: f64,
+    pub max: f64,
+    pub half_life: Option<Millis>,
+    pub tiers: Vec<TierBound>,
+    /// Whether any rule reads scores or tiers (then they are computed for each event).
+    reads_scores: bool,
+}
+
+impl CompiledScore {
+    pub fn clamp(&self, raw: f64) -> f64 {
+        raw.clamp(self.min, self.max)
+    }
+
+    /// The tier a (clamped) value falls in.
+    pub fn tier_of(&self, value: f64) -> Option<&str> {
+        self.tiers
+            .iter()
+            .rev()
+            .find(|t| t.from.is_none_or(|f| value >= f))
+            .map(|t| t.name.as_str())
+    }
+}
+
+pub struct CompiledSegment {
+    pub name: String,
+    pub description: String,
+    pub program: Program,
+    pub priority: i32,
+}
+
+/// Compiled definitions: every rule parsed and checked once.
+pub struct Scoring {
+    pub definitions: Definitions,
+    /// Digest of all definitions; a profile evaluated under another version is re-evaluated.
+    pub version: u64,
+    /// Digest of what event replay computes (scores and aggregate windows); a profile derived
+    /// under another one has its history replayed.
+    pub replay_version: u64,
+    pub aggregates: Aggregates,
+    pub scores: Vec<CompiledScore>,
+    pub segments: Vec<CompiledSegment>,
+    /// Segment indices in evaluation order (dependencies first).
+    order: Vec<usize>,
+    /// Accepted but suspicious (unknown event names), as `path: line:col: message`.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        // Empty definitions always compile.
+        Self::compile(&Definitions::default(), None).unwrap_or_else(|_| unreachable!())
+    }
+}
+
+impl Scoring {
+    /// Checks and compiles definitions. `known_events` (names seen so far) turns rules that
+    /// name other events into warnings.
+    pub fn compile(
+        defs: &Definitions,
+        known_events: Option<&BTreeSet<String>>,
+    ) -> Result<Self, DefinitionError> {
+        let mut schema = Schema {
+            known_events: known_events.cloned(),
+            ..Schema::default()
+        };
+        let mut ladders = Vec::new();
+        for (name, def) in &defs.scores {
+            check_name(format!("scores.{name}"), name, false)?;
+            let tiers = match &def.tiers {
+                Some(src) => parse_tiers(src).map_err(|error| DefinitionError::Rule {
+                    path: format!("scores.{name}.tiers"),
+                    error,
+                })?,
+                None => Vec::new(),
+            };
+            schema.scores.push(ScoreInfo {
+                name: name.clone(),
+                tiers: tiers.iter().map(|t| t.name.clone()).collect(),
+            });
+            ladders.push(tiers);
+        }
+        for name in defs.segments.keys() {
+            check_name(format!("segments.{name}"), name, true)?;
+            schema.segments.push(name.clone());
+        }
+
+        let mut aggregates = Aggregates::default();
+        let mut warnings = Vec::new();
+        let mut note = |path: &str, p: &Program| {
+            for w in &p.warnings {
+                warnings.push(format!("{path}: {w}"));
+            }
+        };
+        let mut scores = Vec::new();
+        schema.event_context = true;
+        for ((name, def), tiers) in defs.scores.iter().zip(ladders) {
+            let path = format!("scores.{name}");
+            let (min, max) = (
+                def.min.unwrap_or(f64::NEG_INFINITY),
+                def.max.unwrap_or(f64::INFINITY),
+            );
+            if min.is_nan() || max.is_nan() || min > max {
+                return Err(invalid(format!("{path}.min"), "min must not exceed max"));
+            }
+            let half_life = match &def.half_life {
+                Some(src) => Some(parse_duration(src).map_err(|error| DefinitionError::Rule {
+                    path: format!("{path}.half_life"),
+                    error,
+                })?),
+                None => None,
+            };
+            let mut rules = Vec::new();
+            for (i, src) in def.rules.iter().enumerate() {
+                let rpath = format!("{path}.rules[{i}]");
+                let at = |error| DefinitionError::Rule {
+                    path: rpath.clone(),
+                    error,
+                };
+                let parts = parse_score_rule(src).map_err(at)?;
+                if !parts.points.is_finite() {
+                    return Err(invalid(rpath, "points must be a finite number"));
+                }
+                let program = compile(&parts.condition, &schema, &mut aggregates).map_err(at)?;
+                if !program.segments_used.is_empty() {
+                    return Err(invalid(
+                        rpath,
+                        "score rules cannot read segments (segments may read scores)",
+                    ));
+                }
+                note(&rpath, &program);
+                rules.push(CompiledRule {
+                    source: src.trim().to_string(),
+                    program,
+                    points: parts.points,
+                    cap: parts.cap,
+                });
+            }
+            scores.push(CompiledScore {
+                name: name.clone(),
+                description: def.description.clone(),
+                reads_scores: rules.iter().any(|r| !r.program.scores_used.is_empty()),
+                rules,
+                min,
+                max,
+                half_life,
+                tiers,
+            });
+        }
+        schema.event_context = false;
+        let mut segments = Vec::new();
+        for (name, def) in &defs.segments {
+            let path = format!("segments.{name}.rule");
+            let program = compile(&def.rule, &schema, &mut aggregates).map_err(|error| {
+                DefinitionError::Rule {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
+            note(&path, &program);
+            segments.push(CompiledSegment {
+                name: name.clone(),
+                description: def.description.clone(),
+                program,
+                priority: def.priority,
+            });
+        }
+        let order = evaluation_order(&segments)?;
+        let digest = |s: String| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+        let version = digest(serde_json::to_string(defs).unwrap_or_default());
+        let agg_keys: Vec<&str> = aggregates.specs.iter().map(|a| a.key.as_str()).collect();
+        let replay_version = digest(format!(
+            "{}{:?}",
+            serde_json::to_string(&defs.scores).unwrap_or_default(),
+            agg_keys
+        ));
+        Ok(Self {
+            definitions: defs.clone(),
+            version,
+            replay_version,
+            aggregates,
+            scores,
+            segments,
+            order,
+            warnings,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty() && self.segments.is_empty()
+    }
+
+    pub fn score(&self, name: &str) -> Option<&CompiledScore> {
+        self.scores.iter().find(|s| s.name == name)
+    }
+
+    pub fn segment(&self, name: &str) -> Option<&CompiledSegment> {
+        self.segments.iter().find(|s| s.name == name)
+    }
+}
+
+/// Dependencies first; a cycle is an error naming a segment on it.
+fn evaluation_order(segments: &[CompiledSegment]) -> Result<Vec<usize>, DefinitionError> {
+    fn visit(
+        i: usize,
+        segs: &[CompiledSegment],
+        state: &mut [u8],
+        out: &mut Vec<usize>,
+    ) -> Result<(), DefinitionError> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                return Err(invalid(
+                    format!("segments.{}.rule", segs[i].name),
+                    "segments refer to each other in a cycle",
+                ))
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        for &d in &segs[i].program.segments_used {
+            visit(d, segs, state, out)?;
+        }
+        state[i] = 2;
+        out.push(i);
+        Ok(())
+    }
+    let mut state = vec![0u8; segments.len()];
+    let mut out = Vec::with_capacity(segments.len());
+    for i in 0..segments.len() {
+        visit(i, segments, &mut state, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// `2^(-dt/h)`: the weight left after `dt` of decay.
+pub fn decay(half_life: Option<Millis>, dt: Millis) -> f64 {
+    match half_life {
+        Some(h) if dt != 0 => (-(dt as f64) / h as f64).exp2(),
+        _ => 1.0,
+    }
+}
+
+/// One rule's share of a score.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    /// Decayed points as of the score's `at`.
+    pub raw: f64,
+    pub fired: u64,
+    /// Matches not counted because of the cap.
+    pub capped: u64,
+    /// Times of the newest firings, at most the cap's N (only for capped rules).
+    pub recent: Vec<Millis>,
+}
+
+/// A score on one profile.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreState {
+    /// Sum of decayed points as of `at`, before clamping.
+    pub raw: f64,
+    pub at: Millis,
+    /// By rule index; only rules that ever matched.
+    pub rules: Vec<(u16, RuleState)>,
+    /// The tier at the last evaluation, to notice changes.
+    pub tier: Option<String>,
+    /// `(end of an active UTC day, raw value then)` for the trend, newest last.
+    pub history: Vec<(Millis, f64)>,
+}
+
+/// Days of history kept for trends (30 days ago, plus one older point to decay from).
+const HISTORY_DAYS: i64 = 31;
+
+impl ScoreState {
+    /// Raw value at `t` (`t >= at`, or earlier if nothing happened in between).
+    pub fn raw_at(&self, half_life: Option<Millis>, t: Millis) -> f64 {
+        self.raw * decay(half_life, t - self.at)
+    }
+
+    /// Moves the instant to `t >= at`, decaying the value and every rule's share.
+    fn advance(&mut self, half_life: Option<Millis>, t: Millis) {
+        if t <= self.at {
+            return;
+        }
+        // Crossing into a new UTC day: remember the value at the end of the last active day.
+        let day_end = (self.at.div_euclid(DAY) + 1) * DAY;
+        if t >= day_end && (self.raw != 0.0 || !self.rules.is_empty()) {
+            self.history
+                .push((day_end, self.raw * decay(half_life, day_end - self.at)));
+            let horizon = t - HISTORY_DAYS * DAY;
+            // Keep one point at or before the horizon: the value there decays from it.
+            let keep_from = self
+                .history
+                .iter()
+                .rposition(|(at, _)| *at <= horizon)
+                .unwrap_or(0);
+            self.history.drain(..keep_from);
+        }
+        let k = decay(half_life, t - self.at);
+        self.raw *= k;
+        for (_, r) in &mut self.rules {
+            r.raw *= k;
+        }
+        self.at = t;
+    }
+
+    /// The raw value at an earlier instant, from the history (day resolution: events on the
+    /// same UTC day before `t` are counted only if that day has ended).
+    pub fn raw_before(&self, half_life: Option<Millis>, t: Millis) -> f64 {
+        if t >= self.at {
+            return self.raw_at(half_life, t);
+        }
+        match self.history.iter().rev().find(|(at, _)| *at <= t) {
+            Some((at, v)) => v * decay(half_life, t - at),
+            None => 0.0,
+        }
+    }
+
+    /// When the raw value, decaying from `now`, reaches `target`.
+    pub fn reaches(&self, half_life: Option<Millis>, now: Millis, target: f64) -> Option<Millis> {
+        crossing(self.raw_at(half_life, now), half_life, now, target)
+    }
+}
+
+/// When a value `raw` at `now`, decaying toward zero, reaches `target` (same sign, smaller
+/// size); rounded up, and always after `now`.
+pub fn crossing(raw: f64, half_life: Option<Millis>, now: Millis, target: f64) -> Option<Millis> {
+    let h = half_life? as f64;
+    if target == 0.0 || raw == 0.0 || (raw > 0.0) != (target > 0.0) || raw.abs() <= target.abs() {
+        return None;
+    }
+    let t = now as f64 + h * (raw / target).log2();
+    (t.is_finite() && t < i64::MAX as f64).then(|| (t.ceil() as Millis).max(now + 1))
+}
+
+/// A change in membership or tier, as recorded on the profile timeline and in the change
+/// stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub at: Millis,
+    pub kind: ChangeKind,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Enter {
+        segment: String,
+    },
+    Exit {
+        segment: String,
+    },
+    Tier {
+        score: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Primary {
+        from: Option<String>,
+        to: Option<String>,
+    },
+}
+
+impl Change {
+    /// The segment it is about, for the per-segment stream.
+    pub fn segment(&self) -> Option<&str> {
+        match &self.kind {
+            ChangeKind::Enter { segment } | ChangeKind::Exit { segment } => Some(segment),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = match &self.kind {
+            ChangeKind::Enter { segment } => json!({"type": "enter", "segment": segment}),
+            ChangeKind::Exit { segment } => json!({"type": "exit", "segment": segment}),
+            ChangeKind::Tier { score, from, to } => {
+                json!({"type": "tier", "score": score, "from": from, "to": to})
+            }
+            ChangeKind::Primary { from, to } => {
+                json!({"type": "primary_segment", "from": from, "to": to})
+            }
+        };
+        v["at"] = json!(format_timestamp(self.at));
+        v["reason"] = json!(self.reason);
+        v
+    }
+}
+
+/// Changes kept on the profile itself (the full stream lives in the store).
+const TIMELINE_LEN: usize = 50;
+
+/// What scores and segments derived for one profile.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// [`Scoring::version`] and [`Scoring::replay_version`] this was computed under.
+    pub version: u64,
+    pub replay_version: u64,
+    /// Order key of the newest event folded into the scores.
+    pub applied: Option<(Millis, u64)>,
+    pub scores: VecMap<ScoreState>,
+    /// Member segments, with the instant each was entered.
+    pub segments: VecMap<Millis>,
+    pub primary: Option<String>,
+    /// The next instant at which a membership or tier may change with no event.
+    pub timer: Option<Millis>,
+    /// The newest changes, oldest first.
+    pub timeline: Vec<Change>,
+}
+
+/// A score at an instant, as rules read it.
+#[derive(Clone, Debug, Default)]
+pub struct ScoreNow<'a> {
+    pub value: f64,
+    pub raw: f64,
+    pub tier: Option<&'a str>,
+    /// When the raw value reaches a threshold, and when the tier changes, with no event.
+    pub half_life: Option<Millis>,
+    pub tier_change: Option<Millis>,
+}
+
+impl Derived {
+    /// Every score at `now`, for rule evaluation.
+    pub fn scores_at<'s>(&self, scoring: &'s Scoring, now: Millis) -> Vec<ScoreNow<'s>> {
+        scoring
+            .scores
+            .iter()
+            .map(|sc| {
+                let st = self.scores.get(&sc.name);
+                let raw = st.map_or(0.0, |s| s.raw_at(sc.half_life, now));
+                let value = sc.clamp(raw);
+                let tier_change = st.and_then(|s| {
+                    sc.tiers
+                        .iter()
+                        .filter_map(|t| t.from)
+                        .filter_map(|b| s.reaches(sc.half_life, now, b))
+                        .min()
+                });
+                ScoreNow {
+                    value,
+                    raw,
+                    tier: sc.tier_of(value),
+                    half_life: sc.half_life,
+                    tier_change,
+                }
+            })
+            .collect()
+    }
+
+    fn record(&mut self, change: Change, out: &mut Vec<Change>) {
+        if self.timeline.len() >= TIMELINE_LEN {
+            self.timeline.remove(0);
+        }
+        self.timeline.push(change.clone());
+        out.push(change);
+    }
+
+    /// Folds one event (already applied to `state`, in order) into the scores.
+    pub fn score_event(&mut self, state: &ProfileState, ev: &Event, scoring: &Scoring) {
+        let t = ev.timestamp;
+        self.replay_version = scoring.replay_version;
+        self.applied = Some(
+            self.applied
+                .map_or(ev.order_key(), |a| a.max(ev.order_key())),
+        );
+        if scoring.scores.is_empty() {
+            return;
+        }
+        let before = if scoring.scores.iter().any(|s| s.reads_scores) {
+            self.scores_at(scoring, t)
+        } else {
+            Vec::new()
+        };
+        let env = ProfileEnv {
+            state,
+            aggregates: &scoring.aggregates,
+            now: t,
+            event: Some(ev),
+            scores: &before,
+            segments: &[],
+        };
+        for sc in &scoring.scores {
+            let mut fired: Vec<(usize, &CompiledRule)> = Vec::new();
+            for (i, rule) in sc.rules.iter().enumerate() {
+                if rule.program.matches(&env) {
+                    fired.push((i, rule));
+                }
+            }
+            if fired.is_empty() {
+                continue;
+            }
+            let st = self.scores.get_or_insert_with(&sc.name, || ScoreState {
+                at: t,
+                ..ScoreState::default()
+            });
+            st.advance(sc.half_life, t);
+            for (i, rule) in fired {
+                let idx = i as u16;
+                let pos = match st.rules.binary_search_by_key(&idx, |(k, _)| *k) {
+                    Ok(p) => p,
+                    Err(p) => {
+                        st.rules.insert(p, (idx, RuleState::default()));
+                        p
+                    }
+                };
+                let rs = &mut st.rules[pos].1;
+                if let Some(cap) = rule.cap {
+                    let open = t - cap.per_ms;
+                    let in_window = rs.recent.iter().filter(|x| **x > open).count();
+                    if in_window >= cap.times as usize {
+                        rs.capped += 1;
+                        continue;
+                    }
+                    rs.recent.push(t);
+                    if rs.recent.len() > cap.times as usize {
+                        rs.recent.remove(0);
+                    }
+                }
+                rs.fired += 1;
+                rs.raw += rule.points;
+                st.raw += rule.points;
+            }
+        }
+    }
+
+    /// Evaluates tiers and segments at `now`, records what changed, and sets the timer.
+    pub fn evaluate(
+        &mut self,
+        state: &ProfileState,
+        scoring: &Scoring,
+        now: Millis,
+        reason: Reason<'_>,
+        out: &mut Vec<Change>,
+    ) {
+        self.version = scoring.version;
+        let scores = self.scores_at(scoring, now);
+        let mut timer: Option<Millis> = None;
+        let mut keep = |t: Option<Millis>| {
+            if let Some(t) = t.filter(|t| *t > now) {
+                timer = Some(timer.map_or(t, |x| x.min(t)));
+            }
+        };
+        for (sc, s) in scoring.scores.iter().zip(&scores) {
+            let Some(st) = self.scores.get_mut(&sc.name) else {
+                continue;
+            };
+            let tier = s.tier.map(str::to_string);
+            if st.tier != tier {
+                let from = std::mem::replace(&mut st.tier, tier.clone());
+                self.record(
+                    Change {
+                        at: now,
+                        kind: ChangeKind::Tier {
+                            score: sc.name.clone(),
+                            from,
+                            to: tier,
+                        },
+                        reason: reason.to_string(),
+                    },
+                    out,
+                );
+            }
+            keep(s.tier_change);
+        }
+        let mut member = vec![false; scoring.segments.len()];
+        for &i in &scoring.order {
+            let env = ProfileEnv {
+                state,
+                aggregates: &scoring.aggregates,
+                now,
+                event: None,
+                scores: &scores,
+                segments: &member,
+            };
+            let program = &scoring.segments[i].program;
+            let is = program.matches(&env);
+            keep(program.next_change(&env));
+            member[i] = is;
+        }
+        for (seg, &is) in scoring.segments.iter().zip(&member) {
+            let was = self.segments.get(&seg.name).is_some();
+            if is == was {
+                continue;
+            }
+            let kind = if is {
+                self.segments.insert(seg.name.clone(), now);
+                ChangeKind::Enter {
+                    segment: seg.name.clone(),
+                }
+            } else {
+                self.segments.remove(&seg.name);
+                ChangeKind::Exit {
+                    segment: seg.name.clone(),
+                }
+            };
+            let change = Change {
+                at: now,
+                kind,
+                reason: reason.to_string(),
+            };
+            self.record(change, out);
+        }
+        // Segments that no longer exist are left.
+        let gone: Vec<String> = self
+            .segments
+            .keys()
+            .filter(|n| scoring.segment(n).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            self.segments.remove(&name);
+            let change = Change {
+                at: now,
+                kind: ChangeKind::Exit { segment: name },
+                reason: "segment deleted".into(),
+            };
+            self.record(change, out);
+        }
+        self.scores.retain(|name| scoring.score(name).is_some());
+        let primary = scoring
+            .segments
+            .iter()
+            .zip(&member)
+            .filter(|(_, is)| **is)
+            .min_by_key(|(s, _)| (s.priority, s.name.as_str()))
+            .map(|(s, _)| s.name.clone());
+        if primary != self.primary {
+            let from = std::mem::replace(&mut self.primary, primary.clone());
+            let change = Change {
+                at: now,
+                kind: ChangeKind::Primary { from, to: primary },
+                reason: reason.to_string(),
+            };
+            self.record(change, out);
+        }
+        self.timer = timer;
+    }
+
+    /// A score's value, tier, the share of each rule (decayed to `now`, biggest first) and
+    /// its trend, for the explanation API.
+    pub fn explain(&self, scoring: &Scoring, name: &str, now: Millis) -> Option<Value> {
+        let sc = scoring.score(name)?;
+        let st = self.scores.get(name).cloned().unwrap_or_default();
+        let k = decay(sc.half_life, now - st.at);
+        let raw = st.raw * k;
+        let value = sc.clamp(raw);
+        let mut rules: Vec<(f64, Value)> = sc
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                let rs = st
+                    .rules
+                    .iter()
+                    .find(|(k, _)| *k as usize == i)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                let contribution = rs.raw * k;
+                (
+                    contribution,
+                    json!({
+                        "rule": rule.source,
+                        "points": rule.points,
+                        "contribution": round9(contribution),
+                        "fired": rs.fired,
+                        "capped": rs.capped,
+                    }),
+                )
+            })
+            .collect();
+        rules.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
+        let trend = |days: i64| round9(sc.clamp(st.raw_before(sc.half_life, now - days * DAY)));
+        Some(json!({
+            "score": name,
+            "value": round9(value),
+            "raw": round9(raw),
+            "clamped": value != raw,
+            "tier": sc.tier_of(value),
+            "half_life_ms": sc.half_life,
+            "contributions": rules.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "trend": {"1d": trend(1), "7d": trend(7), "30d": trend(30)},
+            "as_of": format_timestamp(now),
+        }))
+    }
+
+    /// Scores, tiers and memberships at `now`, for the profile API.
+    pub fn view(&self, scoring: &Scoring, now: Millis) -> Value {
+        let scores: serde_json::Map<String, Value> = scoring
+            .scores
+            .iter()
+            .zip(self.scores_at(scoring, now))
+            .map(|(sc, s)| {
+                (
+                    sc.name.clone(),
+                    json!({"value": round9(s.value), "tier": s.tier}),
+                )
+            })
+            .collect();
+        let segments: Vec<Value> = self
+            .segments
+            .iter()
+            .map(|(name, since)| json!({"name": name, "since": format_timestamp(*since)}))
+            .collect();
+        json!({
+            "scores": scores,
+            "segments": segments,
+            "primary_segment": self.primary,
+            "next_evaluation": self.timer.map(format_timestamp),
+            "timeline": self.timeline.iter().map(Change::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Nine decimals: enough for any score, and stable JSON.
+fn round9(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
