@@ -26,7 +26,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/stats", get(stats))
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let expected = state.config.admin_token.as_deref().unwrap_or_default();
     let given = headers
         .get(http::header::AUTHORIZATION)
@@ -52,7 +52,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Runs store reads on the blocking pool (fjall calls block on IO).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -63,7 +63,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The cursor of the next page: the last item's, when the page is full.
-fn next_cursor<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
+pub(crate) fn next_cursor<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
     if page.len() == limit {
         page.last().map(cursor)
     } else {
@@ -72,7 +72,7 @@ fn next_cursor<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Opti
 }
 
 /// Resolves a path id: a Kairos id (`p_...`), else a userId.
-fn resolve(state: &AppState, id: &str) -> Result<Profile, ApiError> {
+pub(crate) fn resolve(state: &AppState, id: &str) -> Result<Profile, ApiError> {
     let pid = match id.parse::<ProfileId>() {
         Ok(p) => Some(p),
         Err(()) => state.store.lookup(&IdKey::user(id))?,
@@ -121,11 +121,12 @@ async fn find_profile(
     };
     blocking(&state, move |s| {
         let now = (s.clock)();
+        let scoring = s.store.scoring();
         let Some(key) = key else {
             let limit = q.limit.unwrap_or(50).clamp(1, 1000);
             let page = s.store.profiles_after(after, limit)?;
             return Ok(Json(json!({
-                "profiles": page.iter().map(|p| p.view(now)).collect::<Vec<_>>(),
+                "profiles": page.iter().map(|p| p.view_scored(&scoring, now)).collect::<Vec<_>>(),
                 "next": next_cursor(&page, limit, |p| p.id.to_string()),
             })));
         };
@@ -137,7 +138,7 @@ async fn find_profile(
         };
         let id = s.store.lookup(&key)?.ok_or_else(not_found)?;
         let p = s.store.profile(id)?.ok_or_else(not_found)?;
-        Ok(Json(p.view(now)))
+        Ok(Json(p.view_scored(&scoring, now)))
     })
     .await
 }
@@ -149,7 +150,8 @@ async fn get_profile(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     blocking(&state, move |s| {
-        Ok(Json(resolve(s, &id)?.view((s.clock)())))
+        let scoring = s.store.scoring();
+        Ok(Json(resolve(s, &id)?.view_scored(&scoring, (s.clock)())))
     })
     .await
 }
@@ -248,7 +250,7 @@ async fn export_profile(
         let now = (s.clock)();
         Ok(Json(json!({
             "exportedAt": kairos_core::time::format_timestamp(now),
-            "profile": p.view(now),
+            "profile": p.view_scored(&s.store.scoring(), now),
             "events": events.iter().map(|e| e.event.to_segment_json()).collect::<Vec<_>>(),
             "deadLetters": dead,
         })))

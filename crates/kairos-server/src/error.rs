@@ -20,6 +20,9 @@ pub enum ErrorCode {
     Unauthorized,
     NotFound,
     InvalidParameter,
+    /// A score or segment definition that does not parse or type-check; `field` is its
+    /// path (`scores.engagement.rules[2]`), the message has line:column.
+    InvalidDefinition,
     /// The ingest queue is full; retry after the `Retry-After` seconds.
     Overloaded,
     /// The store failed; nothing of the request was acknowledged.
@@ -33,7 +36,8 @@ impl ErrorCode {
             | Self::InvalidEvent
             | Self::PayloadTooLarge
             | Self::UnsupportedEncoding
-            | Self::InvalidParameter => StatusCode::BAD_REQUEST,
+            | Self::InvalidParameter
+            | Self::InvalidDefinition => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -50,6 +54,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::InvalidParameter => "invalid_parameter",
+            Self::InvalidDefinition => "invalid_definition",
             Self::Overloaded => "overloaded",
             Self::StorageFailure => "storage_failure",
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod openapi;
+pub mod scoring;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub limits: kairos_core::segment::Limits,
     pub clock: Clock,
     pub metrics: Option<PrometheusHandle>,
+    /// Serialises edits of score and segment definitions.
+    pub definitions_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,7 @@ impl Kairos {
                 write_keys,
                 clock,
                 metrics,
+                definitions_lock: tokio::sync::Mutex::new(()),
             }),
             writer: Some(writer),
         })
@@ -195,6 +199,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(browser.layer(cors.clone()))
         .merge(api.layer(cors))
         .merge(admin::routes())
+        .merge(scoring::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_endpoint))
         .route("/v1/openapi.json", get(openapi::handler))

@@ -128,6 +128,73 @@ pub fn document() -> Value {
         "/v1/stats".into(),
         admin_get("Approximate counts and queue depth", json!([])),
     );
+    let name_param =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let definition = |what: &str, schema: &str| {
+        let mut v = admin_get(
+            &format!("The {what} definition"),
+            json!([name_param.clone()]),
+        );
+        v["put"] = json!({"summary": format!("Create or replace a {what}; checked when saved (400 invalid_definition with line:column and the field path); profiles are backfilled in the background"),
+            "security": [{"adminToken": []}], "parameters": [name_param.clone()],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": schema}}}},
+            "responses": {"200": {"description": "Saved; warnings and backfill progress"}, "400": {"description": "Invalid definition", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}});
+        v["delete"] = json!({"summary": format!("Delete a {what}"), "security": [{"adminToken": []}], "parameters": [name_param.clone()],
+            "responses": {"200": {"description": "Deleted"}, "404": {"description": "Not found"}}});
+        v
+    };
+    paths.insert(
+        "/v1/scores".into(),
+        admin_get("Every score definition", json!([])),
+    );
+    paths.insert(
+        "/v1/scores/{name}".into(),
+        definition("score", "#/components/schemas/ScoreDef"),
+    );
+    paths.insert(
+        "/v1/segments".into(),
+        admin_get(
+            "Every segment with its size, and backfill progress",
+            json!([]),
+        ),
+    );
+    paths.insert(
+        "/v1/segments/{name}".into(),
+        definition("segment", "#/components/schemas/SegmentDef"),
+    );
+    paths.insert(
+        "/v1/segments/{name}/members".into(),
+        admin_get("Members of a segment in profile id order, paged", json!([name_param.clone(),
+            {"name": "after", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}])),
+    );
+    paths.insert(
+        "/v1/segments/{name}/changes".into(),
+        admin_get("Enter and exit records of a segment after a cursor (poll with `next`)", json!([name_param.clone(),
+            {"name": "since", "in": "query", "schema": {"type": "integer"}, "description": "seq of the last change seen"},
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}}])),
+    );
+    paths.insert(
+        "/v1/backfill".into(),
+        admin_get(
+            "Progress of bringing profiles up to new definitions",
+            json!([]),
+        ),
+    );
+    paths.insert(
+        "/v1/profiles/{id}/scores".into(),
+        admin_get(
+            "Every score, tier and membership of a profile, and its recent changes",
+            id_param_for_scores(),
+        ),
+    );
+    let mut with_name = id_param_for_scores();
+    if let Some(a) = with_name.as_array_mut() {
+        a.push(name_param.clone());
+    }
+    paths.insert(
+        "/v1/profiles/{id}/scores/{name}".into(),
+        admin_get("A score explained: value, tier, each rule's decayed contribution (biggest first) and the trend 1, 7 and 30 days ago", with_name),
+    );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {
@@ -165,11 +232,25 @@ pub fn document() -> Value {
                     "suppressed": {"type": "integer"},
                     "rejected": {"type": "array", "items": {"type": "object", "properties": {
                         "index": {"type": "integer"}, "messageId": {"type": ["string", "null"]}, "error": {"type": "string", "description": "field: reason"}}}}}},
+                "ScoreDef": {"type": "object", "required": ["rules"], "additionalProperties": false, "properties": {
+                    "description": {"type": "string"},
+                    "rules": {"type": "array", "items": {"type": "string"}, "description": "when <condition> then +<points> [at most <n> times per <duration>]"},
+                    "min": {"type": "number"}, "max": {"type": "number"},
+                    "half_life": {"type": "string", "examples": ["14d"]},
+                    "tiers": {"type": "string", "examples": ["cold < 30 <= warm < 70 <= hot"]}}},
+                "SegmentDef": {"type": "object", "required": ["rule"], "additionalProperties": false, "properties": {
+                    "description": {"type": "string"},
+                    "rule": {"type": "string", "examples": ["did(\"Added to Cart\", within: 2h) and not did(\"Order Completed\", since: \"Added to Cart\")"]},
+                    "priority": {"type": "integer", "description": "1 is the highest; decides the primary segment"}}},
                 "Error": {"type": "object", "properties": {"success": {"const": false}, "error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
             }
         }
     })
+}
+
+fn id_param_for_scores() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Kairos id (p_…) or a userId"}])
 }
 
 pub async fn handler() -> Json<Value> {

@@ -459,6 +459,14 @@ async fn openapi_describes_every_route() {
         "/v1/profiles/{id}",
         "/v1/profiles/{id}/export",
         "/v1/dead-letters",
+        "/v1/scores/{name}",
+        "/v1/segments",
+        "/v1/segments/{name}",
+        "/v1/segments/{name}/members",
+        "/v1/segments/{name}/changes",
+        "/v1/backfill",
+        "/v1/profiles/{id}/scores",
+        "/v1/profiles/{id}/scores/{name}",
         "/health",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");

@@ -244,6 +244,7 @@ impl Ingestor {
         now: Millis,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let scoring = Arc::new(scoring);
+        let previous = self.store.scoring().version;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Define {
@@ -271,6 +272,14 @@ impl Ingestor {
         std::thread::Builder::new()
             .name("kairos-backfill".into())
             .spawn(move || {
+                // Start once the writer has put the definitions in force.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while store.scoring().version == previous
+                    && previous != version
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 if let Err(e) = run_backfill(&store, &tx, &progress, version) {
                     tracing::error!("backfill stopped: {e}");
                 }
