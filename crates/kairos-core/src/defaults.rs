@@ -50,7 +50,7 @@ pub fn default_definitions() -> Definitions {
                 "priority": 1
             },
             "cart_abandoners": {
-                "description": "Added to cart 30 minutes to 24 hours ago and bought nothing since.",
+                "description": "Added to cart at least 30 minutes ago (and within a day) with no order since.",
                 "rule": "cart_items > 0 and last(\"Added to Cart\") >= 30m and last(\"Added to Cart\") < 24h and not did(\"Order Completed\", since: \"Added to Cart\")",
                 "priority": 2
             },
@@ -65,13 +65,13 @@ pub fn default_definitions() -> Definitions {
                 "priority": 4
             },
             "lapsed": {
-                "description": "Customers whose last order is more than 90 days old.",
-                "rule": "orders > 0 and last_order > 90d",
+                "description": "No activity in the last 60 days.",
+                "rule": "last_seen > 60d",
                 "priority": 5
             },
             "engaged": {
-                "description": "Opened at least two emails or clicked one in the past week.",
-                "rule": "count(\"Email Opened\", within: 7d) >= 2 or did(\"Email Clicked\", within: 7d)",
+                "description": "Opened or clicked an email in the last 7 days.",
+                "rule": "did(\"Email Opened\", within: 7d) or did(\"Email Clicked\", within: 7d) or did(\"Email Link Clicked\", within: 7d)",
                 "priority": 6
             },
             "new_subscribers": {

@@ -115,7 +115,9 @@ impl Profile {
     }
 
     /// Folds one event in (in order; see [`Profile::needs_replay`]) and evaluates segments
-    /// and tiers at `now`. Returns what changed.
+    /// and tiers at `now` (at least the event's time). Timers that came due before `now`
+    /// are run first, at their own instants, so the records do not depend on how promptly
+    /// the host ran them. Returns what changed.
     pub fn apply(
         &mut self,
         ev: &Event,
@@ -123,27 +125,39 @@ impl Profile {
         scoring: &Scoring,
         now: Millis,
     ) -> Vec<Change> {
+        let now = now.max(ev.timestamp);
+        let mut out = if scoring.is_empty() {
+            Vec::new()
+        } else {
+            self.catch_up(scoring, now)
+        };
         self.state.apply(ev, &cfg.vocabulary);
         self.state.apply_aggregates(ev, &scoring.aggregates);
         self.derived.score_event(&self.state, ev, scoring);
-        let mut out = Vec::new();
         if scoring.is_empty() {
             return out;
         }
         let name = ev.activity_name().unwrap_or(ev.kind.as_str());
-        self.derived.evaluate(
-            &self.state,
-            scoring,
-            now.max(ev.timestamp),
-            Reason::Event(name),
-            &mut out,
-        );
+        self.derived
+            .evaluate(&self.state, scoring, now, Reason::Event(name), &mut out);
         out
     }
 
-    /// Re-evaluates segments and tiers at `now` with no new event (the timer came due).
-    pub fn tick(&mut self, scoring: &Scoring, now: Millis) -> Vec<Change> {
-        self.reevaluate(scoring, now, Reason::Timer)
+    /// Runs every timer due at or before `now`, each at its own instant (segments leave
+    /// when their window closes, not when the host got round to it).
+    pub fn catch_up(&mut self, scoring: &Scoring, now: Millis) -> Vec<Change> {
+        let mut out = Vec::new();
+        // Each evaluation moves the timer strictly forward; the bound is a safety net.
+        for _ in 0..10_000 {
+            match self.derived.timer {
+                Some(t) if t <= now => {
+                    self.derived
+                        .evaluate(&self.state, scoring, t, Reason::Timer, &mut out)
+                }
+                _ => break,
+            }
+        }
+        out
     }
 
     /// Re-evaluates segments and tiers at `now` (timers, edited segment definitions).
@@ -166,6 +180,13 @@ impl Profile {
         why: &str,
     ) -> Vec<Change> {
         events.sort_by_key(Event::order_key);
+        // Timers due before now still fire at their own instants, on the state before.
+        let mut out =
+            if !scoring.is_empty() && self.derived.replay_version == scoring.replay_version {
+                self.catch_up(scoring, now)
+            } else {
+                Vec::new()
+            };
         let old = std::mem::take(&mut self.derived);
         self.state = ProfileState::default();
         let mut fresh = Derived {
@@ -193,7 +214,6 @@ impl Profile {
             }
         }
         self.derived = fresh;
-        let mut out = Vec::new();
         if !scoring.is_empty() {
             let now = events.last().map_or(now, |e| now.max(e.timestamp));
             self.derived

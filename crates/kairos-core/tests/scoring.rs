@@ -256,7 +256,7 @@ fn a_decaying_score_changes_tier_on_its_timer_and_clamps_on_read() {
     let expected = T0 + (DAY as f64 * (80.0f64 / 70.0).log2()).ceil() as i64;
     let timer = p.derived.timer.unwrap_or(0);
     assert!((timer - expected).abs() <= 1, "{timer} vs {expected}");
-    let changes = p.tick(&scoring, timer + 1);
+    let changes = p.catch_up(&scoring, timer + 1);
     assert_eq!(
         changes.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
         vec![ChangeKind::Tier {
@@ -287,8 +287,8 @@ fn activity_windows_exit_by_timer_without_a_new_event() {
     let changes = p.apply(&track(1, "Page Viewed", T0, json!({})), &cfg, &scoring, T0);
     assert_eq!(changes.len(), 2, "{changes:?}"); // enter + primary
     assert_eq!(p.derived.timer, Some(T0 + 15 * MINUTE));
-    assert!(p.tick(&scoring, T0 + 15 * MINUTE - 1).is_empty());
-    let changes = p.tick(&scoring, T0 + 15 * MINUTE);
+    assert!(p.catch_up(&scoring, T0 + 15 * MINUTE - 1).is_empty());
+    let changes = p.catch_up(&scoring, T0 + 15 * MINUTE + 5 * MINUTE);
     assert_eq!(
         changes[0].kind,
         ChangeKind::Exit {
@@ -296,6 +296,11 @@ fn activity_windows_exit_by_timer_without_a_new_event() {
         }
     );
     assert_eq!(changes[0].reason, "time passed");
+    assert_eq!(
+        changes[0].at,
+        T0 + 15 * MINUTE,
+        "recorded when the window closed"
+    );
     assert_eq!(p.derived.timer, None);
     assert_eq!(p.derived.primary, None);
 }

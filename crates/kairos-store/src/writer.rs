@@ -682,6 +682,25 @@ impl Writer {
             None => Profile::new(final_id),
         };
         if !sources.is_empty() {
+            // A merged-in person's timers that came due before this event still fire, at
+            // their instants, as they would have had the timer thread been quicker.
+            for m in &plan.merge {
+                if Some(*m) == plan.target || *m == final_id {
+                    continue;
+                }
+                let now = ev.received_at.max(ev.timestamp);
+                let scoring = self.scoring.clone();
+                let (old, new, changes) = {
+                    let p = self.load(*m)?;
+                    let old = p.derived.timer;
+                    let changes = p.catch_up(&scoring, now);
+                    (old, p.derived.timer, changes)
+                };
+                if !changes.is_empty() || old != new {
+                    self.record_effects(*m, old, new, &changes)?;
+                    self.dirty.insert(*m);
+                }
+            }
             // Moves read the index; make everything written so far readable first.
             self.flush()?;
             for s in &sources {
@@ -752,7 +771,9 @@ impl Writer {
                     .insert(&self.store.meta, known_event_key(name), []);
             }
         }
-        let now = self.opts.clock.now();
+        // Evaluated at the arrival time recorded with the event, not at this thread's
+        // clock: the result is then a function of the log alone.
+        let now = ev.received_at;
         let changes = match replay {
             Some(why) => {
                 // The history, this event and any moved events included, must be readable.
@@ -845,7 +866,7 @@ impl Writer {
             };
             let pid = profile.id;
             if profile.derived.timer == Some(at) {
-                let changes = profile.tick(&self.scoring, now);
+                let changes = profile.catch_up(&self.scoring, now);
                 self.record_effects(pid, None, profile.derived.timer, &changes)?;
                 self.dirty.insert(pid);
             }

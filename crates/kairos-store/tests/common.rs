@@ -65,8 +65,12 @@ impl Harness {
     }
 
     pub fn open_with(dir: &std::path::Path, opts: &StoreOptions) -> Self {
+        Self::open_full(dir, opts, WriterOptions::default())
+    }
+
+    pub fn open_full(dir: &std::path::Path, opts: &StoreOptions, writer: WriterOptions) -> Self {
         let store = Store::open(dir, opts).unwrap();
-        let (ingest, handle) = Ingestor::start(store.clone(), WriterOptions::default()).unwrap();
+        let (ingest, handle) = Ingestor::start(store.clone(), writer).unwrap();
         Self {
             store,
             ingest,
