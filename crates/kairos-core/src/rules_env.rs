@@ -25,15 +25,77 @@ pub struct ProfileEnv<'a> {
     pub scores: &'a [ScoreNow<'a>],
     /// Memberships computed so far, in definition order.
     pub segments: &'a [bool],
+    /// The state's series of every aggregate, resolved once per evaluation (see
+    /// [`SeriesPlan`]); empty to look each up by name when asked.
+    pub series: &'a [Option<Series<'a>>],
 }
 
-enum Series<'a> {
+/// The time series an aggregate reads.
+#[derive(Clone, Copy)]
+pub enum Series<'a> {
     Counts(&'a Buckets<u32>),
     Sums(&'a crate::counter::SumCounter),
 }
 
+/// Aggregates sorted by the name of the series they read, so that all of them are found
+/// in the state in one merge pass instead of a name search per rule.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesPlan {
+    plain: Vec<(String, kairos_rules::AggId)>,
+    sums: Vec<(String, kairos_rules::AggId)>,
+    len: usize,
+}
+
+impl SeriesPlan {
+    pub fn new(aggregates: &Aggregates) -> Self {
+        let mut plan = SeriesPlan {
+            len: aggregates.specs.len(),
+            ..Self::default()
+        };
+        for (i, spec) in aggregates.specs.iter().enumerate() {
+            if spec.is_plain() {
+                plan.plain.push((spec.event.clone(), i));
+            } else {
+                plan.sums.push((spec.key.clone(), i));
+            }
+        }
+        plan.plain.sort();
+        plan.sums.sort();
+        plan
+    }
+
+    /// Every aggregate's series in `state` (`None`: no such event yet).
+    pub fn resolve<'a>(&self, state: &'a ProfileState) -> Vec<Option<Series<'a>>> {
+        fn join<'a, V>(
+            wanted: &[(String, AggId)],
+            have: &'a crate::vecmap::VecMap<V>,
+            out: &mut [Option<Series<'a>>],
+            wrap: impl Fn(&'a V) -> Series<'a>,
+        ) {
+            let mut it = have.iter().peekable();
+            for (name, agg) in wanted {
+                while it.peek().is_some_and(|(k, _)| k.as_str() < name.as_str()) {
+                    it.next();
+                }
+                if let Some((k, v)) = it.peek() {
+                    if k.as_str() == name.as_str() {
+                        out[*agg] = Some(wrap(v));
+                    }
+                }
+            }
+        }
+        let mut out = vec![None; self.len];
+        join(&self.plain, &state.activity, &mut out, Series::Counts);
+        join(&self.sums, &state.aggregates, &mut out, Series::Sums);
+        out
+    }
+}
+
 impl ProfileEnv<'_> {
     fn series(&self, agg: AggId) -> Option<Series<'_>> {
+        if !self.series.is_empty() {
+            return self.series.get(agg).copied().flatten();
+        }
         let spec = self.aggregates.specs.get(agg)?;
         if spec.is_plain() {
             self.state.activity.get(&spec.event).map(Series::Counts)
@@ -133,6 +195,23 @@ impl Env for ProfileEnv<'_> {
     fn score_reaches(&self, index: usize, value: f64) -> Option<i64> {
         let s = self.scores.get(index)?;
         crate::scoring::crossing(s.raw, s.half_life, self.now, value)
+    }
+
+    fn local_change(&self, daily: bool) -> Option<i64> {
+        let z = self.local()?;
+        let next = if daily {
+            z.tomorrow().ok()?.start_of_day().ok()?
+        } else {
+            let hour_start = z
+                .with()
+                .minute(0)
+                .second(0)
+                .subsec_nanosecond(0)
+                .build()
+                .ok()?;
+            hour_start.checked_add(jiff::Span::new().hours(1)).ok()?
+        };
+        Some(next.timestamp().as_millisecond())
     }
 
     fn tier_change(&self, index: usize) -> Option<i64> {

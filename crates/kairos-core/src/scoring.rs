@@ -175,6 +175,13 @@ pub struct Scoring {
     order: Vec<usize>,
     /// Accepted but suspicious (unknown event names), as `path: line:col: message`.
     pub warnings: Vec<String>,
+    /// Score rules by the event name or call type that can trigger them, so an event
+    /// evaluates only the rules that can fire; `any` holds rules with no such guard.
+    rules_by_name: std::collections::HashMap<String, Vec<(u16, u16)>>,
+    rules_by_kind: std::collections::HashMap<String, Vec<(u16, u16)>>,
+    rules_any: Vec<(u16, u16)>,
+    reads_scores: bool,
+    series: crate::rules_env::SeriesPlan,
 }
 
 impl Default for Scoring {
@@ -297,6 +304,28 @@ impl Scoring {
             });
         }
         let order = evaluation_order(&segments)?;
+        let mut rules_by_name: std::collections::HashMap<String, Vec<(u16, u16)>> =
+            Default::default();
+        let mut rules_by_kind: std::collections::HashMap<String, Vec<(u16, u16)>> =
+            Default::default();
+        let mut rules_any = Vec::new();
+        for (si, sc) in scores.iter().enumerate() {
+            for (ri, rule) in sc.rules.iter().enumerate() {
+                let at = (si as u16, ri as u16);
+                match rule.program.event_guard() {
+                    Some(g) => {
+                        for n in g.names {
+                            rules_by_name.entry(n).or_default().push(at);
+                        }
+                        for k in g.kinds {
+                            rules_by_kind.entry(k).or_default().push(at);
+                        }
+                    }
+                    None => rules_any.push(at),
+                }
+            }
+        }
+        let reads_scores = scores.iter().any(|s| s.reads_scores);
         let digest = |s: String| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
         let version = digest(serde_json::to_string(defs).unwrap_or_default());
         let agg_keys: Vec<&str> = aggregates.specs.iter().map(|a| a.key.as_str()).collect();
@@ -309,16 +338,35 @@ impl Scoring {
             definitions: defs.clone(),
             version,
             replay_version,
-            aggregates,
             scores,
             segments,
             order,
             warnings,
+            rules_by_name,
+            rules_by_kind,
+            rules_any,
+            reads_scores,
+            series: crate::rules_env::SeriesPlan::new(&aggregates),
+            aggregates,
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty() && self.segments.is_empty()
+    }
+
+    /// (score, rule) indices of the rules an event may fire, in order, without duplicates.
+    fn candidate_rules(&self, ev: &Event) -> Vec<(u16, u16)> {
+        let mut out: Vec<(u16, u16)> = self.rules_any.clone();
+        if let Some(v) = ev.activity_name().and_then(|n| self.rules_by_name.get(n)) {
+            out.extend_from_slice(v);
+        }
+        if let Some(v) = self.rules_by_kind.get(ev.kind.as_str()) {
+            out.extend_from_slice(v);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     pub fn score(&self, name: &str) -> Option<&CompiledScore> {
@@ -552,11 +600,12 @@ pub struct ScoreNow<'a> {
 impl Derived {
     /// Every score at `now`, for rule evaluation.
     pub fn scores_at<'s>(&self, scoring: &'s Scoring, now: Millis) -> Vec<ScoreNow<'s>> {
+        let states = aligned(&self.scores, scoring.scores.iter().map(|s| s.name.as_str()));
         scoring
             .scores
             .iter()
-            .map(|sc| {
-                let st = self.scores.get(&sc.name);
+            .zip(states)
+            .map(|(sc, st)| {
                 let raw = st.map_or(0.0, |s| s.raw_at(sc.half_life, now));
                 let value = sc.clamp(raw);
                 let tier_change = st.and_then(|s| {
@@ -596,7 +645,11 @@ impl Derived {
         if scoring.scores.is_empty() {
             return;
         }
-        let before = if scoring.scores.iter().any(|s| s.reads_scores) {
+        let candidates = scoring.candidate_rules(ev);
+        if candidates.is_empty() {
+            return;
+        }
+        let before = if scoring.reads_scores {
             self.scores_at(scoring, t)
         } else {
             Vec::new()
@@ -608,24 +661,25 @@ impl Derived {
             event: Some(ev),
             scores: &before,
             segments: &[],
+            series: &[],
         };
-        for sc in &scoring.scores {
-            let mut fired: Vec<(usize, &CompiledRule)> = Vec::new();
-            for (i, rule) in sc.rules.iter().enumerate() {
-                if rule.program.matches(&env) {
-                    fired.push((i, rule));
-                }
-            }
-            if fired.is_empty() {
-                continue;
-            }
+        let fired: Vec<(u16, u16)> = candidates
+            .into_iter()
+            .filter(|&(si, ri)| {
+                scoring.scores[si as usize].rules[ri as usize]
+                    .program
+                    .matches(&env)
+            })
+            .collect();
+        for group in fired.chunk_by(|a, b| a.0 == b.0) {
+            let sc = &scoring.scores[group[0].0 as usize];
             let st = self.scores.get_or_insert_with(&sc.name, || ScoreState {
                 at: t,
                 ..ScoreState::default()
             });
             st.advance(sc.half_life, t);
-            for (i, rule) in fired {
-                let idx = i as u16;
+            for &(_, idx) in group {
+                let rule = &sc.rules[idx as usize];
                 let pos = match st.rules.binary_search_by_key(&idx, |(k, _)| *k) {
                     Ok(p) => p,
                     Err(p) => {
@@ -662,6 +716,7 @@ impl Derived {
         reason: Reason<'_>,
         out: &mut Vec<Change>,
     ) {
+        let definitions_changed = self.version != scoring.version;
         self.version = scoring.version;
         let scores = self.scores_at(scoring, now);
         let mut timer: Option<Millis> = None;
@@ -670,29 +725,42 @@ impl Derived {
                 timer = Some(timer.map_or(t, |x| x.min(t)));
             }
         };
-        for (sc, s) in scoring.scores.iter().zip(&scores) {
-            let Some(st) = self.scores.get_mut(&sc.name) else {
-                continue;
-            };
-            let tier = s.tier.map(str::to_string);
-            if st.tier != tier {
-                let from = std::mem::replace(&mut st.tier, tier.clone());
-                self.record(
-                    Change {
-                        at: now,
-                        kind: ChangeKind::Tier {
-                            score: sc.name.clone(),
-                            from,
-                            to: tier,
-                        },
-                        reason: reason.to_string(),
-                    },
-                    out,
-                );
-            }
+        for s in &scores {
             keep(s.tier_change);
         }
+        // Scores with a state, each with its definition and its value now (merge by name).
+        let mut tier_changes = Vec::new();
+        let mut defs = scoring.scores.iter().zip(&scores).peekable();
+        for (name, st) in self.scores.iter_mut() {
+            while defs
+                .peek()
+                .is_some_and(|(sc, _)| sc.name.as_str() < name.as_str())
+            {
+                defs.next();
+            }
+            let Some((sc, s)) = defs.peek().filter(|(sc, _)| sc.name == *name) else {
+                continue;
+            };
+            if st.tier.as_deref() != s.tier {
+                let tier = s.tier.map(str::to_string);
+                let from = std::mem::replace(&mut st.tier, tier.clone());
+                tier_changes.push(ChangeKind::Tier {
+                    score: sc.name.clone(),
+                    from,
+                    to: tier,
+                });
+            }
+        }
+        for kind in tier_changes {
+            let change = Change {
+                at: now,
+                kind,
+                reason: reason.to_string(),
+            };
+            self.record(change, out);
+        }
         let mut member = vec![false; scoring.segments.len()];
+        let series = scoring.series.resolve(state);
         for &i in &scoring.order {
             let env = ProfileEnv {
                 state,
@@ -701,14 +769,21 @@ impl Derived {
                 event: None,
                 scores: &scores,
                 segments: &member,
+                series: &series,
             };
             let program = &scoring.segments[i].program;
             let is = program.matches(&env);
             keep(program.next_change(&env));
             member[i] = is;
         }
-        for (seg, &is) in scoring.segments.iter().zip(&member) {
-            let was = self.segments.get(&seg.name).is_some();
+        let was_member: Vec<bool> = aligned(
+            &self.segments,
+            scoring.segments.iter().map(|s| s.name.as_str()),
+        )
+        .into_iter()
+        .map(|m| m.is_some())
+        .collect();
+        for ((seg, &is), &was) in scoring.segments.iter().zip(&member).zip(&was_member) {
             if is == was {
                 continue;
             }
@@ -730,13 +805,16 @@ impl Derived {
             };
             self.record(change, out);
         }
-        // Segments that no longer exist are left.
-        let gone: Vec<String> = self
-            .segments
-            .keys()
-            .filter(|n| scoring.segment(n).is_none())
-            .cloned()
-            .collect();
+        // Segments that no longer exist are left (only definitions changes remove them).
+        let gone: Vec<String> = if !definitions_changed {
+            Vec::new()
+        } else {
+            self.segments
+                .keys()
+                .filter(|n| scoring.segment(n).is_none())
+                .cloned()
+                .collect()
+        };
         for name in gone {
             self.segments.remove(&name);
             let change = Change {
@@ -746,7 +824,9 @@ impl Derived {
             };
             self.record(change, out);
         }
-        self.scores.retain(|name| scoring.score(name).is_some());
+        if definitions_changed {
+            self.scores.retain(|name| scoring.score(name).is_some());
+        }
         let primary = scoring
             .segments
             .iter()
@@ -839,6 +919,25 @@ impl Derived {
             "timeline": self.timeline.iter().map(Change::to_json).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The entries of `map` for each of `names` (both sorted ascending), in one merge pass.
+fn aligned<'m, 'n, V>(
+    map: &'m VecMap<V>,
+    names: impl Iterator<Item = &'n str>,
+) -> Vec<Option<&'m V>> {
+    let mut it = map.iter().peekable();
+    names
+        .map(|name| {
+            while it.peek().is_some_and(|(k, _)| k.as_str() < name) {
+                it.next();
+            }
+            match it.peek() {
+                Some((k, v)) if k.as_str() == name => Some(*v),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Nine decimals: enough for any score, and stable JSON.

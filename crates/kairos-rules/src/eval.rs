@@ -126,6 +126,79 @@ pub trait Env {
     fn tier_change(&self, _index: usize) -> Option<i64> {
         None
     }
+    /// The next instant after now at which the local hour (`daily`: the local date)
+    /// changes in the person's time zone. The default re-checks every quarter hour, which is
+    /// right for every zone offset in use.
+    fn local_change(&self, daily: bool) -> Option<i64> {
+        let _ = daily;
+        let q = HOUR / 4;
+        Some((self.now().div_euclid(q) + 1) * q)
+    }
+}
+
+/// Which events can make a rule true: an event whose name is in `names` or whose call type
+/// is in `kinds`. Conservative: the rule is still evaluated on such events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventGuard {
+    pub names: Vec<String>,
+    pub kinds: Vec<String>,
+}
+
+impl EventGuard {
+    fn union(mut self, other: EventGuard) -> EventGuard {
+        self.names.extend(other.names);
+        self.kinds.extend(other.kinds);
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.names.len() + self.kinds.len()
+    }
+}
+
+fn guard_of(node: &Node) -> Option<EventGuard> {
+    let strs = |items: &[Const]| -> Option<Vec<String>> {
+        items
+            .iter()
+            .map(|c| match c {
+                Const::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    match node {
+        Node::Cmp(CmpOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+            (Node::EventName, Node::Const(Const::Str(s)))
+            | (Node::Const(Const::Str(s)), Node::EventName) => Some(EventGuard {
+                names: vec![s.clone()],
+                kinds: vec![],
+            }),
+            (Node::EventType, Node::Const(Const::Str(s)))
+            | (Node::Const(Const::Str(s)), Node::EventType) => Some(EventGuard {
+                names: vec![],
+                kinds: vec![s.clone()],
+            }),
+            _ => None,
+        },
+        Node::InList(n, items) => match n.as_ref() {
+            Node::EventName => Some(EventGuard {
+                names: strs(items)?,
+                kinds: vec![],
+            }),
+            Node::EventType => Some(EventGuard {
+                names: vec![],
+                kinds: strs(items)?,
+            }),
+            _ => None,
+        },
+        // Both must hold: either side's guard alone is a sound filter; take the narrower.
+        Node::And(a, b) => match (guard_of(a), guard_of(b)) {
+            (Some(x), Some(y)) => Some(if x.len() <= y.len() { x } else { y }),
+            (x, y) => x.or(y),
+        },
+        Node::Or(a, b) => Some(guard_of(a)?.union(guard_of(b)?)),
+        _ => None,
+    }
 }
 
 impl Program {
@@ -137,6 +210,12 @@ impl Program {
     /// Evaluates to a value (for numeric expressions and previews).
     pub fn value<'e>(&'e self, env: &'e dyn Env) -> Val<'e> {
         eval(&self.root, env)
+    }
+
+    /// Which incoming events can make this rule true, when the rule says (`event.name ==
+    /// "X" and ...`); `None` when any event might.
+    pub fn event_guard(&self) -> Option<EventGuard> {
+        guard_of(&self.root)
     }
 
     /// The earliest instant after `env.now()` at which the result may change with no new
@@ -421,9 +500,13 @@ fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
                 keep_min(best, t);
             }
         }
-        Node::Field(Field::LocalHour | Field::LocalWeekday) => {
-            // Zone offsets are whole hours or half hours nearly everywhere; re-check then.
-            keep_min(best, (now.div_euclid(HOUR / 4) + 1) * (HOUR / 4));
+        Node::Field(f @ (Field::LocalHour | Field::LocalWeekday)) => {
+            if let Some(t) = env
+                .local_change(*f == Field::LocalWeekday)
+                .filter(|t| *t > now)
+            {
+                keep_min(best, t);
+            }
         }
         _ => next_change_children(node, env, best),
     }

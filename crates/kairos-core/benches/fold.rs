@@ -1,0 +1,169 @@
+//! The core state machine with and without scoring: simulated shop events folded into
+//! profiles, with no definitions (the baseline) and with 10 scores and 20 segments (the
+//! built-in ones plus typical extras). Results in docs/PERFORMANCE.md.
+//!
+//! `cargo bench -p kairos-core --bench fold`
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use kairos_core::defaults::default_definitions;
+use kairos_core::{
+    CoreConfig, Definitions, Event, EventKind, Profile, ProfileId, ScoreDef, Scoring, SegmentDef,
+};
+use serde_json::{json, Map, Value};
+
+const PEOPLE: usize = 2_000;
+const EVENTS: usize = 50_000;
+
+/// xorshift: the bench must not depend on a random crate's version for its numbers.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// (person, event) in time order: browsing, carts, checkouts, orders, email engagement,
+/// identifies with traits; roughly the mix of `kairos simulate`.
+fn events() -> Vec<(usize, Event)> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let categories = ["shoes", "shirts", "bags", "hats", "socks"];
+    let mut t = 1_795_348_800_000i64;
+    (0..EVENTS)
+        .map(|i| {
+            t += rng.below(2_000) as i64;
+            let person = rng.below(PEOPLE as u64) as usize;
+            let cat = categories[rng.below(5) as usize];
+            let country = ["DE", "US", "AT", "FR"][person % 4];
+            let plan = if person.is_multiple_of(3) { "pro" } else { "free" };
+            let (kind, name, props, traits) = match rng.below(100) {
+                0..=44 => (EventKind::Track, "Product Viewed", json!({"product_id": format!("p{}", rng.below(500)), "category": cat, "price": 20 + rng.below(100)}), json!({})),
+                45..=54 => (EventKind::Page, "", json!({"path": "/"}), json!({})),
+                55..=64 => (EventKind::Track, "Added to Cart", json!({"product_id": format!("p{}", rng.below(500)), "category": cat, "price": 20 + rng.below(100), "quantity": 1}), json!({})),
+                65..=69 => (EventKind::Track, "Checkout Started", json!({"value": 80}), json!({})),
+                70..=74 => (EventKind::Track, "Order Completed", json!({"revenue": 20 + rng.below(400), "products": [{"product_id": "p1", "category": cat}]}), json!({})),
+                75..=84 => (EventKind::Track, "Email Opened", json!({"campaign": "weekly"}), json!({})),
+                85..=89 => (EventKind::Track, "Email Clicked", json!({"campaign": "weekly"}), json!({})),
+                90..=91 => (EventKind::Track, "Unsubscribed", json!({"list": "marketing"}), json!({})),
+                _ => (EventKind::Identify, "", json!({}), json!({"email": format!("u{person}@example.com"), "plan": plan, "country": country})),
+            };
+            let ev = Event {
+                message_id: format!("m{i}"),
+                kind,
+                event: (kind == EventKind::Track).then(|| name.to_string()),
+                name: None,
+                user_id: Some(format!("u{person}")),
+                anonymous_id: None,
+                previous_id: None,
+                group_id: None,
+                timestamp: t,
+                received_at: t,
+                properties: obj(props),
+                traits: obj(traits),
+                context: Map::new(),
+                source: String::new(),
+            };
+            (person, ev)
+        })
+        .collect()
+}
+
+/// The built-in 2 scores and 7 segments plus 8 scores and 13 segments of the usual kinds.
+fn definitions() -> Definitions {
+    let mut d = default_definitions();
+    let score = |rules: &[&str], half_life: &str, tiers: &str| ScoreDef {
+        rules: rules.iter().map(|r| r.to_string()).collect(),
+        half_life: Some(half_life.into()),
+        tiers: Some(tiers.into()),
+        min: Some(0.0),
+        max: Some(100.0),
+        ..ScoreDef::default()
+    };
+    let extra_scores = [
+        ("browse_depth", score(&["when event.name == \"Product Viewed\" then +1 at most 20 times per 1d", "when event.type == \"page\" then +0.5"], "7d", "low < 10 <= high")),
+        ("email_affinity", score(&["when event.name == \"Email Opened\" then +3", "when event.name == \"Email Clicked\" then +8", "when event.name == \"Unsubscribed\" then -50"], "30d", "cold < 20 <= warm < 60 <= hot")),
+        ("cart_heat", score(&["when event.name == \"Added to Cart\" then +15", "when event.name == \"Checkout Started\" then +25", "when event.name == \"Order Completed\" then -60"], "1d", "cool < 30 <= hot")),
+        ("loyalty", score(&["when event.name == \"Order Completed\" then +10", "when event.name == \"Order Completed\" and orders >= 3 then +15"], "90d", "new < 20 <= regular < 50 <= loyal")),
+        ("churn_risk", score(&["when event.name == \"Unsubscribed\" then +40", "when event.name == \"Email Opened\" then -5", "when event.name == \"Order Completed\" then -20"], "30d", "low < 30 <= high")),
+        ("discount_seeker", score(&["when event.name == \"Product Viewed\" and event.properties.price < 40 then +2", "when event.name == \"Order Completed\" and event.properties.revenue < 60 then +5"], "14d", "no < 25 <= yes")),
+        ("shoe_fan", score(&["when event.name == \"Product Viewed\" and event.properties.category == \"shoes\" then +4 at most 5 times per 1d", "when event.name == \"Added to Cart\" and event.properties.category == \"shoes\" then +10"], "14d", "no < 30 <= yes")),
+        ("pro_fit", score(&["when traits.plan == \"pro\" and event.type == \"identify\" then +30 at most 1 time per 30d", "when traits.country in [\"DE\", \"AT\"] and event.name == \"Order Completed\" then +10"], "60d", "no < 30 <= yes")),
+    ];
+    for (n, s) in extra_scores {
+        d.scores.insert(n.into(), s);
+    }
+    let extra_segments = [
+        ("frequent_viewers", "count(\"Product Viewed\", within: 24h) >= 3"),
+        ("shoe_browsers", "count(\"Product Viewed\" where category == \"shoes\", within: 7d) >= 2"),
+        ("big_spenders_90d", "sum(\"Order Completed\", \"revenue\", within: 90d) > 500"),
+        ("hot_engaged", "score.engagement >= 70"),
+        ("high_intent", "tier.purchase_intent == \"high\""),
+        ("vip_at_risk", "in_segment(\"vip\") and score.churn_risk > 20"),
+        ("pro_plan", "traits.plan == \"pro\""),
+        ("dach", "traits.country in [\"DE\", \"AT\"]"),
+        ("has_email", "exists(traits.email)"),
+        ("checkout_abandoners", "did(\"Checkout Started\", within: 2h) and not did(\"Order Completed\", since: \"Checkout Started\")"),
+        ("repeat_buyers", "orders >= 3"),
+        ("full_carts_now", "last_seen < 1h and cart_value > 100"),
+        ("evening_people", "local_hour >= 18"),
+    ];
+    for (i, (n, rule)) in extra_segments.into_iter().enumerate() {
+        d.segments.insert(
+            n.into(),
+            SegmentDef {
+                rule: rule.into(),
+                priority: 10 + i as i32,
+                ..SegmentDef::default()
+            },
+        );
+    }
+    d
+}
+
+fn fold(c: &mut Criterion) {
+    let events = events();
+    let cfg = CoreConfig::default();
+    let defs = definitions();
+    assert_eq!((defs.scores.len(), defs.segments.len()), (10, 20));
+    let scored = Scoring::compile(&defs, None).unwrap_or_else(|e| panic!("{e}"));
+    let none = Scoring::default();
+    let mut group = c.benchmark_group("fold");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(10);
+    for (label, scoring) in [
+        ("no definitions", &none),
+        ("10 scores + 20 segments", &scored),
+    ] {
+        group.bench_function(label, |b| {
+            b.iter_batched(
+                || {
+                    (0..PEOPLE)
+                        .map(|i| Profile::new(ProfileId(i as u64)))
+                        .collect::<Vec<_>>()
+                },
+                |mut profiles| {
+                    let mut changes = 0usize;
+                    for (person, ev) in &events {
+                        let p = &mut profiles[*person];
+                        changes += p.apply(ev, &cfg, scoring, ev.received_at).len();
+                    }
+                    (profiles, changes)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fold);
+criterion_main!(benches);
