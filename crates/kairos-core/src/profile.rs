@@ -2,7 +2,7 @@
 
 use crate::event::Event;
 use crate::identity::{IdKey, IdKind, ProfileId};
-use crate::scoring::{Change, Derived, Scoring};
+use crate::scoring::{Change, Derived, Scoring, Trigger};
 use crate::state::ProfileState;
 use crate::time::Millis;
 use crate::vocab::Vocabulary;
@@ -133,13 +133,23 @@ impl Profile {
         };
         self.state.apply(ev, &cfg.vocabulary);
         self.state.apply_aggregates(ev, &scoring.aggregates);
-        self.derived.score_event(&self.state, ev, scoring);
+        let scored = self.derived.score_event(&self.state, ev, scoring);
         if scoring.is_empty() {
             return out;
         }
         let name = ev.activity_name().unwrap_or(ev.kind.as_str());
-        self.derived
-            .evaluate(&self.state, scoring, now, Reason::Event(name), &mut out);
+        let trigger = Trigger::Event {
+            ev,
+            scored: &scored,
+        };
+        self.derived.evaluate(
+            &self.state,
+            scoring,
+            now,
+            Reason::Event(name),
+            trigger,
+            &mut out,
+        );
         out
     }
 
@@ -152,7 +162,7 @@ impl Profile {
             match self.derived.timer {
                 Some(t) if t <= now => {
                     self.derived
-                        .evaluate(&self.state, scoring, t, Reason::Timer, &mut out)
+                        .evaluate(&self.state, scoring, t, Reason::Timer, Trigger::Timer, &mut out)
                 }
                 _ => break,
             }
@@ -164,7 +174,7 @@ impl Profile {
     pub fn reevaluate(&mut self, scoring: &Scoring, now: Millis, why: Reason<'_>) -> Vec<Change> {
         let mut out = Vec::new();
         self.derived
-            .evaluate(&self.state, scoring, now, why, &mut out);
+            .evaluate(&self.state, scoring, now, why, Trigger::All, &mut out);
         out
     }
 
@@ -192,7 +202,6 @@ impl Profile {
         let mut fresh = Derived {
             segments: old.segments,
             primary: old.primary,
-            timeline: old.timeline,
             replay_version: scoring.replay_version,
             ..Derived::default()
         };
@@ -217,7 +226,7 @@ impl Profile {
         if !scoring.is_empty() {
             let now = events.last().map_or(now, |e| now.max(e.timestamp));
             self.derived
-                .evaluate(&self.state, scoring, now, Reason::Replay(why), &mut out);
+                .evaluate(&self.state, scoring, now, Reason::Replay(why), Trigger::All, &mut out);
         }
         out
     }

@@ -267,9 +267,16 @@ impl Env for ProfileEnv<'_> {
 
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {
         let window = self.now.checked_sub(from)?;
-        match self.series(agg)? {
-            Series::Counts(b) => b.expiry(window, self.now),
-            Series::Sums(b) => b.expiry(window, self.now),
+        let (bucketed, last) = match self.series(agg)? {
+            Series::Counts(b) => (b.expiry(window, self.now), b.last),
+            Series::Sums(b) => (b.expiry(window, self.now), b.last),
+        };
+        // The exact refinement of `tally`: everything has left once the window starts at
+        // or after the newest event, which may come before its bucket expires.
+        let all_gone = last.checked_add(window).filter(|t| *t > self.now);
+        match (bucketed, all_gone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

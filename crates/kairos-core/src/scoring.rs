@@ -158,6 +158,7 @@ pub struct CompiledSegment {
     pub description: String,
     pub program: Program,
     pub priority: i32,
+    deps: SegmentDeps,
 }
 
 /// Compiled definitions: every rule parsed and checked once.
@@ -299,6 +300,7 @@ impl Scoring {
             segments.push(CompiledSegment {
                 name: name.clone(),
                 description: def.description.clone(),
+                deps: SegmentDeps::of(&program, &aggregates),
                 program,
                 priority: def.priority,
             });
@@ -504,8 +506,12 @@ impl ScoreState {
 /// size); rounded up, and always after `now`.
 pub fn crossing(raw: f64, half_life: Option<Millis>, now: Millis, target: f64) -> Option<Millis> {
     let h = half_life? as f64;
-    if target == 0.0 || raw == 0.0 || (raw > 0.0) != (target > 0.0) || raw.abs() <= target.abs() {
+    if target == 0.0 || raw == 0.0 || (raw > 0.0) != (target > 0.0) || raw.abs() < target.abs() {
         return None;
+    }
+    if raw == target {
+        // On the threshold now: below it from the next millisecond.
+        return Some(now + 1);
     }
     let t = now as f64 + h * (raw / target).log2();
     (t.is_finite() && t < i64::MAX as f64).then(|| (t.ceil() as Millis).max(now + 1))
@@ -565,9 +571,6 @@ impl Change {
     }
 }
 
-/// Changes kept on the profile itself (the full stream lives in the store).
-const TIMELINE_LEN: usize = 50;
-
 /// What scores and segments derived for one profile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Derived {
@@ -582,8 +585,87 @@ pub struct Derived {
     pub primary: Option<String>,
     /// The next instant at which a membership or tier may change with no event.
     pub timer: Option<Millis>,
-    /// The newest changes, oldest first.
-    pub timeline: Vec<Change>,
+    /// The same, per segment (index `i`) and per score's tier (`segments + i`), for the
+    /// definitions of `version`; only those set. At a timer, only what is due re-evaluates.
+    pub due: Vec<(u16, Millis)>,
+}
+
+/// What prompted an evaluation, which decides what must be re-evaluated.
+#[derive(Clone, Copy, Debug)]
+pub enum Trigger<'a> {
+    /// An event was folded in; `scored[i]`: score `i` received points.
+    Event { ev: &'a Event, scored: &'a [bool] },
+    /// A timer came due: only what was due, and what depends on what changed.
+    Timer,
+    /// Everything (new definitions, replays).
+    All,
+}
+
+/// What a segment reads, so it is re-evaluated only when that may have changed.
+#[derive(Clone, Debug, Default)]
+struct SegmentDeps {
+    /// Reads something any event changes (last_seen, the time zone, subscriptions...).
+    any_event: bool,
+    /// Reads order, cart or email fields, which track events change.
+    track: bool,
+    traits: bool,
+    /// Event names of the aggregates it reads.
+    names: Vec<String>,
+    scores: Vec<usize>,
+    segments: Vec<usize>,
+}
+
+impl SegmentDeps {
+    fn of(program: &Program, aggregates: &Aggregates) -> Self {
+        use kairos_rules::Field as F;
+        let reads = program.reads();
+        let mut d = SegmentDeps {
+            traits: reads.traits,
+            any_event: reads.subscriptions,
+            scores: program.scores_used.clone(),
+            segments: program.segments_used.clone(),
+            ..Self::default()
+        };
+        for f in reads.fields {
+            match f {
+                F::Orders
+                | F::LifetimeRevenue
+                | F::CartValue
+                | F::CartItems
+                | F::EmailDelivered
+                | F::EmailOpens
+                | F::EmailClicks
+                | F::FirstOrder
+                | F::LastOrder
+                | F::LastEmailOpen
+                | F::LastEmailClick
+                | F::Suppressed => d.track = true,
+                _ => d.any_event = true,
+            }
+        }
+        for &a in &program.aggregates_used {
+            if let Some(spec) = aggregates.specs.get(a) {
+                if !d.names.contains(&spec.event) {
+                    d.names.push(spec.event.clone());
+                }
+            }
+        }
+        d
+    }
+
+    fn touched_by(&self, ev: &Event, scored: &[bool]) -> bool {
+        self.any_event
+            || (self.track && ev.kind == crate::event::EventKind::Track)
+            || (self.traits
+                && (ev.kind == crate::event::EventKind::Identify || !ev.traits.is_empty()))
+            || ev
+                .activity_name()
+                .is_some_and(|n| self.names.iter().any(|x| x == n))
+            || self
+                .scores
+                .iter()
+                .any(|&i| scored.get(i).copied().unwrap_or(false))
+    }
 }
 
 /// A score at an instant, as rules read it.
@@ -626,16 +708,10 @@ impl Derived {
             .collect()
     }
 
-    fn record(&mut self, change: Change, out: &mut Vec<Change>) {
-        if self.timeline.len() >= TIMELINE_LEN {
-            self.timeline.remove(0);
-        }
-        self.timeline.push(change.clone());
-        out.push(change);
-    }
-
     /// Folds one event (already applied to `state`, in order) into the scores.
-    pub fn score_event(&mut self, state: &ProfileState, ev: &Event, scoring: &Scoring) {
+    /// Returns, per score, whether it received points.
+    pub fn score_event(&mut self, state: &ProfileState, ev: &Event, scoring: &Scoring) -> Vec<bool> {
+        let mut scored = vec![false; scoring.scores.len()];
         let t = ev.timestamp;
         self.replay_version = scoring.replay_version;
         self.applied = Some(
@@ -643,11 +719,11 @@ impl Derived {
                 .map_or(ev.order_key(), |a| a.max(ev.order_key())),
         );
         if scoring.scores.is_empty() {
-            return;
+            return scored;
         }
         let candidates = scoring.candidate_rules(ev);
         if candidates.is_empty() {
-            return;
+            return scored;
         }
         let before = if scoring.reads_scores {
             self.scores_at(scoring, t)
@@ -703,91 +779,145 @@ impl Derived {
                 rs.fired += 1;
                 rs.raw += rule.points;
                 st.raw += rule.points;
+                scored[group[0].0 as usize] = true;
             }
         }
+        scored
     }
 
-    /// Evaluates tiers and segments at `now`, records what changed, and sets the timer.
+    /// Evaluates tiers and segments at `now`, records what changed, and sets the timers.
+    /// Only what `trigger` may have changed is re-evaluated; the rest keeps its result and
+    /// its timer, which stay valid because nothing they read has changed.
     pub fn evaluate(
         &mut self,
         state: &ProfileState,
         scoring: &Scoring,
         now: Millis,
         reason: Reason<'_>,
+        trigger: Trigger<'_>,
         out: &mut Vec<Change>,
     ) {
         let definitions_changed = self.version != scoring.version;
+        let all = definitions_changed || matches!(trigger, Trigger::All);
         self.version = scoring.version;
-        let scores = self.scores_at(scoring, now);
-        let mut timer: Option<Millis> = None;
-        let mut keep = |t: Option<Millis>| {
-            if let Some(t) = t.filter(|t| *t > now) {
-                timer = Some(timer.map_or(t, |x| x.min(t)));
+        let nseg = scoring.segments.len();
+        let mut due: Vec<Option<Millis>> = vec![None; nseg + scoring.scores.len()];
+        if !all {
+            for &(i, t) in &self.due {
+                if let Some(d) = due.get_mut(i as usize) {
+                    *d = Some(t);
+                }
             }
-        };
-        for s in &scores {
-            keep(s.tier_change);
         }
-        // Scores with a state, each with its definition and its value now (merge by name).
+        let is_due = |d: Option<Millis>| d.is_some_and(|t| t <= now);
+        let scored: &[bool] = match trigger {
+            Trigger::Event { scored, .. } => scored,
+            _ => &[],
+        };
+        let score_dirty: Vec<bool> = (0..scoring.scores.len())
+            .map(|i| all || scored.get(i).copied().unwrap_or(false) || is_due(due[nseg + i]))
+            .collect();
+        let mut evaluate_segment: Vec<bool> = scoring
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                all || is_due(due[i])
+                    || match trigger {
+                        Trigger::Event { ev, scored } => seg.deps.touched_by(ev, scored),
+                        _ => false,
+                    }
+            })
+            .collect();
+        let reads_scores = scoring
+            .segments
+            .iter()
+            .any(|s| !s.deps.scores.is_empty());
+        let scores = if score_dirty.iter().any(|d| *d)
+            || (reads_scores && evaluate_segment.iter().any(|e| *e))
+        {
+            self.scores_at(scoring, now)
+        } else {
+            Vec::new()
+        };
+
+        // Tiers of the scores that received points or whose tier timer came due.
         let mut tier_changes = Vec::new();
-        let mut defs = scoring.scores.iter().zip(&scores).peekable();
-        for (name, st) in self.scores.iter_mut() {
-            while defs
-                .peek()
-                .is_some_and(|(sc, _)| sc.name.as_str() < name.as_str())
-            {
-                defs.next();
-            }
-            let Some((sc, s)) = defs.peek().filter(|(sc, _)| sc.name == *name) else {
-                continue;
-            };
-            if st.tier.as_deref() != s.tier {
-                let tier = s.tier.map(str::to_string);
-                let from = std::mem::replace(&mut st.tier, tier.clone());
-                tier_changes.push(ChangeKind::Tier {
-                    score: sc.name.clone(),
-                    from,
-                    to: tier,
-                });
+        if !scores.is_empty() {
+            let mut defs = scoring.scores.iter().zip(&scores).enumerate().peekable();
+            for (name, st) in self.scores.iter_mut() {
+                while defs
+                    .peek()
+                    .is_some_and(|(_, (sc, _))| sc.name.as_str() < name.as_str())
+                {
+                    defs.next();
+                }
+                let Some(&(i, (sc, s))) = defs.peek().filter(|(_, (sc, _))| sc.name == *name)
+                else {
+                    continue;
+                };
+                if !score_dirty[i] {
+                    continue;
+                }
+                due[nseg + i] = s.tier_change;
+                if st.tier.as_deref() != s.tier {
+                    let tier = s.tier.map(str::to_string);
+                    let from = std::mem::replace(&mut st.tier, tier.clone());
+                    tier_changes.push(ChangeKind::Tier {
+                        score: sc.name.clone(),
+                        from,
+                        to: tier,
+                    });
+                }
             }
         }
         for kind in tier_changes {
-            let change = Change {
+            out.push(Change {
                 at: now,
                 kind,
                 reason: reason.to_string(),
-            };
-            self.record(change, out);
+            });
         }
-        let mut member = vec![false; scoring.segments.len()];
-        let series = scoring.series.resolve(state);
-        for &i in &scoring.order {
-            let env = ProfileEnv {
-                state,
-                aggregates: &scoring.aggregates,
-                now,
-                event: None,
-                scores: &scores,
-                segments: &member,
-                series: &series,
-            };
-            let program = &scoring.segments[i].program;
-            let is = program.matches(&env);
-            keep(program.next_change(&env));
-            member[i] = is;
-        }
-        let was_member: Vec<bool> = aligned(
+
+        let was: Vec<bool> = aligned(
             &self.segments,
             scoring.segments.iter().map(|s| s.name.as_str()),
         )
         .into_iter()
         .map(|m| m.is_some())
         .collect();
-        for ((seg, &is), &was) in scoring.segments.iter().zip(&member).zip(&was_member) {
-            if is == was {
+        let mut member = was.clone();
+        let mut changed = vec![false; nseg];
+        if evaluate_segment.iter().any(|e| *e) || scoring.segments.iter().any(|s| !s.deps.segments.is_empty()) {
+            let series = scoring.series.resolve(state);
+            for &i in &scoring.order {
+                let seg = &scoring.segments[i];
+                if !evaluate_segment[i] && seg.deps.segments.iter().any(|&j| changed[j]) {
+                    evaluate_segment[i] = true;
+                }
+                if !evaluate_segment[i] {
+                    continue;
+                }
+                let env = ProfileEnv {
+                    state,
+                    aggregates: &scoring.aggregates,
+                    now,
+                    event: None,
+                    scores: &scores,
+                    segments: &member,
+                    series: &series,
+                };
+                let is = seg.program.matches(&env);
+                due[i] = seg.program.next_change(&env);
+                member[i] = is;
+                changed[i] = is != was[i];
+            }
+        }
+        for (i, seg) in scoring.segments.iter().enumerate() {
+            if !changed[i] {
                 continue;
             }
-            let kind = if is {
+            let kind = if member[i] {
                 self.segments.insert(seg.name.clone(), now);
                 ChangeKind::Enter {
                     segment: seg.name.clone(),
@@ -798,52 +928,53 @@ impl Derived {
                     segment: seg.name.clone(),
                 }
             };
-            let change = Change {
+            out.push(Change {
                 at: now,
                 kind,
                 reason: reason.to_string(),
-            };
-            self.record(change, out);
+            });
         }
-        // Segments that no longer exist are left (only definitions changes remove them).
-        let gone: Vec<String> = if !definitions_changed {
-            Vec::new()
-        } else {
-            self.segments
+        if definitions_changed {
+            // Segments that no longer exist are left, scores that no longer exist dropped.
+            let gone: Vec<String> = self
+                .segments
                 .keys()
                 .filter(|n| scoring.segment(n).is_none())
                 .cloned()
-                .collect()
-        };
-        for name in gone {
-            self.segments.remove(&name);
-            let change = Change {
-                at: now,
-                kind: ChangeKind::Exit { segment: name },
-                reason: "segment deleted".into(),
-            };
-            self.record(change, out);
-        }
-        if definitions_changed {
+                .collect();
+            for name in gone {
+                self.segments.remove(&name);
+                out.push(Change {
+                    at: now,
+                    kind: ChangeKind::Exit { segment: name },
+                    reason: "segment deleted".into(),
+                });
+            }
             self.scores.retain(|name| scoring.score(name).is_some());
         }
-        let primary = scoring
-            .segments
-            .iter()
-            .zip(&member)
-            .filter(|(_, is)| **is)
-            .min_by_key(|(s, _)| (s.priority, s.name.as_str()))
-            .map(|(s, _)| s.name.clone());
-        if primary != self.primary {
-            let from = std::mem::replace(&mut self.primary, primary.clone());
-            let change = Change {
-                at: now,
-                kind: ChangeKind::Primary { from, to: primary },
-                reason: reason.to_string(),
-            };
-            self.record(change, out);
+        if all || changed.iter().any(|c| *c) {
+            let primary = scoring
+                .segments
+                .iter()
+                .zip(&member)
+                .filter(|(_, is)| **is)
+                .min_by_key(|(s, _)| (s.priority, s.name.as_str()))
+                .map(|(s, _)| s.name.clone());
+            if primary != self.primary {
+                let from = std::mem::replace(&mut self.primary, primary.clone());
+                out.push(Change {
+                    at: now,
+                    kind: ChangeKind::Primary { from, to: primary },
+                    reason: reason.to_string(),
+                });
+            }
         }
-        self.timer = timer;
+        self.due = due
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.filter(|t| *t > now).map(|t| (i as u16, t)))
+            .collect();
+        self.timer = self.due.iter().map(|(_, t)| *t).min();
     }
 
     /// A score's value, tier, the share of each rule (decayed to `now`, biggest first) and
@@ -916,7 +1047,6 @@ impl Derived {
             "segments": segments,
             "primary_segment": self.primary,
             "next_evaluation": self.timer.map(format_timestamp),
-            "timeline": self.timeline.iter().map(Change::to_json).collect::<Vec<_>>(),
         })
     }
 }

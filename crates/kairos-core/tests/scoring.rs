@@ -190,6 +190,53 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Re-evaluating only what an event or timer may have changed gives exactly what
+    /// re-evaluating everything gives: same memberships, tiers and timer, no change missed.
+    #[test]
+    fn selective_evaluation_equals_full_evaluation(
+        steps in prop::collection::vec((0usize..7, 0i64..90 * MINUTE), 1..80),
+    ) {
+        let mut d = kairos_core::defaults::default_definitions();
+        d.segments.insert("hot_and_viewing".into(), segment(
+            r#"tier.engagement == "hot" or (score.purchase_intent >= 15 and in_segment("recent_viewers"))"#, 0));
+        d.segments.insert("evening".into(), segment("local_hour >= 18", 8));
+        d.segments.insert("pro".into(), segment(r#"traits.plan == "pro""#, 9));
+        let scoring = compiled(&d);
+        let cfg = CoreConfig::default();
+        let names = ["Product Viewed", "Added to Cart", "Order Completed", "Email Opened",
+                     "Email Clicked", "Checkout Started", "identify"];
+        let mut p = Profile::new(ProfileId(1));
+        let mut t = T0;
+        for (i, (k, gap)) in steps.iter().enumerate() {
+            t += gap;
+            let mut e = track(i, names[*k], t, json!({"revenue": 400, "product_id": "p1", "price": 30}));
+            if names[*k] == "identify" {
+                e.kind = EventKind::Identify;
+                e.event = None;
+                e.traits = json!({"plan": if i % 2 == 0 { "pro" } else { "free" }})
+                    .as_object().cloned().unwrap_or_default();
+            }
+            p.apply(&e, &cfg, &scoring, t);
+            let mut full = p.clone();
+            let missed = full.reevaluate(&scoring, t, kairos_core::profile::Reason::Timer);
+            prop_assert!(missed.is_empty(), "missed after event {i}: {missed:?}");
+            prop_assert_eq!(full.derived.timer, p.derived.timer);
+        }
+        // And through the timers alone, for two days.
+        let end = t + 2 * DAY;
+        while let Some(next) = p.derived.timer.filter(|x| *x <= end) {
+            p.catch_up(&scoring, next);
+            let mut full = p.clone();
+            let missed = full.reevaluate(&scoring, next, kairos_core::profile::Reason::Timer);
+            prop_assert!(missed.is_empty(), "missed at timer {next}: {missed:?}");
+            prop_assert_eq!(full.derived.timer, p.derived.timer);
+        }
+    }
+}
+
 #[test]
 fn caps_count_firings_in_a_rolling_window() {
     let d = defs(

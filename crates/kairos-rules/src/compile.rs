@@ -146,6 +146,48 @@ pub struct Program {
     pub uses_event: bool,
 }
 
+/// What a program reads of the profile besides aggregates, scores and segments (those are
+/// in [`Program::aggregates_used`] and friends): for hosts that re-evaluate a rule only when
+/// something it reads may have changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reads {
+    pub fields: Vec<Field>,
+    pub traits: bool,
+    /// `subscribed(...)` or `consented(...)`.
+    pub subscriptions: bool,
+}
+
+impl Program {
+    pub fn reads(&self) -> Reads {
+        fn walk(n: &Node, r: &mut Reads) {
+            match n {
+                Node::Field(f) => {
+                    if !r.fields.contains(f) {
+                        r.fields.push(*f);
+                    }
+                }
+                Node::Trait(_) => r.traits = true,
+                Node::Subscribed(_) | Node::Consented(_) => r.subscriptions = true,
+                Node::Exists(a) | Node::Not(a) | Node::Neg(a) | Node::InList(a, _) => walk(a, r),
+                Node::And(a, b)
+                | Node::Or(a, b)
+                | Node::Cmp(_, a, b)
+                | Node::Age(_, a, b)
+                | Node::InValue(a, b)
+                | Node::Arith(_, a, b) => {
+                    walk(a, r);
+                    walk(b, r);
+                }
+                Node::Call(_, args) => args.iter().for_each(|a| walk(a, r)),
+                _ => {}
+            }
+        }
+        let mut r = Reads::default();
+        walk(&self.root, &mut r);
+        r
+    }
+}
+
 /// Parses, checks and compiles a boolean rule (a segment condition, a score's `when`).
 pub fn compile(src: &str, schema: &Schema, aggs: &mut Aggregates) -> Result<Program, RuleError> {
     compile_as(src, schema, aggs, true)

@@ -77,7 +77,9 @@ pub mod lexer;
 pub mod parser;
 pub mod schema;
 
-pub use compile::{compile, compile_value, AggId, AggSpec, Aggregates, Filter, Program, Window};
+pub use compile::{
+    compile, compile_value, AggId, AggSpec, Aggregates, Filter, Program, Reads, Window,
+};
 pub use definition::{
     parse_duration, parse_score_rule, parse_tiers, Cap, ScoreRuleParts, TierBound,
 };
