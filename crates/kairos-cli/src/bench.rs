@@ -59,6 +59,10 @@ pub struct IngestArgs {
     /// Skip the bare-endpoint baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Score and segment definitions in force: the built-in ones, or none (to see what
+    /// scoring costs).
+    #[arg(long, default_value = "default", value_parser = ["default", "none"])]
+    definitions: String,
     /// Data directory for the Kairos run (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -273,6 +277,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             write_key: "wk_bench".into(),
         }],
         admin_token: Some("bench-admin-token".into()),
+        default_definitions: args.definitions == "default",
         ..Config::default()
     };
     let kairos =

@@ -36,7 +36,7 @@ pub fn default_definitions() -> Definitions {
                 "tiers": "low < 20 <= medium < 50 <= high",
                 "rules": [
                     "when event.name == \"Product Viewed\" then +2 at most 15 times per 1d",
-                    "when event.name == \"Product Viewed\" and count(\"Product Viewed\", within: 1h) >= 5 then +5 at most 2 times per 1d",
+                    "when event.name == \"Product Viewed\" and event.properties.price >= 100 then +3 at most 5 times per 1d",
                     "when event.name in [\"Added to Cart\", \"Product Added\"] then +10 at most 5 times per 1d",
                     "when event.name == \"Checkout Started\" then +20",
                     "when event.name == \"Order Completed\" then -40"

@@ -103,15 +103,24 @@ impl Profile {
     }
 
     /// Whether `ev` cannot be folded in place and the person's history must be replayed
-    /// with it ([`Profile::rebuild`]): it is older than an event already scored, or the
-    /// derived state was computed under other definitions.
+    /// with it ([`Profile::rebuild`]): the derived state was computed under other
+    /// definitions, or it is older than an event already scored and a rule that reads the
+    /// profile may see it (rules that read only the event take late events in place), or
+    /// it is later than [`crate::scoring::LATE_LIMIT`].
     pub fn needs_replay(&self, ev: &Event, scoring: &Scoring) -> bool {
         if scoring.is_empty() || self.state.event_count == 0 {
             return false;
         }
-        self.derived.replay_version != scoring.replay_version
-            || (!scoring.scores.is_empty()
-                && self.derived.applied.is_some_and(|a| ev.order_key() < a))
+        if self.derived.replay_version != scoring.replay_version {
+            return true;
+        }
+        match self.derived.applied {
+            Some(newest) if !scoring.scores.is_empty() && ev.order_key() < newest => {
+                newest.0 - ev.timestamp > crate::scoring::LATE_LIMIT
+                    || scoring.late_event_needs_replay(ev)
+            }
+            _ => false,
+        }
     }
 
     /// Folds one event in (in order; see [`Profile::needs_replay`]) and evaluates segments
@@ -160,10 +169,14 @@ impl Profile {
         // Each evaluation moves the timer strictly forward; the bound is a safety net.
         for _ in 0..10_000 {
             match self.derived.timer {
-                Some(t) if t <= now => {
-                    self.derived
-                        .evaluate(&self.state, scoring, t, Reason::Timer, Trigger::Timer, &mut out)
-                }
+                Some(t) if t <= now => self.derived.evaluate(
+                    &self.state,
+                    scoring,
+                    t,
+                    Reason::Timer,
+                    Trigger::Timer,
+                    &mut out,
+                ),
                 _ => break,
             }
         }
@@ -225,8 +238,14 @@ impl Profile {
         self.derived = fresh;
         if !scoring.is_empty() {
             let now = events.last().map_or(now, |e| now.max(e.timestamp));
-            self.derived
-                .evaluate(&self.state, scoring, now, Reason::Replay(why), Trigger::All, &mut out);
+            self.derived.evaluate(
+                &self.state,
+                scoring,
+                now,
+                Reason::Replay(why),
+                Trigger::All,
+                &mut out,
+            );
         }
         out
     }

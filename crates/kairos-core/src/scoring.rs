@@ -124,6 +124,25 @@ pub struct CompiledRule {
     pub program: Program,
     pub points: f64,
     pub cap: Option<Cap>,
+    /// Reads nothing but the event itself: its points do not depend on what came before,
+    /// so a late event adds them in place instead of replaying the history.
+    pub order_free: bool,
+    guard: Option<kairos_rules::EventGuard>,
+    deps: Deps,
+}
+
+impl CompiledRule {
+    /// Whether the event can make this rule true (by its name or call type).
+    fn admits(&self, ev: &Event) -> bool {
+        match &self.guard {
+            None => true,
+            Some(g) => {
+                ev.activity_name()
+                    .is_some_and(|n| g.names.iter().any(|x| x == n))
+                    || g.kinds.iter().any(|k| k == ev.kind.as_str())
+            }
+        }
+    }
 }
 
 pub struct CompiledScore {
@@ -158,7 +177,7 @@ pub struct CompiledSegment {
     pub description: String,
     pub program: Program,
     pub priority: i32,
-    deps: SegmentDeps,
+    deps: Deps,
 }
 
 /// Compiled definitions: every rule parsed and checked once.
@@ -268,11 +287,16 @@ impl Scoring {
                     ));
                 }
                 note(&rpath, &program);
+                let deps = Deps::of(&program, &aggregates);
+                let order_free = deps.is_empty();
                 rules.push(CompiledRule {
                     source: src.trim().to_string(),
+                    guard: program.event_guard(),
                     program,
                     points: parts.points,
                     cap: parts.cap,
+                    order_free,
+                    deps,
                 });
             }
             scores.push(CompiledScore {
@@ -300,7 +324,7 @@ impl Scoring {
             segments.push(CompiledSegment {
                 name: name.clone(),
                 description: def.description.clone(),
-                deps: SegmentDeps::of(&program, &aggregates),
+                deps: Deps::of(&program, &aggregates),
                 program,
                 priority: def.priority,
             });
@@ -357,6 +381,16 @@ impl Scoring {
         self.scores.is_empty() && self.segments.is_empty()
     }
 
+    /// Whether an event older than ones already scored must be replayed with the history:
+    /// when a rule that reads the profile could fire on it, or could have seen differently
+    /// on a later event because of it. Rules that read only the event take it in place.
+    pub fn late_event_needs_replay(&self, ev: &Event) -> bool {
+        self.scores.iter().flat_map(|s| &s.rules).any(|r| {
+            !r.order_free
+                && (r.admits(ev) || r.deps.touched_by(ev, &[]) || !r.deps.scores.is_empty())
+        })
+    }
+
     /// (score, rule) indices of the rules an event may fire, in order, without duplicates.
     fn candidate_rules(&self, ev: &Event) -> Vec<(u16, u16)> {
         let mut out: Vec<(u16, u16)> = self.rules_any.clone();
@@ -372,11 +406,21 @@ impl Scoring {
     }
 
     pub fn score(&self, name: &str) -> Option<&CompiledScore> {
-        self.scores.iter().find(|s| s.name == name)
+        self.scores
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.scores[i])
     }
 
     pub fn segment(&self, name: &str) -> Option<&CompiledSegment> {
-        self.segments.iter().find(|s| s.name == name)
+        self.segment_position(name).map(|i| &self.segments[i])
+    }
+
+    /// Index of a segment by name (definitions are sorted by name).
+    pub fn segment_position(&self, name: &str) -> Option<usize> {
+        self.segments
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()
     }
 }
 
@@ -430,9 +474,13 @@ pub struct RuleState {
     pub fired: u64,
     /// Matches not counted because of the cap.
     pub capped: u64,
-    /// Times of the newest firings, at most the cap's N (only for capped rules).
-    pub recent: Vec<Millis>,
+    /// For capped rules: per cap window (`t / D`), the times that counted, at most N, in
+    /// time order; the newest windows only (see [`LATE_LIMIT`]).
+    pub windows: Vec<(i64, Vec<Millis>)>,
 }
+
+/// How late an event may be and still be folded in place; older ones replay the history.
+pub const LATE_LIMIT: Millis = 7 * DAY;
 
 /// A score on one profile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -444,11 +492,15 @@ pub struct ScoreState {
     pub rules: Vec<(u16, RuleState)>,
     /// The tier at the last evaluation, to notice changes.
     pub tier: Option<String>,
-    /// `(end of an active UTC day, raw value then)` for the trend, newest last.
-    pub history: Vec<(Millis, f64)>,
+    /// For the trend: per UTC day with points, their sum decayed to the end of that day,
+    /// oldest first; days before the last [`HISTORY_DAYS`] are folded into `older`. Sums
+    /// per day do not depend on the order in which events arrived.
+    pub days: Vec<(i64, f64)>,
+    /// Everything before `days`, as (instant, value then).
+    pub older: Option<(Millis, f64)>,
 }
 
-/// Days of history kept for trends (30 days ago, plus one older point to decay from).
+/// Days of history kept for trends (30 days ago, plus one to decay from).
 const HISTORY_DAYS: i64 = 31;
 
 impl ScoreState {
@@ -462,20 +514,6 @@ impl ScoreState {
         if t <= self.at {
             return;
         }
-        // Crossing into a new UTC day: remember the value at the end of the last active day.
-        let day_end = (self.at.div_euclid(DAY) + 1) * DAY;
-        if t >= day_end && (self.raw != 0.0 || !self.rules.is_empty()) {
-            self.history
-                .push((day_end, self.raw * decay(half_life, day_end - self.at)));
-            let horizon = t - HISTORY_DAYS * DAY;
-            // Keep one point at or before the horizon: the value there decays from it.
-            let keep_from = self
-                .history
-                .iter()
-                .rposition(|(at, _)| *at <= horizon)
-                .unwrap_or(0);
-            self.history.drain(..keep_from);
-        }
         let k = decay(half_life, t - self.at);
         self.raw *= k;
         for (_, r) in &mut self.rules {
@@ -484,16 +522,48 @@ impl ScoreState {
         self.at = t;
     }
 
-    /// The raw value at an earlier instant, from the history (day resolution: events on the
-    /// same UTC day before `t` are counted only if that day has ended).
+    /// Records points `p` given at `t` in the trend's day sums, and folds days that fell
+    /// out of the kept range into `older`.
+    fn note_points(&mut self, half_life: Option<Millis>, t: Millis, p: f64) {
+        let day = t.div_euclid(DAY);
+        let end = (day + 1) * DAY;
+        let i = match self.days.binary_search_by_key(&day, |(d, _)| *d) {
+            Ok(i) => i,
+            Err(i) => {
+                self.days.insert(i, (day, 0.0));
+                i
+            }
+        };
+        self.days[i].1 += p * decay(half_life, end - t);
+        let horizon = self.at.div_euclid(DAY) - HISTORY_DAYS;
+        while self.days.first().is_some_and(|(d, _)| *d < horizon) {
+            let (d, v) = self.days.remove(0);
+            let end = (d + 1) * DAY;
+            let before = self
+                .older
+                .map_or(0.0, |(at, o)| o * decay(half_life, end - at));
+            self.older = Some((end, before + v));
+        }
+    }
+
+    /// The raw value at an earlier instant, at day resolution: points of the UTC day that
+    /// holds `t` are not counted unless `t` is at or after the newest event.
     pub fn raw_before(&self, half_life: Option<Millis>, t: Millis) -> f64 {
         if t >= self.at {
             return self.raw_at(half_life, t);
         }
-        match self.history.iter().rev().find(|(at, _)| *at <= t) {
-            Some((at, v)) => v * decay(half_life, t - at),
-            None => 0.0,
+        let day = t.div_euclid(DAY);
+        let mut v = self
+            .older
+            .filter(|(at, _)| *at <= t)
+            .map_or(0.0, |(at, o)| o * decay(half_life, t - at));
+        for (d, sum) in &self.days {
+            if *d >= day {
+                break;
+            }
+            v += sum * decay(half_life, t - (d + 1) * DAY);
         }
+        v
     }
 
     /// When the raw value, decaying from `now`, reaches `target`.
@@ -601,9 +671,10 @@ pub enum Trigger<'a> {
     All,
 }
 
-/// What a segment reads, so it is re-evaluated only when that may have changed.
+/// What a rule reads of the profile, so a segment is re-evaluated only when that may have
+/// changed, and a late event is replayed only when it may change what a rule saw.
 #[derive(Clone, Debug, Default)]
-struct SegmentDeps {
+struct Deps {
     /// Reads something any event changes (last_seen, the time zone, subscriptions...).
     any_event: bool,
     /// Reads order, cart or email fields, which track events change.
@@ -615,11 +686,11 @@ struct SegmentDeps {
     segments: Vec<usize>,
 }
 
-impl SegmentDeps {
+impl Deps {
     fn of(program: &Program, aggregates: &Aggregates) -> Self {
         use kairos_rules::Field as F;
         let reads = program.reads();
-        let mut d = SegmentDeps {
+        let mut d = Deps {
             traits: reads.traits,
             any_event: reads.subscriptions,
             scores: program.scores_used.clone(),
@@ -653,6 +724,16 @@ impl SegmentDeps {
         d
     }
 
+    /// Reads nothing of the profile.
+    fn is_empty(&self) -> bool {
+        !self.any_event
+            && !self.track
+            && !self.traits
+            && self.names.is_empty()
+            && self.scores.is_empty()
+            && self.segments.is_empty()
+    }
+
     fn touched_by(&self, ev: &Event, scored: &[bool]) -> bool {
         self.any_event
             || (self.track && ev.kind == crate::event::EventKind::Track)
@@ -680,6 +761,24 @@ pub struct ScoreNow<'a> {
 }
 
 impl Derived {
+    /// The scores marked in `needed` at `now` (the others left at zero), for evaluation.
+    fn scores_needed<'s>(
+        &self,
+        scoring: &'s Scoring,
+        now: Millis,
+        needed: &[bool],
+    ) -> Vec<ScoreNow<'s>> {
+        scoring
+            .scores
+            .iter()
+            .zip(needed)
+            .map(|(sc, n)| match n {
+                true => score_now(sc, self.scores.get(&sc.name), now),
+                false => ScoreNow::default(),
+            })
+            .collect()
+    }
+
     /// Every score at `now`, for rule evaluation.
     pub fn scores_at<'s>(&self, scoring: &'s Scoring, now: Millis) -> Vec<ScoreNow<'s>> {
         let states = aligned(&self.scores, scoring.scores.iter().map(|s| s.name.as_str()));
@@ -687,30 +786,17 @@ impl Derived {
             .scores
             .iter()
             .zip(states)
-            .map(|(sc, st)| {
-                let raw = st.map_or(0.0, |s| s.raw_at(sc.half_life, now));
-                let value = sc.clamp(raw);
-                let tier_change = st.and_then(|s| {
-                    sc.tiers
-                        .iter()
-                        .filter_map(|t| t.from)
-                        .filter_map(|b| s.reaches(sc.half_life, now, b))
-                        .min()
-                });
-                ScoreNow {
-                    value,
-                    raw,
-                    tier: sc.tier_of(value),
-                    half_life: sc.half_life,
-                    tier_change,
-                }
-            })
+            .map(|(sc, st)| score_now(sc, st, now))
             .collect()
     }
 
-    /// Folds one event (already applied to `state`, in order) into the scores.
     /// Returns, per score, whether it received points.
-    pub fn score_event(&mut self, state: &ProfileState, ev: &Event, scoring: &Scoring) -> Vec<bool> {
+    pub fn score_event(
+        &mut self,
+        state: &ProfileState,
+        ev: &Event,
+        scoring: &Scoring,
+    ) -> Vec<bool> {
         let mut scored = vec![false; scoring.scores.len()];
         let t = ev.timestamp;
         self.replay_version = scoring.replay_version;
@@ -763,22 +849,54 @@ impl Derived {
                         p
                     }
                 };
-                let rs = &mut st.rules[pos].1;
-                if let Some(cap) = rule.cap {
-                    let open = t - cap.per_ms;
-                    let in_window = rs.recent.iter().filter(|x| **x > open).count();
-                    if in_window >= cap.times as usize {
-                        rs.capped += 1;
-                        continue;
+                let (h, at) = (sc.half_life, st.at);
+                let mut delta = 0.0;
+                let mut noted: Vec<(Millis, f64)> = Vec::new();
+                {
+                    let rs = &mut st.rules[pos].1;
+                    if let Some(cap) = rule.cap {
+                        // Fixed windows: the first N matches by event time count, so the
+                        // result does not depend on the order in which events arrived.
+                        let w = t.div_euclid(cap.per_ms);
+                        let i = match rs.windows.binary_search_by_key(&w, |(k, _)| *k) {
+                            Ok(i) => i,
+                            Err(i) => {
+                                rs.windows.insert(i, (w, Vec::new()));
+                                i
+                            }
+                        };
+                        let counted = &mut rs.windows[i].1;
+                        let n = cap.times as usize;
+                        if counted.len() >= n && counted.last().is_some_and(|l| *l <= t) {
+                            rs.capped += 1;
+                            continue;
+                        }
+                        let p = counted.partition_point(|x| *x <= t);
+                        counted.insert(p, t);
+                        if counted.len() > n {
+                            // A late event displaces the newest that counted.
+                            if let Some(out) = counted.pop() {
+                                delta -= rule.points * decay(h, at - out);
+                                noted.push((out, -rule.points));
+                                rs.fired -= 1;
+                                rs.capped += 1;
+                            }
+                        }
+                        let horizon = at
+                            .saturating_sub(LATE_LIMIT + cap.per_ms)
+                            .div_euclid(cap.per_ms);
+                        let keep = rs.windows.partition_point(|(k, _)| *k < horizon);
+                        rs.windows.drain(..keep);
                     }
-                    rs.recent.push(t);
-                    if rs.recent.len() > cap.times as usize {
-                        rs.recent.remove(0);
-                    }
+                    rs.fired += 1;
+                    delta += rule.points * decay(h, at - t);
+                    noted.push((t, rule.points));
+                    rs.raw += delta;
                 }
-                rs.fired += 1;
-                rs.raw += rule.points;
-                st.raw += rule.points;
+                st.raw += delta;
+                for (when, pts) in noted {
+                    st.note_points(h, when, pts);
+                }
                 scored[group[0].0 as usize] = true;
             }
         }
@@ -829,14 +947,26 @@ impl Derived {
                     }
             })
             .collect();
-        let reads_scores = scoring
+        // Segments that may be evaluated: those prompted, and those that read other
+        // segments (evaluated if one of those changes).
+        let maybe: Vec<bool> = scoring
             .segments
             .iter()
-            .any(|s| !s.deps.scores.is_empty());
-        let scores = if score_dirty.iter().any(|d| *d)
-            || (reads_scores && evaluate_segment.iter().any(|e| *e))
-        {
-            self.scores_at(scoring, now)
+            .zip(&evaluate_segment)
+            .map(|(s, e)| *e || !s.deps.segments.is_empty())
+            .collect();
+        let mut needed = score_dirty.clone();
+        for (seg, m) in scoring.segments.iter().zip(&maybe) {
+            if *m {
+                for &i in &seg.deps.scores {
+                    if let Some(n) = needed.get_mut(i) {
+                        *n = true;
+                    }
+                }
+            }
+        }
+        let scores = if needed.iter().any(|n| *n) {
+            self.scores_needed(scoring, now, &needed)
         } else {
             Vec::new()
         };
@@ -879,17 +1009,24 @@ impl Derived {
             });
         }
 
-        let was: Vec<bool> = aligned(
-            &self.segments,
-            scoring.segments.iter().map(|s| s.name.as_str()),
-        )
-        .into_iter()
-        .map(|m| m.is_some())
-        .collect();
+        let any_maybe = maybe.iter().any(|m| *m);
+        let mut was = vec![false; nseg];
+        if any_maybe {
+            for name in self.segments.keys() {
+                if let Some(i) = scoring.segment_position(name) {
+                    was[i] = true;
+                }
+            }
+        }
         let mut member = was.clone();
         let mut changed = vec![false; nseg];
-        if evaluate_segment.iter().any(|e| *e) || scoring.segments.iter().any(|s| !s.deps.segments.is_empty()) {
-            let series = scoring.series.resolve(state);
+        if any_maybe {
+            // Resolving every series in one pass pays off only when many segments run.
+            let series = if maybe.iter().filter(|m| **m).count() >= 4 {
+                scoring.series.resolve(state)
+            } else {
+                Vec::new()
+            };
             for &i in &scoring.order {
                 let seg = &scoring.segments[i];
                 if !evaluate_segment[i] && seg.deps.segments.iter().any(|&j| changed[j]) {
@@ -1048,6 +1185,26 @@ impl Derived {
             "primary_segment": self.primary,
             "next_evaluation": self.timer.map(format_timestamp),
         })
+    }
+}
+
+/// A score at `now` from its state (none: never scored).
+fn score_now<'s>(sc: &'s CompiledScore, st: Option<&ScoreState>, now: Millis) -> ScoreNow<'s> {
+    let raw = st.map_or(0.0, |s| s.raw_at(sc.half_life, now));
+    let value = sc.clamp(raw);
+    let tier_change = st.and_then(|s| {
+        sc.tiers
+            .iter()
+            .filter_map(|t| t.from)
+            .filter_map(|b| s.reaches(sc.half_life, now, b))
+            .min()
+    });
+    ScoreNow {
+        value,
+        raw,
+        tier: sc.tier_of(value),
+        half_life: sc.half_life,
+        tier_change,
     }
 }
 

@@ -161,11 +161,7 @@ impl Program {
     pub fn reads(&self) -> Reads {
         fn walk(n: &Node, r: &mut Reads) {
             match n {
-                Node::Field(f) => {
-                    if !r.fields.contains(f) {
-                        r.fields.push(*f);
-                    }
-                }
+                Node::Field(f) if !r.fields.contains(f) => r.fields.push(*f),
                 Node::Trait(_) => r.traits = true,
                 Node::Subscribed(_) | Node::Consented(_) => r.subscriptions = true,
                 Node::Exists(a) | Node::Not(a) | Node::Neg(a) | Node::InList(a, _) => walk(a, r),
