@@ -251,6 +251,7 @@ async fn export_profile(
         Ok(Json(json!({
             "exportedAt": kairos_core::time::format_timestamp(now),
             "profile": p.view_scored(&s.store.scoring(), now),
+            "segmentChanges": s.store.profile_changes(p.id, usize::MAX)?,
             "events": events.iter().map(|e| e.event.to_segment_json()).collect::<Vec<_>>(),
             "deadLetters": dead,
         })))

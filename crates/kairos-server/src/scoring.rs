@@ -323,6 +323,7 @@ async fn profile_scores(
         let scoring = s.store.scoring();
         let mut v = p.derived.view(&scoring, (s.clock)());
         v["profile"] = json!(p.id.to_string());
+        v["timeline"] = json!(s.store.profile_changes(p.id, 100)?);
         Ok(Json(v))
     })
     .await

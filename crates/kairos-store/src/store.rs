@@ -238,6 +238,33 @@ impl Store {
         Ok(out)
     }
 
+    /// A profile's newest segment, tier and primary-segment changes (at most `limit`),
+    /// oldest first: the profile's timeline of derived changes.
+    pub fn profile_changes(
+        &self,
+        id: ProfileId,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.profile_changes.prefix(u64_key(id.0)).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let k = guard.key()?;
+            let Some(seq) = k.get(8..16).and_then(read_u64) else {
+                continue;
+            };
+            if let Some(v) = self.changes.get(u64_key(seq))? {
+                out.push(
+                    serde_json::from_slice(&v)
+                        .map_err(|e| StoreError::Corrupt(format!("change: {e}")))?,
+                );
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Timers due at or before `now`, oldest first.
     pub fn due_timers(
         &self,
