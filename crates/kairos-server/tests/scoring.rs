@@ -108,7 +108,12 @@ async fn scores_are_current_when_the_ingest_is_acknowledged() {
     assert_eq!(p["derived"]["primary_segment"], "active_shoppers");
     // The timeline of derived changes, oldest first.
     let timeline = all["timeline"].as_array().unwrap();
-    assert!(timeline.iter().any(|c| c["type"] == "enter" && c["segment"] == "engaged"), "{all}");
+    assert!(
+        timeline
+            .iter()
+            .any(|c| c["type"] == "enter" && c["segment"] == "engaged"),
+        "{all}"
+    );
     let (status, _) = s.admin_get("/v1/profiles/ada/scores/nope").await;
     assert_eq!(status, 404);
     s.stop().await;

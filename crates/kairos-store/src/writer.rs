@@ -151,11 +151,13 @@ enum Command {
         due: Vec<(Millis, ProfileId)>,
         done: Sender<()>,
     },
-    /// Bring these profiles up to the definitions in force (backfill).
+    /// Bring these profiles (as the backfill read them) up to the definitions in force.
     Rebuild {
-        ids: Vec<ProfileId>,
+        profiles: Vec<Profile>,
         done: Sender<()>,
     },
+    /// The backfill for definitions of this version has read every profile.
+    BackfillDone(u64),
     /// Store and put in force new definitions (already compiled by the caller).
     Define {
         scoring: Arc<Scoring>,
@@ -378,6 +380,9 @@ struct Writer {
     next_change: u64,
     /// Event names ever seen, so rules naming others get a warning.
     known_events: HashSet<String>,
+    /// While a backfill runs: profiles written since it started, whose copy the backfill
+    /// read may be stale.
+    backfill_written: Option<HashSet<ProfileId>>,
 }
 
 impl Writer {
@@ -393,6 +398,7 @@ impl Writer {
         };
         let known_events = store.known_events()?.into_iter().collect();
         Ok(Self {
+            backfill_written: None,
             known_events,
             scoring: store.scoring(),
             next_change,
@@ -475,18 +481,23 @@ impl Writer {
                         self.tick(due)?;
                         dones.push(done);
                     }
-                    Command::Rebuild { ids, done } => {
-                        for id in ids {
-                            self.bring_up_to_date(id)?;
+                    Command::Rebuild { profiles, done } => {
+                        for p in profiles {
+                            self.bring_up_to_date(p)?;
                         }
                         dones.push(done);
                     }
+                    Command::BackfillDone(v) if v == self.scoring.version => {
+                        self.backfill_written = None
+                    }
+                    Command::BackfillDone(_) => {}
                     Command::Define { scoring, reply } => {
                         let json = serde_json::to_vec(&scoring.definitions)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                         self.batch.insert(&self.store.meta, DEFINITIONS_KEY, json);
                         self.scoring = scoring.clone();
                         self.store.set_scoring(scoring);
+                        self.backfill_written = Some(HashSet::new());
                         defined.push(reply);
                     }
                     Command::Hold(_) => {}
@@ -877,9 +888,21 @@ impl Writer {
 
     /// Brings one profile up to the definitions in force: replays its history when scores or
     /// windows changed, else re-evaluates its segments.
-    fn bring_up_to_date(&mut self, id: ProfileId) -> Result<(), StoreError> {
-        let Some(mut profile) = self.take_profile(id)? else {
-            return Ok(());
+    fn bring_up_to_date(&mut self, read: Profile) -> Result<(), StoreError> {
+        // The writer's own copy is the newest; the backfill's may predate a write.
+        let cached = self.cache.remove(&read.id);
+        let from_cache = cached.is_some();
+        let stale = self
+            .backfill_written
+            .as_ref()
+            .is_some_and(|w| w.contains(&read.id));
+        let mut profile = match cached {
+            Some(p) => p,
+            None if stale => match self.take_profile(read.id)? {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+            None => read,
         };
         let pid = profile.id;
         let old_timer = profile.derived.timer;
@@ -897,8 +920,15 @@ impl Writer {
             Vec::new()
         };
         self.record_effects(pid, old_timer, profile.derived.timer, &changes)?;
-        self.dirty.insert(pid);
-        self.cache.insert(pid, profile);
+        // Nothing else moved: the stored copy stays as it is and is re-evaluated, to the
+        // same result, the next time the person is active.
+        let moved = !changes.is_empty() || old_timer != profile.derived.timer;
+        if moved {
+            self.dirty.insert(pid);
+        }
+        if moved || from_cache {
+            self.cache.insert(pid, profile);
+        }
         Ok(())
     }
 
@@ -954,6 +984,9 @@ impl Writer {
         for id in self.dirty.drain() {
             if let Some(p) = self.cache.get(&id) {
                 batch.insert(&self.store.profiles, u64_key(id.0), p.encode());
+                if let Some(w) = self.backfill_written.as_mut() {
+                    w.insert(id);
+                }
             }
         }
         batch.commit()?;
@@ -1061,9 +1094,12 @@ impl Writer {
 fn group_size(cmd: &Command) -> usize {
     match cmd {
         Command::Ingest(s) => s.events.len().max(1),
-        Command::Rebuild { ids, .. } => ids.len().max(1) * 4,
+        Command::Rebuild { profiles, .. } => profiles.len().max(1) * 2,
         Command::Tick { due, .. } => due.len().max(1),
-        Command::Erase { .. } | Command::Hold(_) | Command::Define { .. } => 1,
+        Command::Erase { .. }
+        | Command::Hold(_)
+        | Command::Define { .. }
+        | Command::BackfillDone(_) => 1,
     }
 }
 
@@ -1106,29 +1142,39 @@ fn run_backfill(
     progress: &Mutex<Option<Backfill>>,
     version: u64,
 ) -> Result<(), StoreError> {
-    const PAGE: usize = 256;
+    const PAGE: usize = 512;
     let mut after = None;
+    // One page with the writer while the next is read and decoded here.
+    let mut in_flight: Option<(crossbeam_channel::Receiver<()>, u64)> = None;
+    let finish = |wait: Option<(crossbeam_channel::Receiver<()>, u64)>| {
+        if let Some((wait, n)) = wait {
+            let _ = wait.recv();
+            if let Ok(mut g) = progress.lock() {
+                if let Some(b) = g.as_mut().filter(|b| b.version == version) {
+                    b.done += n;
+                    b.total = b.total.max(b.done);
+                }
+            }
+        }
+    };
     loop {
         if store.scoring().version != version {
+            finish(in_flight.take());
             return Ok(());
         }
-        let ids = store.profile_ids_after(after, PAGE)?;
-        let Some(last) = ids.last().copied() else {
+        let profiles = store.profiles_after(after, PAGE)?;
+        let Some(last) = profiles.last().map(|p| p.id) else {
             break;
         };
         after = Some(last);
-        let n = ids.len() as u64;
+        let n = profiles.len() as u64;
         let (done, wait) = crossbeam_channel::bounded(1);
-        tx.send(Command::Rebuild { ids, done })
+        tx.send(Command::Rebuild { profiles, done })
             .map_err(|_| StoreError::WriterStopped)?;
-        let _ = wait.recv();
-        if let Ok(mut g) = progress.lock() {
-            if let Some(b) = g.as_mut().filter(|b| b.version == version) {
-                b.done += n;
-                b.total = b.total.max(b.done);
-            }
-        }
+        finish(in_flight.replace((wait, n)));
     }
+    finish(in_flight.take());
+    let _ = tx.send(Command::BackfillDone(version));
     if let Ok(mut g) = progress.lock() {
         if let Some(b) = g.as_mut().filter(|b| b.version == version) {
             b.finished_at = Some(

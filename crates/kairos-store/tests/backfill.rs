@@ -1,0 +1,107 @@
+//! A new segment is backfilled over every stored profile while events keep arriving; when
+//! the backfill reports done, its members are exactly the profiles that match.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use kairos_core::defaults::default_definitions;
+use kairos_core::{IdKey, Scoring, SegmentDef};
+use kairos_store::{Clock, StoreOptions, WriterOptions};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: i64 = 1_795_348_800_000;
+
+#[test]
+fn a_backfill_while_ingesting_ends_with_exactly_the_matching_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = WriterOptions {
+        clock: Clock(Arc::new(|| T0 + 3_600_000)),
+        ..WriterOptions::default()
+    };
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer);
+    let scoring = Scoring::compile(&default_definitions(), None).unwrap();
+    h.ingest
+        .define(scoring, T0)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    let order = |i: usize, user: usize, amount: i64| {
+        track(
+            &format!("m{i}"),
+            "Order Completed",
+            Some(&format!("u{user}")),
+            None,
+            T0 + i as i64,
+            json!({"revenue": amount}),
+        )
+    };
+    // 3,000 people with one order each.
+    let first: Vec<_> = (0..3000).map(|u| order(u, u, (u % 100) as i64)).collect();
+    for chunk in first.chunks(500) {
+        h.send(chunk.to_vec());
+    }
+    // A new segment: spent at least 150.
+    let mut defs = default_definitions();
+    defs.segments.insert(
+        "spenders".into(),
+        SegmentDef {
+            rule: "lifetime_revenue >= 150".into(),
+            priority: 0,
+            ..SegmentDef::default()
+        },
+    );
+    let scoring = Scoring::compile(&defs, None).unwrap();
+    let version = scoring.version;
+    h.ingest
+        .define(scoring, T0)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    // Meanwhile, every third person orders again for 100: some of them cross 150.
+    let second: Vec<_> = (0..3000)
+        .step_by(3)
+        .map(|u| order(10_000 + u, u, 100))
+        .collect();
+    for chunk in second.chunks(50) {
+        h.send(chunk.to_vec());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !h
+        .ingest
+        .backfill()
+        .is_some_and(|b| b.version == version && b.finished_at.is_some())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backfill did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let members: std::collections::BTreeSet<_> = h
+        .store
+        .segment_members("spenders", None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut expected = std::collections::BTreeSet::new();
+    for u in 0..3000usize {
+        let spent = (u % 100) as i64 + if u % 3 == 0 { 100 } else { 0 };
+        let p = h.profile_of(&IdKey::user(&format!("u{u}"))).unwrap();
+        if spent >= 150 {
+            expected.insert(p.id);
+        }
+        assert_eq!(
+            p.derived.segments.get("spenders").is_some(),
+            spent >= 150,
+            "profile of u{u} (spent {spent})"
+        );
+    }
+    assert_eq!(members.len(), expected.len());
+    assert_eq!(members, expected);
+    h.close();
+}
