@@ -28,6 +28,10 @@ pub enum BenchCommand {
     Memory(MemoryArgs),
     /// `kairos import` speed on a generated Segment JSONL file.
     Import(ImportBenchArgs),
+    /// Backfill of a new segment over a large population.
+    Backfill(crate::bench_scoring::BackfillArgs),
+    /// Lateness of segment timers with many pending.
+    Timers(crate::bench_scoring::TimersArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +86,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Memory(a) => memory(a),
         BenchCommand::Import(a) => tokio::task::spawn_blocking(move || import_bench(a)).await?,
+        BenchCommand::Backfill(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_scoring::backfill(a)).await?
+        }
+        BenchCommand::Timers(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_scoring::timers(a)).await?
+        }
     }
 }
 

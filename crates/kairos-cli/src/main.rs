@@ -2,6 +2,7 @@
 //! a message for a person at a terminal.
 
 mod bench;
+mod bench_scoring;
 mod import;
 
 use anyhow::Context;
@@ -132,6 +133,8 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => rt.block_on(kairos_sim::run(args)).map(|_| ()),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
+        Command::Bench(bench::BenchCommand::Backfill(a)) => bench_scoring::backfill(a),
+        Command::Bench(bench::BenchCommand::Timers(a)) => bench_scoring::timers(a),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
     }
 }

@@ -183,6 +183,27 @@ impl Profile {
         out
     }
 
+    /// Brings memberships up to edited segment definitions (scores unchanged): only the
+    /// new or edited segments, and what depends on them, are evaluated.
+    pub fn redefine(
+        &mut self,
+        scoring: &Scoring,
+        now: Millis,
+        changed: &[bool],
+        remap: &[Option<u16>],
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.derived.evaluate(
+            &self.state,
+            scoring,
+            now,
+            Reason::Replay("definitions changed"),
+            Trigger::Definitions { changed, remap },
+            &mut out,
+        );
+        out
+    }
+
     /// Re-evaluates segments and tiers at `now` (timers, edited segment definitions).
     pub fn reevaluate(&mut self, scoring: &Scoring, now: Millis, why: Reason<'_>) -> Vec<Change> {
         let mut out = Vec::new();

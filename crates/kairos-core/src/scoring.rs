@@ -669,6 +669,40 @@ pub enum Trigger<'a> {
     Timer,
     /// Everything (new definitions, replays).
     All,
+    /// Segment definitions changed, scores did not: evaluate the `changed` segments (and
+    /// what depends on them); the profile's other results stand. `remap` maps the due
+    /// indices of the previous definitions to these.
+    Definitions {
+        changed: &'a [bool],
+        remap: &'a [Option<u16>],
+    },
+}
+
+/// What changed from `old` to `new` definitions, for [`Trigger::Definitions`]: which of the
+/// new segments are new or edited, and where each old due index went.
+pub fn definitions_delta(old: &Scoring, new: &Scoring) -> (Vec<bool>, Vec<Option<u16>>) {
+    let changed = new
+        .segments
+        .iter()
+        .map(|s| {
+            old.segment(&s.name)
+                .is_none_or(|o| o.program.source != s.program.source || o.priority != s.priority)
+        })
+        .collect();
+    let (on, nn) = (old.segments.len(), new.segments.len());
+    let mut remap: Vec<Option<u16>> = old
+        .segments
+        .iter()
+        .map(|s| new.segment_position(&s.name).map(|i| i as u16))
+        .collect();
+    remap.extend(old.scores.iter().map(|s| {
+        new.scores
+            .iter()
+            .position(|n| n.name == s.name)
+            .map(|i| (nn + i) as u16)
+    }));
+    debug_assert_eq!(remap.len(), on + old.scores.len());
+    (changed, remap)
 }
 
 /// What a rule reads of the profile, so a segment is re-evaluated only when that may have
@@ -916,13 +950,23 @@ impl Derived {
         out: &mut Vec<Change>,
     ) {
         let definitions_changed = self.version != scoring.version;
-        let all = definitions_changed || matches!(trigger, Trigger::All);
+        let (changed_defs, remap) = match trigger {
+            Trigger::Definitions { changed, remap } if definitions_changed => {
+                (Some(changed), Some(remap))
+            }
+            _ => (None, None),
+        };
+        let all = matches!(trigger, Trigger::All) || (definitions_changed && remap.is_none());
         self.version = scoring.version;
         let nseg = scoring.segments.len();
         let mut due: Vec<Option<Millis>> = vec![None; nseg + scoring.scores.len()];
         if !all {
             for &(i, t) in &self.due {
-                if let Some(d) = due.get_mut(i as usize) {
+                let j = match remap {
+                    Some(r) => r.get(i as usize).copied().flatten(),
+                    None => Some(i),
+                };
+                if let Some(d) = j.and_then(|j| due.get_mut(j as usize)) {
                     *d = Some(t);
                 }
             }
@@ -941,6 +985,7 @@ impl Derived {
             .enumerate()
             .map(|(i, seg)| {
                 all || is_due(due[i])
+                    || changed_defs.is_some_and(|c| c.get(i).copied().unwrap_or(true))
                     || match trigger {
                         Trigger::Event { ev, scored } => seg.deps.touched_by(ev, scored),
                         _ => false,
@@ -1089,7 +1134,7 @@ impl Derived {
             }
             self.scores.retain(|name| scoring.score(name).is_some());
         }
-        if all || changed.iter().any(|c| *c) {
+        if all || definitions_changed || changed.iter().any(|c| *c) {
             let primary = scoring
                 .segments
                 .iter()

@@ -503,3 +503,57 @@ fn bad_definitions_are_refused_with_their_path() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);
 }
+
+#[test]
+fn redefining_segments_equals_evaluating_everything() {
+    let a = kairos_core::defaults::default_definitions();
+    let sa = compiled(&a);
+    let mut b = a.clone();
+    b.segments.insert(
+        "viewers_2".into(),
+        segment(r#"count("Product Viewed", within: 2h) >= 2"#, 0),
+    );
+    b.segments
+        .insert("active_shoppers".into(), segment("last_seen < 5m", 4));
+    b.segments.remove("lapsed");
+    let sb = compiled(&b);
+    let (changed, remap) = kairos_core::scoring::definitions_delta(&sa, &sb);
+    let cfg = CoreConfig::default();
+    for seed in 0..40u64 {
+        let mut p = Profile::new(ProfileId(1));
+        let mut t = T0;
+        let names = [
+            "Product Viewed",
+            "Added to Cart",
+            "Order Completed",
+            "Email Opened",
+        ];
+        for i in 0..(5 + seed as usize % 20) {
+            t += ((seed * 7919 + i as u64 * 104_729) % (40 * 60_000)) as i64;
+            p.apply(
+                &track(
+                    i,
+                    names[(seed as usize + i) % 4],
+                    t,
+                    json!({"revenue": 600}),
+                ),
+                &cfg,
+                &sa,
+                t,
+            );
+        }
+        let now = t + (seed as i64 % 7) * MINUTE;
+        let mut quick = p.clone();
+        let mut full = p.clone();
+        let q = quick.redefine(&sb, now, &changed, &remap);
+        let f = full.reevaluate(
+            &sb,
+            now,
+            kairos_core::profile::Reason::Replay("definitions changed"),
+        );
+        assert_eq!(quick.derived.segments, full.derived.segments, "seed {seed}");
+        assert_eq!(quick.derived.primary, full.derived.primary, "seed {seed}");
+        assert_eq!(quick.derived.timer, full.derived.timer, "seed {seed}");
+        assert_eq!(q, f, "seed {seed}");
+    }
+}

@@ -13,7 +13,7 @@ pub mod writer;
 pub use store::{Counts, DeadLetter, Store, StoreOptions, StoredEvent};
 pub use writer::{
     Backfill, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission,
-    WriterOptions,
+    TimerLateness, WriterOptions,
 };
 
 /// Errors of the store.

@@ -185,6 +185,19 @@ pub struct Ingestor {
     backfill: Arc<Mutex<Option<Backfill>>>,
     /// Stops the timer thread when the last handle is dropped.
     _timers: Arc<StopOnDrop>,
+    lateness: Lateness,
+}
+
+/// How late due timers were processed, in milliseconds.
+type Lateness = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
+
+/// Timer lateness so far: how long after its due instant each timer was processed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerLateness {
+    pub count: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
 }
 
 struct StopOnDrop(Arc<AtomicBool>);
@@ -210,13 +223,17 @@ impl Ingestor {
         let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));
         // Freeing thousands of decoded events per group is measurable on the writer thread;
         // a helper thread frees them instead.
-        let (drop_tx, drop_rx) = crossbeam_channel::bounded::<Vec<Prepared>>(64);
+        let (drop_tx, drop_rx) = crossbeam_channel::bounded::<Garbage>(64);
         std::thread::Builder::new()
             .name("kairos-free".into())
             .spawn(move || while drop_rx.recv().is_ok() {})?;
         let interval = opts.timer_interval;
         let clock = opts.clock.clone();
+        let lateness: Lateness = Arc::new(Mutex::new(
+            hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
+        ));
         let mut writer = Writer::new(store.clone(), opts, drop_tx)?;
+        writer.lateness = lateness.clone();
         let handle = std::thread::Builder::new()
             .name("kairos-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -233,6 +250,7 @@ impl Ingestor {
                 store,
                 backfill: Arc::new(Mutex::new(None)),
                 _timers: Arc::new(StopOnDrop(stop)),
+                lateness,
             },
             handle,
         ))
@@ -287,6 +305,19 @@ impl Ingestor {
                 }
             })?;
         Ok(rx)
+    }
+
+    /// How late timers have been processed since start.
+    pub fn timer_lateness(&self) -> TimerLateness {
+        match self.lateness.lock() {
+            Ok(h) => TimerLateness {
+                count: h.len(),
+                p50_ms: h.value_at_quantile(0.5),
+                p99_ms: h.value_at_quantile(0.99),
+                max_ms: h.max(),
+            },
+            Err(_) => TimerLateness::default(),
+        }
     }
 
     /// Progress of the newest backfill, if any ran since start.
@@ -375,7 +406,10 @@ struct Writer {
     next_seq: u64,
     next_dead: u64,
     suppress_active: bool,
-    graveyard: Sender<Vec<Prepared>>,
+    graveyard: Sender<Garbage>,
+    /// From the previous definitions to these, when only segments changed: lets a backfill
+    /// evaluate just the new and edited segments.
+    delta: Option<(u64, Vec<bool>, Vec<Option<u16>>)>,
     scoring: Arc<Scoring>,
     next_change: u64,
     /// Event names ever seen, so rules naming others get a warning.
@@ -383,13 +417,14 @@ struct Writer {
     /// While a backfill runs: profiles written since it started, whose copy the backfill
     /// read may be stale.
     backfill_written: Option<HashSet<ProfileId>>,
+    lateness: Lateness,
 }
 
 impl Writer {
     fn new(
         store: Store,
         opts: WriterOptions,
-        graveyard: Sender<Vec<Prepared>>,
+        graveyard: Sender<Garbage>,
     ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
         let next_change = match store.changes.last_key_value() {
@@ -398,6 +433,9 @@ impl Writer {
         };
         let known_events = store.known_events()?.into_iter().collect();
         Ok(Self {
+            lateness: Arc::new(Mutex::new(
+                hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
+            )),
             backfill_written: None,
             known_events,
             scoring: store.scoring(),
@@ -414,6 +452,7 @@ impl Writer {
             next_seq: last_seq + 1,
             next_dead: last_dead + 1,
             graveyard,
+            delta: None,
         })
     }
 
@@ -464,7 +503,7 @@ impl Writer {
                             outcomes.push((reply, outcome));
                         }
                         let events = std::mem::take(&mut sub.events);
-                        if let Err(e) = self.graveyard.try_send(events) {
+                        if let Err(e) = self.graveyard.try_send(Garbage::Events(events)) {
                             drop(e.into_inner());
                         }
                     }
@@ -482,8 +521,14 @@ impl Writer {
                         dones.push(done);
                     }
                     Command::Rebuild { profiles, done } => {
+                        let mut unchanged = Vec::new();
                         for p in profiles {
-                            self.bring_up_to_date(p)?;
+                            if let Some(p) = self.bring_up_to_date(p)? {
+                                unchanged.push(p);
+                            }
+                        }
+                        if let Err(e) = self.graveyard.try_send(Garbage::Profiles(unchanged)) {
+                            drop(e.into_inner());
                         }
                         dones.push(done);
                     }
@@ -495,6 +540,14 @@ impl Writer {
                         let json = serde_json::to_vec(&scoring.definitions)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                         self.batch.insert(&self.store.meta, DEFINITIONS_KEY, json);
+                        self.delta =
+                            (self.scoring.replay_version == scoring.replay_version).then(|| {
+                                let (changed, remap) = kairos_core::scoring::definitions_delta(
+                                    &self.scoring,
+                                    &scoring,
+                                );
+                                (self.scoring.version, changed, remap)
+                            });
                         self.scoring = scoring.clone();
                         self.store.set_scoring(scoring);
                         self.backfill_written = Some(HashSet::new());
@@ -870,6 +923,13 @@ impl Writer {
     /// Re-evaluates profiles whose timers came due.
     fn tick(&mut self, due: Vec<(Millis, ProfileId)>) -> Result<(), StoreError> {
         let now = self.opts.clock.now();
+        if let Ok(mut h) = self.lateness.lock() {
+            for (at, _) in &due {
+                let late = now.saturating_sub(*at).max(0) as u64;
+                let _ = h.record(late);
+                metrics::histogram!("kairos_timer_lateness_seconds").record(late as f64 / 1e3);
+            }
+        }
         for (at, id) in due {
             self.batch.remove(&self.store.timers, timer_key(at, id));
             let Some(mut profile) = self.take_profile(id)? else {
@@ -888,7 +948,8 @@ impl Writer {
 
     /// Brings one profile up to the definitions in force: replays its history when scores or
     /// windows changed, else re-evaluates its segments.
-    fn bring_up_to_date(&mut self, read: Profile) -> Result<(), StoreError> {
+    /// Returns the profile when it did not change, for the caller to free elsewhere.
+    fn bring_up_to_date(&mut self, read: Profile) -> Result<Option<Profile>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
         let cached = self.cache.remove(&read.id);
         let from_cache = cached.is_some();
@@ -900,7 +961,7 @@ impl Writer {
             Some(p) => p,
             None if stale => match self.take_profile(read.id)? {
                 Some(p) => p,
-                None => return Ok(()),
+                None => return Ok(None),
             },
             None => read,
         };
@@ -915,7 +976,12 @@ impl Writer {
             let mut events = self.history(pid)?;
             profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
         } else if profile.derived.version != self.scoring.version {
-            profile.reevaluate(&self.scoring, now, Reason::Replay(why))
+            match &self.delta {
+                Some((from, changed, remap)) if *from == profile.derived.version => {
+                    profile.redefine(&self.scoring, now, changed, remap)
+                }
+                _ => profile.reevaluate(&self.scoring, now, Reason::Replay(why)),
+            }
         } else {
             Vec::new()
         };
@@ -928,8 +994,9 @@ impl Writer {
         }
         if moved || from_cache {
             self.cache.insert(pid, profile);
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(profile))
     }
 
     /// Moves profile `from` (its events, redirects and record) under `to`.
@@ -1101,6 +1168,14 @@ fn group_size(cmd: &Command) -> usize {
         | Command::Define { .. }
         | Command::BackfillDone(_) => 1,
     }
+}
+
+/// What the writer hands to a helper thread to free (large frees are measurable). The
+/// contents are never read, only dropped there.
+#[allow(dead_code)]
+enum Garbage {
+    Events(Vec<Prepared>),
+    Profiles(Vec<Profile>),
 }
 
 /// Finds due timers and hands them to the writer, one batch at a time, until stopped.

@@ -1,0 +1,198 @@
+//! `kairos bench backfill` and `kairos bench timers`: segments over a large population,
+//! through the real store and writer (fsync'd group commits). Results and commands are in
+//! docs/PERFORMANCE.md.
+
+use anyhow::Context;
+use kairos_core::defaults::default_definitions;
+use kairos_core::{Event, EventKind, Millis, Scoring, SegmentDef};
+use kairos_store::{Clock, Ingestor, Prepared, Store, StoreOptions, Submission, WriterOptions};
+use serde_json::{json, Map};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BackfillArgs {
+    /// Profiles in the store when the new segment is saved.
+    #[arg(long, default_value_t = 1_000_000)]
+    profiles: usize,
+}
+
+#[derive(clap::Args)]
+pub struct TimersArgs {
+    /// Profiles, each with a pending timer.
+    #[arg(long, default_value_t = 1_000_000)]
+    timers: usize,
+    /// The timers come due evenly over this many seconds.
+    #[arg(long, default_value_t = 60)]
+    spread_secs: u64,
+}
+
+const T0: Millis = 1_795_348_800_000;
+
+fn order(i: usize, at: Millis) -> Event {
+    Event {
+        message_id: format!("bench-{i}"),
+        kind: EventKind::Track,
+        event: Some("Order Completed".into()),
+        name: None,
+        user_id: Some(format!("user-{i}")),
+        anonymous_id: None,
+        previous_id: None,
+        group_id: None,
+        timestamp: at,
+        received_at: at,
+        properties: json!({"revenue": (i % 1000) as f64, "products": [{"product_id": "p1"}]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        traits: Map::new(),
+        context: Map::new(),
+        source: "bench".into(),
+    }
+}
+
+/// Sends events through the writer in large submissions, a few in flight; returns events/s.
+fn populate(ingest: &Ingestor, n: usize, at: impl Fn(usize) -> Millis) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(n as u64);
+    let mut pending = std::collections::VecDeque::new();
+    for start in (0..n).step_by(10_000) {
+        let events: Vec<Prepared> = (start..(start + 10_000).min(n))
+            .map(|i| Prepared::new(order(i, at(i))))
+            .collect();
+        let len = events.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ingest
+            .submit(Submission {
+                events,
+                rejected: vec![],
+                received_at: at(start),
+                source: "bench".into(),
+                reply: Some(tx),
+            })
+            .context("submitting")?;
+        pending.push_back((rx, len));
+        if pending.len() >= 4 {
+            if let Some((rx, len)) = pending.pop_front() {
+                rx.blocking_recv()??;
+                bar.inc(len as u64);
+            }
+        }
+    }
+    for (rx, len) in pending {
+        rx.blocking_recv()??;
+        bar.inc(len as u64);
+    }
+    bar.finish_and_clear();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn open(dir: &std::path::Path, clock: Clock) -> anyhow::Result<(Store, Ingestor)> {
+    let store = Store::open(dir, &StoreOptions::default())?;
+    let opts = WriterOptions {
+        clock,
+        ..WriterOptions::default()
+    };
+    let (ingest, _writer) = Ingestor::start(store.clone(), opts)?;
+    let scoring = Scoring::compile(&default_definitions(), None)?;
+    ingest.define(scoring, T0)?.blocking_recv()??;
+    Ok((store, ingest))
+}
+
+pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A minute after the orders: no segment timer (15 minutes and more) is due meanwhile.
+    let (store, ingest) = open(dir.path(), Clock(Arc::new(|| T0 + 60_000)))?;
+    println!("storing {} profiles (one order each)...", args.profiles);
+    let rate = populate(&ingest, args.profiles, |i| T0 + (i / 1000) as Millis)?;
+    println!("  {rate:.0} events/s through the writer with the built-in definitions");
+
+    let mut defs = default_definitions();
+    defs.segments.insert(
+        "big_spenders".into(),
+        SegmentDef {
+            description: "spent 900 or more".into(),
+            rule: "lifetime_revenue >= 900".into(),
+            priority: 0,
+        },
+    );
+    let scoring = Scoring::compile(&defs, None)?;
+    let version = scoring.version;
+    let started = Instant::now();
+    ingest.define(scoring, T0)?.blocking_recv()??;
+    loop {
+        match ingest.backfill() {
+            Some(b) if b.version == version && b.finished_at.is_some() => break,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let members = store.segment_size("big_spenders")?;
+    println!(
+        "backfill of a new segment over {} profiles: {secs:.2} s ({:.0} profiles/s), {members} members",
+        args.profiles,
+        args.profiles as f64 / secs
+    );
+    let expected = (0..args.profiles).filter(|i| i % 1000 >= 900).count() as u64;
+    anyhow::ensure!(
+        members == expected,
+        "expected {expected} members, found {members}"
+    );
+    Ok(())
+}
+
+pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
+    // The clock stands still while the profiles are stored, then runs in real time: every
+    // timer comes due during the `spread` seconds after the release.
+    let released = Arc::new(AtomicI64::new(0));
+    let r = released.clone();
+    let started = Instant::now();
+    let clock = Clock(Arc::new(move || {
+        let at = r.load(Ordering::SeqCst);
+        if at == 0 {
+            T0
+        } else {
+            T0 + started.elapsed().as_millis() as Millis - at
+        }
+    }));
+    let dir = tempfile::tempdir()?;
+    let (store, ingest) = open(dir.path(), clock)?;
+    let spread = args.spread_secs as i64 * 1000;
+    let n = args.timers;
+    println!(
+        "storing {n} profiles, each with a timer due in the {}s after release...",
+        args.spread_secs
+    );
+    // `active_shoppers` (last_seen < 15m) is the timer: an event at t is due at t + 15m.
+    let quarter = 15 * 60_000;
+    populate(&ingest, n, |i| {
+        T0 - quarter + 1 + (i as i64 * spread) / n as i64
+    })?;
+    let pending = count_timers(&store)?;
+    println!("  {pending} timers pending");
+    let before = ingest.timer_lateness().count;
+    released.store(
+        started.elapsed().as_millis().max(1) as i64,
+        Ordering::SeqCst,
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.spread_secs + 120);
+    while ingest.timer_lateness().count < before + pending {
+        anyhow::ensure!(Instant::now() < deadline, "timers did not all fire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let l = ingest.timer_lateness();
+    println!(
+        "timer lateness over {} timers due within {}s: p50 {} ms, p99 {} ms, max {} ms",
+        l.count - before,
+        args.spread_secs,
+        l.p50_ms,
+        l.p99_ms,
+        l.max_ms
+    );
+    Ok(())
+}
+
+fn count_timers(store: &Store) -> anyhow::Result<u64> {
+    Ok(store.due_timers(Millis::MAX / 2, usize::MAX)?.len() as u64)
+}
