@@ -371,5 +371,10 @@ mod tests {
     fn unknown_keys_are_errors_not_silence() {
         let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo");
         assert!(err.to_string().contains("listne"));
+        let err = toml::from_str::<Config>("[vocabulary]\nordr = [\"Order\"]").expect_err("typo");
+        assert!(err.to_string().contains("ordr"), "{err}");
+        let err = toml::from_str::<Config>("[segments.vip]\nrule = \"orders > 1\"\nprio = 1")
+            .expect_err("typo");
+        assert!(err.to_string().contains("prio"), "{err}");
     }
 }
