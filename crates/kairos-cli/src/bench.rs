@@ -28,6 +28,9 @@ pub enum BenchCommand {
     Memory(MemoryArgs),
     /// `kairos import` speed on a generated Segment JSONL file.
     Import(ImportBenchArgs),
+    /// Time from sending an event to reading its new score and segment through the API,
+    /// under a steady background ingest load.
+    Freshness(FreshnessArgs),
     /// Backfill of a new segment over a large population.
     Backfill(crate::bench_scoring::BackfillArgs),
     /// Lateness of segment timers with many pending.
@@ -73,6 +76,21 @@ pub struct IngestArgs {
 }
 
 #[derive(clap::Args)]
+pub struct FreshnessArgs {
+    /// Background load in events/s (in /v1/batch requests of 100), e.g. half of what
+    /// `bench ingest` reaches.
+    #[arg(long, default_value_t = 5_000)]
+    rate: usize,
+    /// Probe events sent (one at a time) while the load runs.
+    #[arg(long, default_value_t = 400)]
+    probes: usize,
+    #[arg(long, default_value_t = 100_000)]
+    people: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
 pub struct MemoryArgs {
     #[arg(long, default_value_t = 1_000_000)]
     profiles: usize,
@@ -84,6 +102,7 @@ pub struct MemoryArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Freshness(a) => freshness(a).await,
         BenchCommand::Memory(a) => memory(a),
         BenchCommand::Import(a) => tokio::task::spawn_blocking(move || import_bench(a)).await?,
         BenchCommand::Backfill(a) => {
@@ -318,6 +337,130 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         counts.events,
         counts.profiles,
         state.store.disk_bytes() / 1_000_000
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// Sends probe events one at a time during a paced background load, and after each 200
+/// reads the probe person's engagement score and memberships until they show the event.
+async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
+    let batch = 100;
+    let events = (args.rate * (args.probes / 20 + 30)).max(batch);
+    let bodies = Arc::new(payloads(&IngestArgs {
+        events,
+        batch,
+        connections: 8,
+        people: args.people,
+        seed: args.seed,
+        no_baseline: true,
+        definitions: "default".into(),
+        data_dir: None,
+    }));
+    let tmp = tempfile::tempdir()?;
+    let config = Config {
+        data_dir: tmp.path().to_path_buf(),
+        sources: vec![Source {
+            name: "bench".into(),
+            write_key: "wk_bench".into(),
+        }],
+        admin_token: Some("bench-admin-token".into()),
+        ..Config::default()
+    };
+    let kairos =
+        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kairos.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::new();
+
+    // Paced background load: one batch every batch/rate seconds, 8 connections.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let interval = Duration::from_secs_f64(batch as f64 / args.rate.max(1) as f64);
+    let background = {
+        let (client, bodies, base, stop, sent) = (
+            client.clone(),
+            bodies.clone(),
+            base.clone(),
+            stop.clone(),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(body) = bodies.get(i % bodies.len()).cloned() else {
+                    break;
+                };
+                i += 1;
+                let (client, url, sent) =
+                    (client.clone(), format!("{base}/v1/batch"), sent.clone());
+                tokio::spawn(async move {
+                    let r = client
+                        .post(url)
+                        .basic_auth("wk_bench", Some(""))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        sent.fetch_add(batch, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let sent_before = sent.load(Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for k in 0..args.probes {
+        let user = format!("probe-{k}");
+        let t0 = Instant::now();
+        let r = client
+            .post(format!("{base}/v1/track"))
+            .basic_auth("wk_bench", Some(""))
+            .json(&json!({"userId": user, "event": "Email Clicked", "messageId": format!("probe-{k}")}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "probe ingest failed: {}", r.status());
+        loop {
+            let v: Value = client
+                .get(format!("{base}/v1/profiles/{user}/scores"))
+                .bearer_auth("bench-admin-token")
+                .send()
+                .await?
+                .json()
+                .await?;
+            let scored = v["scores"]["engagement"]["value"].as_f64().unwrap_or(0.0) > 9.0;
+            let engaged = v["segments"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["name"] == "engaged"));
+            if scored && engaged {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "probe {k} never showed: {v}");
+        }
+        let _ = hist.record(t0.elapsed().as_micros() as u64);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let load_rate = (sent.load(Ordering::Relaxed) - sent_before) as f64 / secs;
+    stop.store(true, Ordering::Relaxed);
+    let _ = background.await;
+    println!(
+        "background ingest {load_rate:.0} events/s (target {}); {} probes: event sent -> new score and segment read back: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.rate,
+        args.probes,
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.max() as f64 / 1e3
     );
     let _ = stop_tx.send(());
     let _ = server.await;
