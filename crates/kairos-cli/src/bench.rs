@@ -430,7 +430,11 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
             .json(&json!({"userId": user, "event": "Email Clicked", "messageId": format!("probe-{k}")}))
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "probe ingest failed: {}", r.status());
+        anyhow::ensure!(
+            r.status().is_success(),
+            "probe ingest failed: {}",
+            r.status()
+        );
         loop {
             let v: Value = client
                 .get(format!("{base}/v1/profiles/{user}/scores"))
@@ -446,7 +450,10 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
             if scored && engaged {
                 break;
             }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "probe {k} never showed: {v}");
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "probe {k} never showed: {v}"
+            );
         }
         let _ = hist.record(t0.elapsed().as_micros() as u64);
     }
@@ -497,6 +504,9 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
                 .map_err(|r| anyhow::anyhow!(r.error.to_string()))
         })
         .collect::<Result<_, _>>()?;
+    // Profiles carry their scores and segments as the writer's do.
+    let scoring =
+        kairos_core::Scoring::compile(&kairos_core::defaults::default_definitions(), None)?;
     let before = rss_bytes();
     let mut profiles = std::collections::HashMap::with_capacity(args.profiles);
     let mut encoded = 0u64;
@@ -512,8 +522,9 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
             )));
         for k in 0..args.events_per_profile {
             let mut ev = pool[(p * 7 + k * 13) % pool.len()].clone();
-            ev.timestamp -= (k as i64) * 3_600_000 * 7;
-            profile.state.apply(&ev, &cfg.vocabulary);
+            ev.timestamp -= ((args.events_per_profile - k) as i64) * 3_600_000 * 7;
+            ev.received_at = ev.timestamp;
+            profile.apply(&ev, &cfg, &scoring, ev.timestamp);
         }
         if p % 1000 == 0 {
             encoded += profile.encode().len() as u64;
@@ -523,7 +534,7 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let after = rss_bytes();
     let n = args.profiles as f64;
     println!(
-        "{} profiles with {} events each",
+        "{} profiles with {} events each, built-in scores and segments",
         args.profiles, args.events_per_profile
     );
     println!(

@@ -74,6 +74,19 @@ fn raw(p: &Profile, scoring: &Scoring, name: &str, now: i64) -> f64 {
     p.derived.scores_at(scoring, now)[i].raw
 }
 
+/// 0..n in an order drawn from `seed` (Fisher-Yates with xorshift).
+fn shuffled_order(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = seed | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 fn points_defs() -> Definitions {
     defs(
         vec![(
@@ -156,12 +169,7 @@ proptest! {
             in_order.apply(e, &cfg, &scoring, now);
         }
         // Arrive shuffled: fold in place when possible, replay when late.
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        let mut x = seed | 1;
-        for i in (1..order.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            order.swap(i, (x % (i as u64 + 1)) as usize);
-        }
+        let order = shuffled_order(events.len(), seed);
         let mut shuffled = Profile::new(ProfileId(1));
         let mut seen: Vec<Event> = Vec::new();
         for &i in &order {
@@ -221,12 +229,7 @@ proptest! {
         for e in &events {
             in_order.apply(e, &cfg, &scoring, now);
         }
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        let mut x = seed | 1;
-        for i in (1..order.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            order.swap(i, (x % (i as u64 + 1)) as usize);
-        }
+        let order = shuffled_order(events.len(), seed);
         let mut shuffled = Profile::new(ProfileId(1));
         let mut seen = Vec::new();
         for &i in &order {

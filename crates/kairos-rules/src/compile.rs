@@ -157,6 +157,27 @@ pub struct Reads {
     pub subscriptions: bool,
 }
 
+impl Node {
+    /// Calls `f` on each direct sub-expression (not on aggregate filters, which read past
+    /// events' properties, not the profile).
+    pub(crate) fn for_each_child(&self, mut f: impl FnMut(&Node)) {
+        match self {
+            Node::Exists(n) | Node::Not(n) | Node::Neg(n) | Node::InList(n, _) => f(n),
+            Node::And(a, b)
+            | Node::Or(a, b)
+            | Node::Cmp(_, a, b)
+            | Node::Age(_, a, b)
+            | Node::InValue(a, b)
+            | Node::Arith(_, a, b) => {
+                f(a);
+                f(b);
+            }
+            Node::Call(_, args) => args.iter().for_each(f),
+            _ => {}
+        }
+    }
+}
+
 impl Program {
     pub fn reads(&self) -> Reads {
         fn walk(n: &Node, r: &mut Reads) {
@@ -164,18 +185,7 @@ impl Program {
                 Node::Field(f) if !r.fields.contains(f) => r.fields.push(*f),
                 Node::Trait(_) => r.traits = true,
                 Node::Subscribed(_) | Node::Consented(_) => r.subscriptions = true,
-                Node::Exists(a) | Node::Not(a) | Node::Neg(a) | Node::InList(a, _) => walk(a, r),
-                Node::And(a, b)
-                | Node::Or(a, b)
-                | Node::Cmp(_, a, b)
-                | Node::Age(_, a, b)
-                | Node::InValue(a, b)
-                | Node::Arith(_, a, b) => {
-                    walk(a, r);
-                    walk(b, r);
-                }
-                Node::Call(_, args) => args.iter().for_each(|a| walk(a, r)),
-                _ => {}
+                _ => n.for_each_child(|c| walk(c, r)),
             }
         }
         let mut r = Reads::default();

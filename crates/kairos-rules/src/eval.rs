@@ -513,23 +513,5 @@ fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
 }
 
 fn next_change_children(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
-    match node {
-        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => next_change(n, env, best),
-        Node::And(a, b)
-        | Node::Or(a, b)
-        | Node::Cmp(_, a, b)
-        | Node::Age(_, a, b)
-        | Node::InValue(a, b)
-        | Node::Arith(_, a, b) => {
-            next_change(a, env, best);
-            next_change(b, env, best);
-        }
-        Node::InList(n, _) => next_change(n, env, best),
-        Node::Call(_, args) => {
-            for a in args {
-                next_change(a, env, best);
-            }
-        }
-        _ => {}
-    }
+    node.for_each_child(|c| next_change(c, env, best));
 }

@@ -114,6 +114,85 @@ async fn get_score(
     Ok(Json(json!({"name": name, "definition": def})))
 }
 
+/// Scores or segments: where a definition of each kind lives in [`Definitions`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Score,
+    Segment,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Score => "score",
+            Kind::Segment => "segment",
+        }
+    }
+
+    fn path(self, name: &str) -> String {
+        match self {
+            Kind::Score => format!("scores.{name}."),
+            Kind::Segment => format!("segments.{name}."),
+        }
+    }
+}
+
+/// Saves a definition of `kind` under `name`: 400 when it does not check, else 200 with
+/// its warnings and the backfill started for it.
+async fn put_definition(
+    state: Arc<AppState>,
+    kind: Kind,
+    name: String,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let edit: Box<dyn FnOnce(&mut Definitions) + Send> = match kind {
+        Kind::Score => {
+            let def: ScoreDef = parse_body(body)?;
+            let n = name.clone();
+            Box::new(move |d| {
+                d.scores.insert(n, def);
+            })
+        }
+        Kind::Segment => {
+            let def: SegmentDef = parse_body(body)?;
+            let n = name.clone();
+            Box::new(move |d| {
+                d.segments.insert(n, def);
+            })
+        }
+    };
+    let warnings = redefine(&state, move |d| {
+        edit(d);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(json!({
+        "success": true,
+        "name": name,
+        "warnings": own_warnings(warnings, &kind.path(&name)),
+        "backfill": backfill_json(&state),
+    })))
+}
+
+async fn delete_definition(
+    state: Arc<AppState>,
+    kind: Kind,
+    name: String,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    redefine(&state, move |d| {
+        let removed = match kind {
+            Kind::Score => d.scores.remove(&n).is_some(),
+            Kind::Segment => d.segments.remove(&n).is_some(),
+        };
+        removed
+            .then_some(())
+            .ok_or_else(|| not_found(kind.label(), &n))
+    })
+    .await?;
+    Ok(Json(json!({"success": true, "deleted": name})))
+}
+
 async fn put_score(
     State(state): S,
     headers: HeaderMap,
@@ -121,20 +200,7 @@ async fn put_score(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let def: ScoreDef = parse_body(&body)?;
-    let n = name.clone();
-    let warnings = redefine(&state, move |d| {
-        d.scores.insert(n, def);
-        Ok(())
-    })
-    .await?;
-    let warnings = own_warnings(warnings, &format!("scores.{name}."));
-    Ok(Json(json!({
-        "success": true,
-        "name": name,
-        "warnings": warnings,
-        "backfill": backfill_json(&state),
-    })))
+    put_definition(state, Kind::Score, name, &body).await
 }
 
 async fn delete_score(
@@ -143,15 +209,7 @@ async fn delete_score(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let n = name.clone();
-    redefine(&state, move |d| {
-        d.scores
-            .remove(&n)
-            .map(|_| ())
-            .ok_or_else(|| not_found("score", &n))
-    })
-    .await?;
-    Ok(Json(json!({"success": true, "deleted": name})))
+    delete_definition(state, Kind::Score, name).await
 }
 
 async fn list_segments(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -206,20 +264,7 @@ async fn put_segment(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let def: SegmentDef = parse_body(&body)?;
-    let n = name.clone();
-    let warnings = redefine(&state, move |d| {
-        d.segments.insert(n, def);
-        Ok(())
-    })
-    .await?;
-    let warnings = own_warnings(warnings, &format!("segments.{name}."));
-    Ok(Json(json!({
-        "success": true,
-        "name": name,
-        "warnings": warnings,
-        "backfill": backfill_json(&state),
-    })))
+    put_definition(state, Kind::Segment, name, &body).await
 }
 
 async fn delete_segment(
@@ -228,15 +273,7 @@ async fn delete_segment(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let n = name.clone();
-    redefine(&state, move |d| {
-        d.segments
-            .remove(&n)
-            .map(|_| ())
-            .ok_or_else(|| not_found("segment", &n))
-    })
-    .await?;
-    Ok(Json(json!({"success": true, "deleted": name})))
+    delete_definition(state, Kind::Segment, name).await
 }
 
 #[derive(Deserialize)]

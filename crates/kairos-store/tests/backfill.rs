@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use kairos_core::defaults::default_definitions;
-use kairos_core::{IdKey, Scoring, SegmentDef};
-use kairos_store::{Clock, StoreOptions, WriterOptions};
+use kairos_core::{IdKey, SegmentDef};
+use kairos_store::Clock;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +16,7 @@ const T0: i64 = 1_795_348_800_000;
 #[test]
 fn a_backfill_while_ingesting_ends_with_exactly_the_matching_members() {
     let dir = tempfile::tempdir().unwrap();
-    let writer = WriterOptions {
-        clock: Clock(Arc::new(|| T0 + 3_600_000)),
-        ..WriterOptions::default()
-    };
-    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer);
-    let scoring = Scoring::compile(&default_definitions(), None).unwrap();
-    h.ingest
-        .define(scoring, T0)
-        .unwrap()
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let h = Harness::with_defaults(dir.path(), Clock(Arc::new(|| T0 + 3_600_000)));
     let order = |i: usize, user: usize, amount: i64| {
         track(
             &format!("m{i}"),
@@ -53,14 +42,7 @@ fn a_backfill_while_ingesting_ends_with_exactly_the_matching_members() {
             ..SegmentDef::default()
         },
     );
-    let scoring = Scoring::compile(&defs, None).unwrap();
-    let version = scoring.version;
-    h.ingest
-        .define(scoring, T0)
-        .unwrap()
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let version = h.define(defs);
     // Meanwhile, every third person orders again for 100: some of them cross 150.
     let second: Vec<_> = (0..3000)
         .step_by(3)

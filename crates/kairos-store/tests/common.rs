@@ -68,6 +68,31 @@ impl Harness {
         Self::open_full(dir, opts, WriterOptions::default())
     }
 
+    /// A store whose writer runs on `clock`, with the built-in scores and segments in force.
+    pub fn with_defaults(dir: &std::path::Path, clock: kairos_store::Clock) -> Self {
+        let writer = WriterOptions {
+            clock,
+            timer_interval: std::time::Duration::from_millis(5),
+            ..WriterOptions::default()
+        };
+        let h = Self::open_full(dir, &StoreOptions::default(), writer);
+        h.define(kairos_core::defaults::default_definitions());
+        h
+    }
+
+    /// Puts definitions in force and waits until they are stored.
+    pub fn define(&self, defs: kairos_core::Definitions) -> u64 {
+        let scoring = kairos_core::Scoring::compile(&defs, None).unwrap();
+        let version = scoring.version;
+        self.ingest
+            .define(scoring, 0)
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        version
+    }
+
     pub fn open_full(dir: &std::path::Path, opts: &StoreOptions, writer: WriterOptions) -> Self {
         let store = Store::open(dir, opts).unwrap();
         let (ingest, handle) = Ingestor::start(store.clone(), writer).unwrap();

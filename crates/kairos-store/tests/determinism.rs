@@ -4,9 +4,8 @@
 mod common;
 
 use common::*;
-use kairos_core::defaults::default_definitions;
-use kairos_core::{Event, Scoring};
-use kairos_store::{Clock, StoreOptions, WriterOptions};
+use kairos_core::Event;
+use kairos_store::Clock;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -84,19 +83,10 @@ fn start() -> Run {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicI64::new(T0));
     let n = now.clone();
-    let writer = WriterOptions {
-        clock: Clock(Arc::new(move || n.load(Ordering::SeqCst))),
-        timer_interval: Duration::from_millis(5),
-        ..WriterOptions::default()
-    };
-    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer);
-    let scoring = Scoring::compile(&default_definitions(), None).unwrap();
-    h.ingest
-        .define(scoring, T0)
-        .unwrap()
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let h = Harness::with_defaults(
+        dir.path(),
+        Clock(Arc::new(move || n.load(Ordering::SeqCst))),
+    );
     Run { h, now, _dir: dir }
 }
 
