@@ -658,6 +658,9 @@ pub struct Derived {
     /// The same, per segment (index `i`) and per score's tier (`segments + i`), for the
     /// definitions of `version`; only those set. At a timer, only what is due re-evaluates.
     pub due: Vec<(u16, Millis)>,
+    /// Positions of the member segments in the definitions of `version` (the names in
+    /// `segments` are the truth; this saves looking them up on every evaluation).
+    pub member_index: Vec<u16>,
 }
 
 /// What prompted an evaluation, which decides what must be re-evaluated.
@@ -1057,9 +1060,17 @@ impl Derived {
         let any_maybe = maybe.iter().any(|m| *m);
         let mut was = vec![false; nseg];
         if any_maybe {
-            for name in self.segments.keys() {
-                if let Some(i) = scoring.segment_position(name) {
-                    was[i] = true;
+            if definitions_changed || self.member_index.len() != self.segments.len() {
+                for name in self.segments.keys() {
+                    if let Some(i) = scoring.segment_position(name) {
+                        was[i] = true;
+                    }
+                }
+            } else {
+                for &i in &self.member_index {
+                    if let Some(w) = was.get_mut(i as usize) {
+                        *w = true;
+                    }
                 }
             }
         }
@@ -1133,6 +1144,9 @@ impl Derived {
                 });
             }
             self.scores.retain(|name| scoring.score(name).is_some());
+        }
+        if any_maybe || definitions_changed {
+            self.member_index = (0..nseg).filter(|&i| member[i]).map(|i| i as u16).collect();
         }
         if all || definitions_changed || changed.iter().any(|c| *c) {
             let primary = scoring

@@ -81,7 +81,7 @@ impl Default for WriterOptions {
             queue_capacity: 512,
             cache_profiles: 250_000,
             core: CoreConfig::default(),
-            timer_interval: Duration::from_millis(200),
+            timer_interval: Duration::from_millis(100),
             clock: Clock::system(),
         }
     }
@@ -1188,7 +1188,8 @@ fn run_timers(
 ) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(interval);
-        let due = match store.due_timers(clock.now(), 10_000) {
+        // Small batches: a timer late in a large one would wait for all before it.
+        let due = match store.due_timers(clock.now(), 1_000) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("reading timers: {e}");
