@@ -194,5 +194,5 @@ pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
 }
 
 fn count_timers(store: &Store) -> anyhow::Result<u64> {
-    Ok(store.due_timers(Millis::MAX / 2, usize::MAX)?.len() as u64)
+    Ok(store.due_timers(None, Millis::MAX / 2, usize::MAX)?.len() as u64)
 }

@@ -265,17 +265,29 @@ impl Store {
         Ok(out)
     }
 
-    /// Timers due at or before `now`, oldest first.
+    /// Timers due at or before `now`, oldest first, after `after` (exclusive) if given.
     pub fn due_timers(
         &self,
+        after: Option<(Millis, ProfileId)>,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<(Millis, ProfileId)>, StoreError> {
+        let end = timer_key(now, ProfileId(u64::MAX)).to_vec();
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match after {
+            Some((t, p)) => {
+                let start = timer_key(t, p).to_vec();
+                if start >= end {
+                    return Ok(Vec::new());
+                }
+                Box::new(self.timers.range((
+                    std::ops::Bound::Excluded(start),
+                    std::ops::Bound::Included(end),
+                )))
+            }
+            None => Box::new(self.timers.range(..=end)),
+        };
         let mut out = Vec::new();
-        for guard in self
-            .timers
-            .range(..=timer_key(now, ProfileId(u64::MAX)).to_vec())
-        {
+        for guard in iter {
             let k = guard.key()?;
             if let Some(t) = parse_timer_key(&k) {
                 out.push(t);

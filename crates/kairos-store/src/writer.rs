@@ -1186,27 +1186,46 @@ fn run_timers(
     interval: Duration,
     clock: &Clock,
 ) {
+    // Small batches: a timer late in a large one would wait for all before it.
+    const BATCH: usize = 1_000;
+    // Scans continue after the last timer handed over (deleted timers leave tombstones at
+    // the start of the range); new timers are due after the instant that set them, so
+    // they land after the cursor, but a full scan from the start runs whenever the
+    // backlog is empty, to be sure.
+    let mut cursor: Option<(Millis, ProfileId)> = None;
+    let mut in_flight: std::collections::VecDeque<crossbeam_channel::Receiver<()>> =
+        Default::default();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(interval);
-        // Small batches: a timer late in a large one would wait for all before it.
-        let due = match store.due_timers(clock.now(), 1_000) {
+        let due = match store.due_timers(cursor, clock.now(), BATCH) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("reading timers: {e}");
+                std::thread::sleep(interval);
                 continue;
             }
         };
-        if due.is_empty() {
-            continue;
+        let full = due.len() >= BATCH;
+        if let Some(last) = due.last() {
+            cursor = Some(*last);
+            let n = due.len();
+            let (done, wait) = crossbeam_channel::bounded(1);
+            if tx.send(Command::Tick { due, done }).is_err() {
+                return;
+            }
+            in_flight.push_back(wait);
+            metrics::counter!("kairos_timers_fired_total").increment(n as u64);
         }
-        let n = due.len();
-        let (done, wait) = crossbeam_channel::bounded(1);
-        if tx.send(Command::Tick { due, done }).is_err() {
-            return;
+        // At most two batches with the writer: one committing, one queued behind it.
+        while in_flight.len() > 1 || (!full && !in_flight.is_empty()) {
+            if let Some(w) = in_flight.pop_front() {
+                // Answered (by dropping) once the group holding the tick is committed.
+                let _ = w.recv();
+            }
         }
-        // Answered (by dropping) once the group holding the tick is committed.
-        let _ = wait.recv();
-        metrics::counter!("kairos_timers_fired_total").increment(n as u64);
+        if !full {
+            cursor = None;
+            std::thread::sleep(interval);
+        }
     }
 }
 
