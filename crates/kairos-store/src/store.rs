@@ -329,7 +329,11 @@ impl Store {
     }
 
     pub fn profile(&self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
-        let id = self.resolve_id(id)?;
+        self.profile_record(self.resolve_id(id)?)
+    }
+
+    /// The record stored under exactly this id (no redirect followed).
+    pub(crate) fn profile_record(&self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
         match self.profiles.get(u64_key(id.0))? {
             Some(bytes) => Ok(Some(
                 Profile::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -445,26 +449,6 @@ impl Store {
         for guard in self.profiles.range(u64_key(start)..) {
             let (_, v) = guard.into_inner()?;
             out.push(Profile::decode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Profile ids in order after `after` (keys only, no decoding).
-    pub fn profile_ids_after(
-        &self,
-        after: Option<ProfileId>,
-        limit: usize,
-    ) -> Result<Vec<ProfileId>, StoreError> {
-        let start = after.map(|p| p.0.saturating_add(1)).unwrap_or(0);
-        let mut out = Vec::new();
-        for guard in self.profiles.range(u64_key(start)..) {
-            let k = guard.key()?;
-            out.push(ProfileId(
-                read_u64(&k).ok_or(StoreError::corrupt("profile key"))?,
-            ));
             if out.len() >= limit {
                 break;
             }

@@ -917,7 +917,7 @@ impl Writer {
         if let Some(p) = self.cache.remove(&id) {
             return Ok(Some(p));
         }
-        self.store.profile(id)
+        self.store.profile_record(id)
     }
 
     /// Re-evaluates profiles whose timers came due.
