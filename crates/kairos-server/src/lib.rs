@@ -30,12 +30,7 @@ pub use error::{ApiError, ErrorCode};
 pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0)
-    })
+    kairos_store::Clock::system().0
 }
 
 /// Shared state of every handler.

@@ -181,11 +181,14 @@ pub struct Backfill {
 #[derive(Clone)]
 pub struct Ingestor {
     tx: Sender<Command>,
+    /// For the timer and backfill threads (see [`Writer::run`]).
+    internal: Sender<Command>,
     store: Store,
     backfill: Arc<Mutex<Option<Backfill>>>,
     /// Stops the timer thread when the last handle is dropped.
     _timers: Arc<StopOnDrop>,
     lateness: Lateness,
+    clock: Clock,
 }
 
 /// How late due timers were processed, in milliseconds.
@@ -200,11 +203,19 @@ pub struct TimerLateness {
     pub max_ms: u64,
 }
 
-struct StopOnDrop(Arc<AtomicBool>);
+/// Stops the timer thread and waits for it, so that no thread holds the store once the
+/// last handle is gone (tests reopen or inspect the files right after).
+struct StopOnDrop {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -229,28 +240,34 @@ impl Ingestor {
             .spawn(move || while drop_rx.recv().is_ok() {})?;
         let interval = opts.timer_interval;
         let clock = opts.clock.clone();
+        let ingestor_clock = opts.clock.clone();
         let lateness: Lateness = Arc::new(Mutex::new(
             hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
         ));
-        let mut writer = Writer::new(store.clone(), opts, drop_tx)?;
-        writer.lateness = lateness.clone();
+        let mut writer = Writer::new(store.clone(), opts, drop_tx, lateness.clone())?;
+        let (internal, internal_rx) = crossbeam_channel::unbounded();
         let handle = std::thread::Builder::new()
             .name("kairos-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(rx, internal_rx))?;
         let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (tx, store, stop) = (tx.clone(), store.clone(), stop.clone());
+        let timers = {
+            let (tx, store, stop) = (internal.clone(), store.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("kairos-timers".into())
-                .spawn(move || run_timers(&store, &tx, &stop, interval, &clock))?;
-        }
+                .spawn(move || run_timers(&store, &tx, &stop, interval, &clock))?
+        };
         Ok((
             Self {
                 tx,
+                internal,
                 store,
                 backfill: Arc::new(Mutex::new(None)),
-                _timers: Arc::new(StopOnDrop(stop)),
+                _timers: Arc::new(StopOnDrop {
+                    stop,
+                    thread: Some(timers),
+                }),
                 lateness,
+                clock: ingestor_clock,
             },
             handle,
         ))
@@ -283,11 +300,12 @@ impl Ingestor {
         if let Ok(mut g) = self.backfill.lock() {
             *g = Some(status);
         }
-        let (tx, store, progress, version) = (
-            self.tx.clone(),
+        let (tx, store, progress, version, clock) = (
+            self.internal.clone(),
             self.store.clone(),
             self.backfill.clone(),
             scoring.version,
+            self.clock.clone(),
         );
         std::thread::Builder::new()
             .name("kairos-backfill".into())
@@ -300,7 +318,7 @@ impl Ingestor {
                 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                if let Err(e) = run_backfill(&store, &tx, &progress, version) {
+                if let Err(e) = run_backfill(&store, &tx, &progress, version, &clock) {
                     tracing::error!("backfill stopped: {e}");
                 }
             })?;
@@ -425,6 +443,7 @@ impl Writer {
         store: Store,
         opts: WriterOptions,
         graveyard: Sender<Garbage>,
+        lateness: Lateness,
     ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
         let next_change = match store.changes.last_key_value() {
@@ -433,9 +452,7 @@ impl Writer {
         };
         let known_events = store.known_events()?.into_iter().collect();
         Ok(Self {
-            lateness: Arc::new(Mutex::new(
-                hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
-            )),
+            lateness,
             backfill_written: None,
             known_events,
             scoring: store.scoring(),
@@ -456,8 +473,22 @@ impl Writer {
         })
     }
 
-    fn run(&mut self, rx: Receiver<Command>) {
-        while let Ok(first) = rx.recv() {
+    /// `rx` carries callers' commands (bounded: a full queue is a 429); `internal` the
+    /// timer and backfill threads' (they limit themselves to a few in flight, and must not
+    /// take the room clients' requests are refused for).
+    fn run(&mut self, rx: Receiver<Command>, internal: Receiver<Command>) {
+        loop {
+            let first = crossbeam_channel::select! {
+                recv(rx) -> m => match m {
+                    Ok(c) => c,
+                    // Every handle is gone: finish.
+                    Err(_) => break,
+                },
+                recv(internal) -> m => match m {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
+            };
             if let Command::Hold(release) = first {
                 // Returns when the guard is dropped (the channel disconnects).
                 let _ = release.recv();
@@ -466,7 +497,8 @@ impl Writer {
             let mut group = vec![first];
             let mut events = group_size(&group[0]);
             while events < self.opts.max_group_events {
-                match rx.try_recv() {
+                let next = rx.try_recv().or_else(|_| internal.try_recv());
+                match next {
                     Ok(Command::Hold(release)) => {
                         self.run_group(std::mem::take(&mut group));
                         let _ = release.recv();
@@ -856,13 +888,12 @@ impl Writer {
 
     /// Every stored event of a profile.
     fn history(&self, id: ProfileId) -> Result<Vec<Event>, StoreError> {
-        let mut events = Vec::new();
-        for (_, seq) in self.store.profile_index(id)? {
-            if let Some(e) = self.store.event_by_seq(seq)? {
-                events.push(e);
-            }
-        }
-        Ok(events)
+        Ok(self
+            .store
+            .profile_events(id, None, usize::MAX)?
+            .into_iter()
+            .map(|e| e.event)
+            .collect())
     }
 
     /// Writes what an evaluation changed: the timer index, segment members, and the change
@@ -999,7 +1030,6 @@ impl Writer {
         Ok(Some(profile))
     }
 
-    /// Moves profile `from` (its events, redirects and record) under `to`.
     /// Removes a profile's timer and segment-member entries.
     fn forget_derived(&mut self, id: ProfileId, p: &Profile) {
         if let Some(t) = p.derived.timer {
@@ -1010,6 +1040,7 @@ impl Writer {
         }
     }
 
+    /// Moves profile `from` (its events, redirects and record) under `to`.
     fn move_profile(&mut self, from: ProfileId, to: ProfileId) -> Result<(), StoreError> {
         // A merged-in person's memberships end with their id; the merged profile's own are
         // computed by the replay that follows.
@@ -1236,6 +1267,7 @@ fn run_backfill(
     tx: &Sender<Command>,
     progress: &Mutex<Option<Backfill>>,
     version: u64,
+    clock: &Clock,
 ) -> Result<(), StoreError> {
     const PAGE: usize = 512;
     let mut after = None;
@@ -1272,11 +1304,7 @@ fn run_backfill(
     let _ = tx.send(Command::BackfillDone(version));
     if let Ok(mut g) = progress.lock() {
         if let Some(b) = g.as_mut().filter(|b| b.version == version) {
-            b.finished_at = Some(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as Millis),
-            );
+            b.finished_at = Some(clock.now());
             b.total = b.done;
         }
     }
