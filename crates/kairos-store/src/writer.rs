@@ -9,6 +9,15 @@
 //!
 //! Merges read the store, so a group's pending batch is committed (without fsync) before a
 //! merge; the group's single fsync still comes before any answer.
+//!
+//! The commit itself (memtable inserts, journal write, fsync) runs on a second thread, the
+//! committer, while the writer plans the next group: about a third of the writer's time
+//! was the commit, and the second core was mostly idle. At most one group is in flight;
+//! the writer waits for it before handing over the next, before anything that reads what
+//! it wrote from the store (merges, replays, timers, erasures), and before evicting cached
+//! profiles. The committer answers the group's requests once the fsync returned. When a
+//! commit fails, the group planned on top of it fails as well and the writer forgets its
+//! caches, as after any failed group.
 
 use crate::keys::*;
 use crate::store::{
@@ -398,6 +407,85 @@ impl Ingestor {
     }
 }
 
+/// What a batch writes that the writer may need to read back before it is committed:
+/// identity and dedupe entries, and the events and redirects merges and replays read.
+#[derive(Default)]
+struct Unwritten {
+    ids: HashMap<Vec<u8>, ProfileId>,
+    dedupe: HashSet<String>,
+    /// `by_profile` entries added, per profile: (time, seq).
+    index: HashMap<ProfileId, Vec<(Millis, u64)>>,
+    /// Encoded events by seq.
+    log: HashMap<u64, fjall::Slice>,
+    /// `redirected` entries added: new id -> the old ids that now redirect to it.
+    redirected: HashMap<u64, Vec<u64>>,
+    /// `redirects` entries added: old id -> new id.
+    redirects: HashMap<u64, u64>,
+}
+
+/// A planned group on its way to disk.
+struct Handoff {
+    batch: OwnedWriteBatch,
+    sync: bool,
+    replies: Vec<(Reply<Outcome>, Outcome)>,
+    events: usize,
+    started: std::time::Instant,
+}
+
+/// The committer thread: commits and fsyncs handed-over groups in order and answers their
+/// requests.
+struct Committer {
+    tx: Sender<Handoff>,
+    results: Receiver<Result<(), StoreError>>,
+    thread: JoinHandle<()>,
+}
+
+impl Committer {
+    fn start(store: Store) -> Result<Self, StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded::<Handoff>(1);
+        let (done, results) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("kairos-commit".into())
+            .spawn(move || {
+                while let Ok(h) = rx.recv() {
+                    let result = h.batch.commit().map_err(StoreError::from).and_then(|()| {
+                        if h.sync {
+                            store.persist()
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match &result {
+                        Ok(()) => {
+                            for (reply, outcome) in h.replies {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                            metrics::counter!("kairos_events_committed_total")
+                                .increment(h.events as u64);
+                            metrics::counter!("kairos_group_commits_total").increment(1);
+                            metrics::histogram!("kairos_group_commit_seconds")
+                                .record(h.started.elapsed().as_secs_f64());
+                        }
+                        Err(e) => {
+                            tracing::error!("group commit failed: {e}");
+                            for (reply, _) in h.replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                    if done.send(result).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx,
+            results,
+            thread,
+        })
+    }
+}
+
 /// Keeps the writer paused while alive.
 pub struct PauseGuard {
     _release: crossbeam_channel::Sender<()>,
@@ -415,9 +503,13 @@ struct Writer {
     cache: HashMap<ProfileId, Profile>,
     dirty: HashSet<ProfileId>,
     batch: OwnedWriteBatch,
-    /// Identity and dedupe entries written to the uncommitted batch (not yet readable).
-    pending_ids: HashMap<Vec<u8>, ProfileId>,
-    pending_dedupe: HashSet<String>,
+    /// What the pending batch writes, readable before it is committed.
+    pending: Unwritten,
+    /// The same for the group the committer holds.
+    inflight_writes: Unwritten,
+    committer: Option<Committer>,
+    /// A group has been handed to the committer and its result not yet received.
+    inflight: bool,
     /// Identity index entries already read or written, so hot identifiers skip the store.
     /// Only this thread writes the index, so the cache cannot go stale.
     id_cache: HashMap<Vec<u8>, ProfileId>,
@@ -451,7 +543,11 @@ impl Writer {
             None => 1,
         };
         let known_events = store.known_events()?.into_iter().collect();
+        let committer = Committer::start(store.clone())?;
         Ok(Self {
+            committer: Some(committer),
+            inflight: false,
+            inflight_writes: Unwritten::default(),
             lateness,
             backfill_written: None,
             known_events,
@@ -463,8 +559,7 @@ impl Writer {
             opts,
             cache: HashMap::new(),
             dirty: HashSet::new(),
-            pending_ids: HashMap::new(),
-            pending_dedupe: HashSet::new(),
+            pending: Unwritten::default(),
             id_cache: HashMap::new(),
             next_seq: last_seq + 1,
             next_dead: last_dead + 1,
@@ -478,6 +573,11 @@ impl Writer {
     /// take the room clients' requests are refused for).
     fn run(&mut self, rx: Receiver<Command>, internal: Receiver<Command>) {
         loop {
+            if self.inflight && rx.is_empty() && internal.is_empty() {
+                // Nothing to plan meanwhile: take the result now, so that what the writer
+                // reads back comes from the store again (dedupe pruning writes there too).
+                let _ = self.settle();
+            }
             let first = crossbeam_channel::select! {
                 recv(rx) -> m => match m {
                     Ok(c) => c,
@@ -490,6 +590,8 @@ impl Writer {
                 },
             };
             if let Command::Hold(release) = first {
+                // Paused means everything before is on disk.
+                let _ = self.settle();
                 // Returns when the guard is dropped (the channel disconnects).
                 let _ = release.recv();
                 continue;
@@ -501,6 +603,7 @@ impl Writer {
                 match next {
                     Ok(Command::Hold(release)) => {
                         self.run_group(std::mem::take(&mut group));
+                        let _ = self.settle();
                         let _ = release.recv();
                         break;
                     }
@@ -516,10 +619,25 @@ impl Writer {
         if let Err(e) = self.flush().and_then(|_| self.store.persist()) {
             tracing::error!("final flush failed: {e}");
         }
+        if let Some(c) = self.committer.take() {
+            drop(c.tx);
+            let _ = c.thread.join();
+        }
     }
 
     fn run_group(&mut self, group: Vec<Command>) {
+        if group.is_empty() {
+            return;
+        }
         let started = std::time::Instant::now();
+        // Timers, backfill pages, erasures and definitions read what earlier groups wrote
+        // and are answered by this thread: their groups are committed before going on.
+        let pipelined = group.iter().all(|c| matches!(c, Command::Ingest(_)));
+        if !pipelined {
+            // A failure was answered by the committer and reset the caches; this group
+            // starts from the store as it is.
+            let _ = self.settle();
+        }
         let mut outcomes: Vec<(Reply<Outcome>, Outcome)> = Vec::new();
         let mut erasures = Vec::new();
         let mut dones: Vec<Sender<()>> = Vec::new();
@@ -588,40 +706,45 @@ impl Writer {
                     Command::Hold(_) => {}
                 }
             }
-            self.flush()?;
-            if self.opts.sync {
-                self.store.persist()?;
-            }
-            if !erasures.is_empty() {
-                self.store.purge_deleted()?;
+            let batch = self.take_batch();
+            // The group in flight must be durable before this one goes: it was planned on
+            // top of it.
+            self.settle()?;
+            self.inflight_writes = std::mem::take(&mut self.pending);
+            let handoff = Handoff {
+                batch,
+                sync: self.opts.sync,
+                replies: std::mem::take(&mut outcomes),
+                events: n_events,
+                started,
+            };
+            let committer = self.committer.as_ref().ok_or(StoreError::WriterStopped)?;
+            committer
+                .tx
+                .send(handoff)
+                .map_err(|_| StoreError::WriterStopped)?;
+            self.inflight = true;
+            if !pipelined {
+                self.settle()?;
+                if !erasures.is_empty() {
+                    self.store.purge_deleted()?;
+                }
             }
             Ok(())
         })();
         match result {
             Ok(()) => {
-                for (reply, outcome) in outcomes {
-                    let _ = reply.send(Ok(outcome));
-                }
                 for (reply, erased) in erasures {
                     let _ = reply.send(Ok(erased));
                 }
                 for reply in defined {
                     let _ = reply.send(Ok(()));
                 }
-                metrics::counter!("kairos_events_committed_total").increment(n_events as u64);
-                metrics::counter!("kairos_group_commits_total").increment(1);
-                metrics::histogram!("kairos_group_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                tracing::error!("group commit failed: {e}");
+                tracing::error!("group failed: {e}");
                 // Nothing of this group was acknowledged; forget what the cache may hold of it.
-                self.cache.clear();
-                self.dirty.clear();
-                self.id_cache.clear();
-                self.pending_ids.clear();
-                self.pending_dedupe.clear();
-                self.batch = self.store.db.batch();
+                self.forget_uncommitted();
                 for (reply, _) in outcomes {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -643,13 +766,43 @@ impl Writer {
         // Timer and backfill threads wait for these; dropping them answers.
         drop(dones);
         if self.cache.len() > self.opts.cache_profiles {
-            let keep = self.opts.cache_profiles / 2;
-            let mut i = 0usize;
-            self.cache.retain(|_, _| {
-                i += 1;
-                i <= keep
-            });
+            // An evicted profile is read from the store next time: its write must be there.
+            if self.settle().is_ok() {
+                let keep = self.opts.cache_profiles / 2;
+                let mut i = 0usize;
+                self.cache.retain(|_, _| {
+                    i += 1;
+                    i <= keep
+                });
+            }
         }
+    }
+
+    /// Waits for the group in flight. On failure (answered by the committer) forgets every
+    /// cached state, since it may include what did not commit.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        if !self.inflight {
+            return Ok(());
+        }
+        self.inflight = false;
+        self.inflight_writes = Unwritten::default();
+        let result = match &self.committer {
+            Some(c) => c.results.recv().unwrap_or(Err(StoreError::WriterStopped)),
+            None => Err(StoreError::WriterStopped),
+        };
+        if result.is_err() {
+            self.forget_uncommitted();
+        }
+        result
+    }
+
+    fn forget_uncommitted(&mut self) {
+        self.cache.clear();
+        self.dirty.clear();
+        self.id_cache.clear();
+        self.pending = Unwritten::default();
+        self.inflight_writes = Unwritten::default();
+        self.batch = self.store.db.batch();
     }
 
     fn ingest(&mut self, sub: &Submission) -> Result<Outcome, StoreError> {
@@ -682,7 +835,13 @@ impl Writer {
 
     fn lookup(&mut self, key: &IdKey) -> Result<Option<ProfileId>, StoreError> {
         let k = key.index_key();
-        if let Some(id) = self.pending_ids.get(&k).or_else(|| self.id_cache.get(&k)) {
+        if let Some(id) = self
+            .pending
+            .ids
+            .get(&k)
+            .or_else(|| self.inflight_writes.ids.get(&k))
+            .or_else(|| self.id_cache.get(&k))
+        {
             return Ok(Some(*id));
         }
         let found = self.store.lookup(key)?;
@@ -709,7 +868,8 @@ impl Writer {
     }
 
     fn ingest_event(&mut self, ev: &Event, encoded: &[u8]) -> Result<Verdict, StoreError> {
-        if self.pending_dedupe.contains(&ev.message_id)
+        if self.pending.dedupe.contains(&ev.message_id)
+            || self.inflight_writes.dedupe.contains(&ev.message_id)
             || self.store.is_duplicate(&ev.message_id)?
         {
             return Ok(Verdict::Duplicate);
@@ -797,8 +957,6 @@ impl Writer {
                     self.dirty.insert(*m);
                 }
             }
-            // Moves read the index; make everything written so far readable first.
-            self.flush()?;
             for s in &sources {
                 self.move_profile(*s, final_id)?;
             }
@@ -842,24 +1000,32 @@ impl Writer {
             self.batch
                 .insert(&self.store.identity, key.clone(), u64_key(final_id.0));
             self.id_cache.insert(key.clone(), final_id);
-            self.pending_ids.insert(key, final_id);
+            self.pending.ids.insert(key, final_id);
         }
 
         // Append the event and fold it in.
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.batch.insert(&self.store.log, u64_key(seq), encoded);
+        let bytes = fjall::Slice::from(encoded);
+        self.batch
+            .insert(&self.store.log, u64_key(seq), bytes.clone());
+        self.pending.log.insert(seq, bytes);
         self.batch.insert(
             &self.store.by_profile,
             by_profile_key(final_id, ev.timestamp, seq),
             [],
         );
+        self.pending
+            .index
+            .entry(final_id)
+            .or_default()
+            .push((ev.timestamp, seq));
         self.batch.insert(
             &self.store.dedupe,
             ev.message_id.as_bytes(),
             dedupe_value(day_of(ev.received_at), seq),
         );
-        self.pending_dedupe.insert(ev.message_id.clone());
+        self.pending.dedupe.insert(ev.message_id.clone());
         if let Some(name) = ev.activity_name() {
             if !self.known_events.contains(name) {
                 self.known_events.insert(name.to_string());
@@ -872,8 +1038,6 @@ impl Writer {
         let now = ev.received_at;
         let changes = match replay {
             Some(why) => {
-                // The history, this event and any moved events included, must be readable.
-                self.flush()?;
                 let mut events = self.history(final_id)?;
                 metrics::counter!("kairos_profile_replays_total", "why" => why).increment(1);
                 profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
@@ -886,14 +1050,34 @@ impl Writer {
         Ok(Verdict::Accepted)
     }
 
-    /// Every stored event of a profile.
+    /// (time, seq) of every event of a profile, the unwritten ones included.
+    fn event_keys(&self, id: ProfileId) -> Result<Vec<(Millis, u64)>, StoreError> {
+        let mut keys = self.store.profile_index(id)?;
+        for w in [&self.pending, &self.inflight_writes] {
+            keys.extend(w.index.get(&id).into_iter().flatten().copied());
+        }
+        // The committer may have made the in-flight entries readable meanwhile.
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Every event of a profile in event-time order, the unwritten ones included.
     fn history(&self, id: ProfileId) -> Result<Vec<Event>, StoreError> {
-        Ok(self
-            .store
-            .profile_events(id, None, usize::MAX)?
-            .into_iter()
-            .map(|e| e.event)
-            .collect())
+        let mut events = Vec::new();
+        for (_, seq) in self.event_keys(id)? {
+            let unwritten = [&self.pending, &self.inflight_writes]
+                .into_iter()
+                .find_map(|w| w.log.get(&seq));
+            let event = match unwritten {
+                Some(bytes) => decode_event(bytes)?,
+                None => self.store.event_by_seq(seq)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("index names missing event {seq}"))
+                })?,
+            };
+            events.push(event);
+        }
+        Ok(events)
     }
 
     /// Writes what an evaluation changed: the timer index, segment members, and the change
@@ -942,9 +1126,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Follows merge redirects, the unwritten ones included.
+    fn resolve_id(&self, mut id: ProfileId) -> Result<ProfileId, StoreError> {
+        // Pending moves are newer than the group in flight; chains are kept one hop in each.
+        for w in [&self.inflight_writes, &self.pending] {
+            if let Some(to) = w.redirects.get(&id.0) {
+                id = ProfileId(*to);
+            }
+        }
+        self.store.resolve_id(id)
+    }
+
     /// Loads a profile for re-evaluation, or `None` when it no longer exists.
     fn take_profile(&mut self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
-        let id = self.store.resolve_id(id)?;
+        let id = self.resolve_id(id)?;
         if let Some(p) = self.cache.remove(&id) {
             return Ok(Some(p));
         }
@@ -983,11 +1178,12 @@ impl Writer {
     fn bring_up_to_date(&mut self, read: Profile) -> Result<Option<Profile>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
         let cached = self.cache.remove(&read.id);
-        let from_cache = cached.is_some();
         let stale = self
             .backfill_written
             .as_ref()
             .is_some_and(|w| w.contains(&read.id));
+        // A copy taken from the cache (also under the id a merge moved it to) goes back.
+        let from_cache = cached.is_some() || stale;
         let mut profile = match cached {
             Some(p) => p,
             None if stale => match self.take_profile(read.id)? {
@@ -1051,33 +1247,66 @@ impl Writer {
         if let Some(p) = source {
             self.forget_derived(from, &p);
         }
+        let keys = self.event_keys(from)?;
         let s = &self.store;
-        for (ts, seq) in s.profile_index(from)? {
+        for &(ts, seq) in &keys {
             self.batch
                 .remove(&s.by_profile, by_profile_key(from, ts, seq));
             self.batch
                 .insert(&s.by_profile, by_profile_key(to, ts, seq), []);
         }
+        for w in [&mut self.pending, &mut self.inflight_writes] {
+            w.index.remove(&from);
+        }
+        self.pending.index.entry(to).or_default().extend(keys);
         // Anything that redirected to `from` now redirects to `to`: chains stay one hop.
+        let mut olds = Vec::new();
         for guard in s.redirected.prefix(u64_key(from.0)) {
             let key = guard.key()?;
-            let Some(old) = key.get(8..16).and_then(read_u64) else {
-                continue;
-            };
-            self.batch.remove(&s.redirected, key.clone());
+            if let Some(old) = key.get(8..16).and_then(read_u64) {
+                olds.push(old);
+            }
+        }
+        for w in [&mut self.pending, &mut self.inflight_writes] {
+            olds.extend(w.redirected.remove(&from.0).into_iter().flatten());
+        }
+        olds.sort_unstable();
+        olds.dedup();
+        for &old in &olds {
+            self.batch.remove(&s.redirected, pair_key(from.0, old));
             self.batch.insert(&s.redirects, u64_key(old), u64_key(to.0));
             self.batch.insert(&s.redirected, pair_key(to.0, old), []);
+            self.pending.redirects.insert(old, to.0);
+        }
+        self.pending.redirects.insert(from.0, to.0);
+        // A backfill that read `from` before must not write it back.
+        if let Some(w) = self.backfill_written.as_mut() {
+            w.insert(from);
         }
         self.batch
             .insert(&s.redirects, u64_key(from.0), u64_key(to.0));
         self.batch.insert(&s.redirected, pair_key(to.0, from.0), []);
+        let moved = self.pending.redirected.entry(to.0).or_default();
+        moved.extend(olds);
+        moved.push(from.0);
         self.batch.remove(&s.profiles, u64_key(from.0));
         self.cache.remove(&from);
         self.dirty.remove(&from);
         Ok(())
     }
 
+    /// Commits everything written so far (after the group in flight), without fsync, so
+    /// that the store can be read.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.settle()?;
+        let batch = self.take_batch();
+        batch.commit()?;
+        self.pending = Unwritten::default();
+        Ok(())
+    }
+
+    /// The pending batch with every changed profile added.
+    fn take_batch(&mut self) -> OwnedWriteBatch {
         let mut batch = std::mem::replace(&mut self.batch, self.store.db.batch());
         for id in self.dirty.drain() {
             if let Some(p) = self.cache.get(&id) {
@@ -1087,10 +1316,7 @@ impl Writer {
                 }
             }
         }
-        batch.commit()?;
-        self.pending_ids.clear();
-        self.pending_dedupe.clear();
-        Ok(())
+        batch
     }
 
     fn erase(
