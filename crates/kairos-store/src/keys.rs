@@ -11,12 +11,11 @@
 //! | `redirected` | new profile (u64), old profile (u64)  | empty (reverse of redirects) |
 //! | `dead`       | dead-letter seq (u64)                 | rejected event (JSON)        |
 //! | `suppress`   | SHA-256 of an erased identifier       | erasure time (i64)           |
-//! | `meta`       | name (`definitions`)                  | JSON                         |
+//! | `meta`       | `definitions`, `next_change`, `event:<name>` | JSON, u64, empty      |
 //! | `timers`     | due time (i64), profile (u64)         | empty                        |
 //! | `members`    | segment name, 0, profile (u64)        | entered at (i64)             |
-//! | `changes`    | change seq (u64)                      | change (JSON)                |
-//! | `streams`    | stream name, 0, change seq (u64)      | empty                        |
-//! | `profile_changes` | profile (u64), change seq (u64)  | empty                        |
+//! | `stream_changes` | stream name, 0, change seq (u64)  | change (JSON)                |
+//! | `timeline`   | profile (u64), change seq (u64)       | stream name                  |
 //!
 //! Stream names: `segment:<name>`, `tier:<score>`, `primary`.
 //!

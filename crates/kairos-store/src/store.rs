@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 pub(crate) const DEFINITIONS_KEY: &[u8] = b"definitions";
+/// The seq the next change record gets (kept so that erased records' seqs are not reused).
+pub(crate) const NEXT_CHANGE_KEY: &[u8] = b"next_change";
 const KNOWN_EVENT_PREFIX: &str = "event:";
 
 pub(crate) fn known_event_key(name: &str) -> Vec<u8> {
@@ -73,12 +75,15 @@ pub struct Store {
     pub(crate) meta: Keyspace,
     pub(crate) timers: Keyspace,
     pub(crate) members: Keyspace,
-    pub(crate) changes: Keyspace,
-    pub(crate) streams: Keyspace,
-    pub(crate) profile_changes: Keyspace,
+    pub(crate) stream_changes: Keyspace,
+    pub(crate) timeline: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
+}
+
+fn decode_change(bytes: &[u8]) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("change: {e}")))
 }
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
@@ -119,9 +124,8 @@ impl Store {
             meta: ks("meta")?,
             timers: ks("timers")?,
             members: ks("members")?,
-            changes: ks("changes")?,
-            streams: ks("streams")?,
-            profile_changes: ks("profile_changes")?,
+            stream_changes: ks("stream_changes")?,
+            timeline: ks("timeline")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -220,20 +224,14 @@ impl Store {
         let prefix = name_prefix(stream);
         let mut out = Vec::new();
         for guard in self
-            .streams
+            .stream_changes
             .range(named_key(stream, after.saturating_add(1))..)
         {
-            let k = guard.key()?;
+            let (k, v) = guard.into_inner()?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let seq = named_key_tail(&k).ok_or(StoreError::corrupt("stream key"))?;
-            if let Some(v) = self.changes.get(u64_key(seq))? {
-                out.push(
-                    serde_json::from_slice(&v)
-                        .map_err(|e| StoreError::Corrupt(format!("change: {e}")))?,
-                );
-            }
+            out.push(decode_change(&v)?);
         }
         Ok(out)
     }
@@ -246,19 +244,17 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.profile_changes.prefix(u64_key(id.0)).rev() {
+        for guard in self.timeline.prefix(u64_key(id.0)).rev() {
             if out.len() >= limit {
                 break;
             }
-            let k = guard.key()?;
+            let (k, stream) = guard.into_inner()?;
             let Some(seq) = k.get(8..16).and_then(read_u64) else {
                 continue;
             };
-            if let Some(v) = self.changes.get(u64_key(seq))? {
-                out.push(
-                    serde_json::from_slice(&v)
-                        .map_err(|e| StoreError::Corrupt(format!("change: {e}")))?,
-                );
+            let key = named_key(&String::from_utf8_lossy(&stream), seq);
+            if let Some(v) = self.stream_changes.get(key)? {
+                out.push(decode_change(&v)?);
             }
         }
         out.reverse();
@@ -466,6 +462,13 @@ impl Store {
     }
 
     /// Last arrival seq in the log and in the dead-letter area (recovery of counters).
+    pub(crate) fn next_change_seq(&self) -> Result<u64, StoreError> {
+        Ok(match self.meta.get(NEXT_CHANGE_KEY)? {
+            Some(v) => read_u64(&v).ok_or(StoreError::corrupt("next change seq"))?,
+            None => 1,
+        })
+    }
+
     pub(crate) fn last_seqs(&self) -> Result<(u64, u64), StoreError> {
         let last = |ks: &Keyspace| -> Result<u64, StoreError> {
             match ks.last_key_value() {
@@ -600,7 +603,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 15] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 14] {
         [
             &self.log,
             &self.by_profile,
@@ -614,9 +617,8 @@ impl Store {
             &self.meta,
             &self.timers,
             &self.members,
-            &self.changes,
-            &self.streams,
-            &self.profile_changes,
+            &self.stream_changes,
+            &self.timeline,
         ]
     }
 

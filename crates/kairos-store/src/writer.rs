@@ -22,6 +22,7 @@
 use crate::keys::*;
 use crate::store::{
     day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, DEFINITIONS_KEY,
+    NEXT_CHANGE_KEY,
 };
 use crate::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -522,6 +523,8 @@ struct Writer {
     delta: Option<(u64, Vec<bool>, Vec<Option<u16>>)>,
     scoring: Arc<Scoring>,
     next_change: u64,
+    /// `next_change` as the newest batch stores it.
+    written_next_change: u64,
     /// Event names ever seen, so rules naming others get a warning.
     known_events: HashSet<String>,
     /// While a backfill runs: profiles written since it started, whose copy the backfill
@@ -538,10 +541,7 @@ impl Writer {
         lateness: Lateness,
     ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
-        let next_change = match store.changes.last_key_value() {
-            Some(g) => read_u64(&g.key()?).unwrap_or(0) + 1,
-            None => 1,
-        };
+        let next_change = store.next_change_seq()?;
         let known_events = store.known_events()?.into_iter().collect();
         let committer = Committer::start(store.clone())?;
         Ok(Self {
@@ -553,6 +553,7 @@ impl Writer {
             known_events,
             scoring: store.scoring(),
             next_change,
+            written_next_change: next_change,
             batch: store.db.batch(),
             suppress_active: store.has_suppressions(),
             store,
@@ -1117,10 +1118,10 @@ impl Writer {
             v["seq"] = seq.into();
             v["profile"] = id.to_string().into();
             let bytes = serde_json::to_vec(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.batch.insert(&s.changes, u64_key(seq), bytes);
-            self.batch.insert(&s.streams, named_key(&stream, seq), []);
             self.batch
-                .insert(&s.profile_changes, pair_key(id.0, seq), []);
+                .insert(&s.stream_changes, named_key(&stream, seq), bytes);
+            self.batch
+                .insert(&s.timeline, pair_key(id.0, seq), stream.into_bytes());
             metrics::counter!("kairos_segment_changes_total").increment(1);
         }
         Ok(())
@@ -1308,6 +1309,10 @@ impl Writer {
     /// The pending batch with every changed profile added.
     fn take_batch(&mut self) -> OwnedWriteBatch {
         let mut batch = std::mem::replace(&mut self.batch, self.store.db.batch());
+        if self.next_change != self.written_next_change {
+            batch.insert(&self.store.meta, NEXT_CHANGE_KEY, u64_key(self.next_change));
+            self.written_next_change = self.next_change;
+        }
         for id in self.dirty.drain() {
             if let Some(p) = self.cache.get(&id) {
                 batch.insert(&self.store.profiles, u64_key(id.0), p.encode());
@@ -1369,21 +1374,14 @@ impl Writer {
         }
         // Their segment and tier changes, under this id and every id merged into it.
         for pid in ids {
-            for guard in s.profile_changes.prefix(u64_key(pid.0)) {
-                let key = guard.key()?;
-                let Some(seq) = key.get(8..16).and_then(read_u64) else {
-                    continue;
-                };
-                if let Some(v) = s.changes.get(u64_key(seq))? {
-                    let stream = serde_json::from_slice::<serde_json::Value>(&v)
-                        .ok()
-                        .and_then(|c| change_stream(&c));
-                    if let Some(stream) = stream {
-                        self.batch.remove(&s.streams, named_key(&stream, seq));
-                    }
+            for guard in s.timeline.prefix(u64_key(pid.0)) {
+                let (key, stream) = guard.into_inner()?;
+                if let Some(seq) = key.get(8..16).and_then(read_u64) {
+                    let stream = String::from_utf8_lossy(&stream);
+                    self.batch
+                        .remove(&s.stream_changes, named_key(&stream, seq));
                 }
-                self.batch.remove(&s.changes, u64_key(seq));
-                self.batch.remove(&s.profile_changes, key);
+                self.batch.remove(&s.timeline, key);
             }
         }
         // Rejected events that name the person are theirs too.
