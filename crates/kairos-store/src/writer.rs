@@ -7,17 +7,17 @@
 //! every submission of the group answered. So an acknowledged event is durable, and a
 //! request is never answered before the events of requests that arrived earlier.
 //!
-//! Merges read the store, so a group's pending batch is committed (without fsync) before a
-//! merge; the group's single fsync still comes before any answer.
-//!
 //! The commit itself (memtable inserts, journal write, fsync) runs on a second thread, the
 //! committer, while the writer plans the next group: about a third of the writer's time
 //! was the commit, and the second core was mostly idle. At most one group is in flight;
-//! the writer waits for it before handing over the next, before anything that reads what
-//! it wrote from the store (merges, replays, timers, erasures), and before evicting cached
-//! profiles. The committer answers the group's requests once the fsync returned. When a
-//! commit fails, the group planned on top of it fails as well and the writer forgets its
-//! caches, as after any failed group.
+//! the writer waits for it before handing over the next, before groups with timers,
+//! backfill pages, erasures or definitions (they read the store), before evicting cached
+//! profiles, and when idle. Merges and replays read a person's events while they may still
+//! be unwritten: what the pending batch and the group in flight write (events, index
+//! entries, redirects, identity and dedupe keys) stays readable in memory ([`Unwritten`])
+//! until it is committed. The committer answers the group's requests once the fsync
+//! returned. When a commit fails, the group planned on top of it fails as well and the
+//! writer forgets its caches, as after any failed group.
 
 use crate::keys::*;
 use crate::store::{
