@@ -14,7 +14,7 @@
 //! backfill pages, erasures or definitions (they read the store), before evicting cached
 //! profiles, and when idle. Merges and replays read a person's events while they may still
 //! be unwritten: what the pending batch and the group in flight write (events, index
-//! entries, redirects, identity and dedupe keys) stays readable in memory ([`Unwritten`])
+//! entries, redirects, identity and dedupe keys) stays readable in memory (`Unwritten`)
 //! until it is committed. The committer answers the group's requests once the fsync
 //! returned. When a commit fails, the group planned on top of it fails as well and the
 //! writer forgets its caches, as after any failed group.
