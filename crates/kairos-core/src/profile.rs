@@ -247,7 +247,7 @@ impl Profile {
         let mut tiers: Vec<(String, Option<String>)> = Vec::new();
         for name in fresh.scores.keys() {
             tiers.push((
-                name.clone(),
+                name.to_string(),
                 old.scores.get(name).and_then(|s| s.tier.clone()),
             ));
         }

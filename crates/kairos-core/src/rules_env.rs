@@ -74,11 +74,11 @@ impl SeriesPlan {
         ) {
             let mut it = have.iter().peekable();
             for (name, agg) in wanted {
-                while it.peek().is_some_and(|(k, _)| k.as_str() < name.as_str()) {
+                while it.peek().is_some_and(|(k, _)| *k < name.as_str()) {
                     it.next();
                 }
                 if let Some((k, v)) = it.peek() {
-                    if k.as_str() == name.as_str() {
+                    if *k == name.as_str() {
                         out[*agg] = Some(wrap(v));
                     }
                 }

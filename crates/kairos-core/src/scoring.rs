@@ -1026,7 +1026,7 @@ impl Derived {
             for (name, st) in self.scores.iter_mut() {
                 while defs
                     .peek()
-                    .is_some_and(|(_, (sc, _))| sc.name.as_str() < name.as_str())
+                    .is_some_and(|(_, (sc, _))| sc.name.as_str() < name)
                 {
                     defs.next();
                 }
@@ -1133,7 +1133,7 @@ impl Derived {
                 .segments
                 .keys()
                 .filter(|n| scoring.segment(n).is_none())
-                .cloned()
+                .map(str::to_string)
                 .collect();
             for name in gone {
                 self.segments.remove(&name);
@@ -1275,11 +1275,11 @@ fn aligned<'m, 'n, V>(
     let mut it = map.iter().peekable();
     names
         .map(|name| {
-            while it.peek().is_some_and(|(k, _)| k.as_str() < name) {
+            while it.peek().is_some_and(|(k, _)| *k < name) {
                 it.next();
             }
             match it.peek() {
-                Some((k, v)) if k.as_str() == name => Some(*v),
+                Some((k, v)) if *k == name => Some(*v),
                 _ => None,
             }
         })

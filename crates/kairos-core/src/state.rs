@@ -50,7 +50,7 @@ fn lww_map<T>(map: &mut VecMap<Stamped<T>>, key: &str, at: Stamp, value: T) {
     match map.get_mut(key) {
         Some(s) if s.at >= at => {}
         Some(s) => *s = Stamped { at, value },
-        None => map.insert(key.to_string(), Stamped { at, value }),
+        None => map.insert(key, Stamped { at, value }),
     }
 }
 
@@ -541,14 +541,14 @@ impl ProfileState {
             .traits
             .iter()
             .filter(|(_, v)| !v.value.0.is_null())
-            .map(|(k, v)| (k.clone(), v.value.0.clone()))
+            .map(|(k, v)| (k.to_string(), v.value.0.clone()))
             .collect();
         let events: Map<String, Value> = self
             .activity
             .iter()
             .map(|(name, c)| {
                 (
-                    name.clone(),
+                    name.to_string(),
                     json!({
                         "total": c.total,
                         "first": iso(c.first),
@@ -570,7 +570,9 @@ impl ProfileState {
             .map(|(h, c)| (h.to_string(), json!(c)))
             .collect();
         let flags = |m: &VecMap<Stamped<bool>>| -> Map<String, Value> {
-            m.iter().map(|(k, v)| (k.clone(), json!(v.value))).collect()
+            m.iter()
+                .map(|(k, v)| (k.to_string(), json!(v.value)))
+                .collect()
         };
         json!({
             "traits": traits,

@@ -3,14 +3,18 @@
 //! which made a decoded profile several kilobytes. Lookups are binary searches; inserts shift,
 //! which is cheap at these sizes. Serialises as a map, like `BTreeMap`.
 
+use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::marker::PhantomData;
 
+/// Keys are stored inline when short (up to 24 bytes: event, trait, score and segment names
+/// nearly always are), so a lookup's binary search reads the vector's own memory instead of
+/// following a pointer per comparison, and decoding a profile allocates no key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VecMap<V>(Vec<(String, V)>);
+pub struct VecMap<V>(Vec<(CompactString, V)>);
 
 impl<V> Default for VecMap<V> {
     fn default() -> Self {
@@ -39,17 +43,18 @@ impl<V> VecMap<V> {
         let i = match self.position(key) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (key.to_string(), make()));
+                self.0.insert(i, (CompactString::from(key), make()));
                 i
             }
         };
         &mut self.0[i].1
     }
 
-    pub fn insert(&mut self, key: String, value: V) {
-        match self.position(&key) {
+    pub fn insert(&mut self, key: impl AsRef<str>, value: V) {
+        let key = key.as_ref();
+        match self.position(key) {
             Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+            Err(i) => self.0.insert(i, (CompactString::from(key), value)),
         }
     }
 
@@ -61,16 +66,16 @@ impl<V> VecMap<V> {
         self.0.retain(|(k, _)| keep(k));
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut V)> {
-        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut V)> {
+        self.0.iter_mut().map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
@@ -110,7 +115,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for VecMap<V> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut out = VecMap(Vec::with_capacity(a.size_hint().unwrap_or(0)));
-                while let Some((k, v)) = a.next_entry::<String, V>()? {
+                while let Some((k, v)) = a.next_entry::<CompactString, V>()? {
                     out.insert(k, v);
                 }
                 Ok(out)
@@ -127,12 +132,12 @@ mod tests {
     #[test]
     fn sorted_and_round_trips_through_postcard() {
         let mut m = VecMap::default();
-        m.insert("b".to_string(), 2u32);
-        m.insert("a".to_string(), 1);
+        m.insert("b", 2u32);
+        m.insert("a", 1);
         *m.get_or_insert_with("c", || 0) += 3;
         *m.get_or_insert_with("a", || 0) += 10;
         assert_eq!(
-            m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            m.iter().map(|(k, v)| (k, *v)).collect::<Vec<_>>(),
             vec![("a", 11), ("b", 2), ("c", 3)]
         );
         let bytes = postcard::to_allocvec(&m).expect("encode");
