@@ -429,6 +429,8 @@ struct Handoff {
     batch: OwnedWriteBatch,
     sync: bool,
     replies: Vec<(Reply<Outcome>, Outcome)>,
+    /// Timer batches of the group: their thread waits until these are dropped.
+    dones: Vec<Sender<()>>,
     events: usize,
     started: std::time::Instant,
 }
@@ -474,6 +476,7 @@ impl Committer {
                             }
                         }
                     }
+                    drop(h.dones);
                     if done.send(result).is_err() {
                         break;
                     }
@@ -631,9 +634,12 @@ impl Writer {
             return;
         }
         let started = std::time::Instant::now();
-        // Timers, backfill pages, erasures and definitions read what earlier groups wrote
-        // and are answered by this thread: their groups are committed before going on.
-        let pipelined = group.iter().all(|c| matches!(c, Command::Ingest(_)));
+        // Backfill pages, erasures and definitions read what earlier groups wrote and are
+        // answered by this thread: their groups are committed before going on. Timers read
+        // only profiles (cached while unwritten) and redirects (see `resolve_id`).
+        let pipelined = group
+            .iter()
+            .all(|c| matches!(c, Command::Ingest(_) | Command::Tick { .. }));
         if !pipelined {
             // A failure was answered by the committer and reset the caches; this group
             // starts from the store as it is.
@@ -654,9 +660,7 @@ impl Writer {
                             outcomes.push((reply, outcome));
                         }
                         let events = std::mem::take(&mut sub.events);
-                        if let Err(e) = self.graveyard.try_send(Garbage::Events(events)) {
-                            drop(e.into_inner());
-                        }
+                        self.discard(Garbage::Events(events));
                     }
                     Command::Erase {
                         id,
@@ -678,9 +682,7 @@ impl Writer {
                                 unchanged.push(p);
                             }
                         }
-                        if let Err(e) = self.graveyard.try_send(Garbage::Profiles(unchanged)) {
-                            drop(e.into_inner());
-                        }
+                        self.discard(Garbage::Profiles(unchanged));
                         dones.push(done);
                     }
                     Command::BackfillDone(v) if v == self.scoring.version => {
@@ -716,6 +718,7 @@ impl Writer {
                 batch,
                 sync: self.opts.sync,
                 replies: std::mem::take(&mut outcomes),
+                dones: std::mem::take(&mut dones),
                 events: n_events,
                 started,
             };
@@ -771,11 +774,25 @@ impl Writer {
             if self.settle().is_ok() {
                 let keep = self.opts.cache_profiles / 2;
                 let mut i = 0usize;
-                self.cache.retain(|_, _| {
-                    i += 1;
-                    i <= keep
-                });
+                let evicted: Vec<Profile> = self
+                    .cache
+                    .extract_if(|_, _| {
+                        i += 1;
+                        i > keep
+                    })
+                    .map(|(_, p)| p)
+                    .collect();
+                // Freeing a hundred thousand profiles stalled the writer (and every timer
+                // and request behind it) for a good part of a second.
+                self.discard(Garbage::Profiles(evicted));
             }
+        }
+    }
+
+    /// Hands `garbage` to the helper thread to free, or frees it here when that one is behind.
+    fn discard(&self, garbage: Garbage) {
+        if let Err(e) = self.graveyard.try_send(garbage) {
+            drop(e.into_inner());
         }
     }
 
@@ -848,7 +865,8 @@ impl Writer {
         let found = self.store.lookup(key)?;
         if let Some(id) = found {
             if self.id_cache.len() >= self.opts.cache_profiles.saturating_mul(3) {
-                self.id_cache.clear();
+                let full = std::mem::take(&mut self.id_cache);
+                self.discard(Garbage::Ids(full));
             }
             self.id_cache.insert(k, id);
         }
@@ -1431,6 +1449,7 @@ fn group_size(cmd: &Command) -> usize {
 enum Garbage {
     Events(Vec<Prepared>),
     Profiles(Vec<Profile>),
+    Ids(HashMap<Vec<u8>, ProfileId>),
 }
 
 /// Finds due timers and hands them to the writer, one batch at a time, until stopped.
