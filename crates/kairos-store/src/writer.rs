@@ -91,7 +91,7 @@ impl Default for WriterOptions {
             queue_capacity: 512,
             cache_profiles: 250_000,
             core: CoreConfig::default(),
-            timer_interval: Duration::from_millis(100),
+            timer_interval: Duration::from_millis(25),
             clock: Clock::system(),
         }
     }
