@@ -10,12 +10,12 @@
 //! The commit itself (memtable inserts, journal write, fsync) runs on a second thread, the
 //! committer, while the writer plans the next group: about a third of the writer's time
 //! was the commit, and the second core was mostly idle. At most one group is in flight;
-//! the writer waits for it before handing over the next, before groups with timers,
-//! backfill pages, erasures or definitions (they read the store), before evicting cached
-//! profiles, and when idle. Merges and replays read a person's events while they may still
-//! be unwritten: what the pending batch and the group in flight write (events, index
-//! entries, redirects, identity and dedupe keys) stays readable in memory (`Unwritten`)
-//! until it is committed. The committer answers the group's requests once the fsync
+//! the writer waits for it before handing over the next, before groups with backfill
+//! pages, erasures or definitions (they read the store), before evicting cached profiles,
+//! and when idle. Merges, replays and timers read a person's events and redirects while
+//! they may still be unwritten: what the pending batch and the group in flight write
+//! (events, index entries, redirects, identity and dedupe keys) stays readable in memory
+//! (`Unwritten`) until it is committed. The committer answers the group's requests once the fsync
 //! returned. When a commit fails, the group planned on top of it fails as well and the
 //! writer forgets its caches, as after any failed group.
 
