@@ -88,24 +88,57 @@ fn populate(ingest: &Ingestor, n: usize, at: impl Fn(usize) -> Millis) -> anyhow
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-fn open(dir: &std::path::Path, clock: Clock) -> anyhow::Result<(Store, Ingestor)> {
-    let store = Store::open(dir, &StoreOptions::default())?;
+/// A store in a temporary directory with a writer over it.
+struct Bench {
+    store: Store,
+    ingest: Ingestor,
+    writer: std::thread::JoinHandle<()>,
+    // Dropped last: the store's files go only after every thread using them has ended.
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn close(self) -> anyhow::Result<()> {
+        let Bench {
+            store,
+            ingest,
+            writer,
+            _dir,
+        } = self;
+        drop(ingest);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+        // fjall's background workers end with the last handle on the database.
+        drop(store);
+        Ok(())
+    }
+}
+
+fn open(clock: Clock) -> anyhow::Result<Bench> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), &StoreOptions::default())?;
     let opts = WriterOptions {
         clock,
         ..WriterOptions::default()
     };
-    let (ingest, _writer) = Ingestor::start(store.clone(), opts)?;
+    let (ingest, writer) = Ingestor::start(store.clone(), opts)?;
     let scoring = Scoring::compile(&default_definitions(), None)?;
     ingest.define(scoring, T0)?.blocking_recv()??;
-    Ok((store, ingest))
+    Ok(Bench {
+        store,
+        ingest,
+        writer,
+        _dir: dir,
+    })
 }
 
 pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
     // A minute after the orders: no segment timer (15 minutes and more) is due meanwhile.
-    let (store, ingest) = open(dir.path(), Clock(Arc::new(|| T0 + 60_000)))?;
+    let bench = open(Clock(Arc::new(|| T0 + 60_000)))?;
+    let (store, ingest) = (&bench.store, &bench.ingest);
     println!("storing {} profiles (one order each)...", args.profiles);
-    let rate = populate(&ingest, args.profiles, |i| T0 + (i / 1000) as Millis)?;
+    let rate = populate(ingest, args.profiles, |i| T0 + (i / 1000) as Millis)?;
     println!("  {rate:.0} events/s through the writer with the built-in definitions");
 
     let mut defs = default_definitions();
@@ -139,7 +172,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         members == expected,
         "expected {expected} members, found {members}"
     );
-    Ok(())
+    bench.close()
 }
 
 pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
@@ -156,8 +189,8 @@ pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
             T0 + started.elapsed().as_millis() as Millis - at
         }
     }));
-    let dir = tempfile::tempdir()?;
-    let (store, ingest) = open(dir.path(), clock)?;
+    let bench = open(clock)?;
+    let (store, ingest) = (&bench.store, &bench.ingest);
     let spread = args.spread_secs as i64 * 1000;
     let n = args.timers;
     println!(
@@ -166,10 +199,10 @@ pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
     );
     // `active_shoppers` (last_seen < 15m) is the timer: an event at t is due at t + 15m.
     let quarter = 15 * 60_000;
-    populate(&ingest, n, |i| {
+    populate(ingest, n, |i| {
         T0 - quarter + 1 + (i as i64 * spread) / n as i64
     })?;
-    let pending = count_timers(&store)?;
+    let pending = count_timers(store)?;
     println!("  {pending} timers pending");
     let before = ingest.timer_lateness().count;
     released.store(
@@ -190,7 +223,7 @@ pub fn timers(args: TimersArgs) -> anyhow::Result<()> {
         l.p99_ms,
         l.max_ms
     );
-    Ok(())
+    bench.close()
 }
 
 fn count_timers(store: &Store) -> anyhow::Result<u64> {
