@@ -37,6 +37,9 @@ pub enum Series<'a> {
     Sums(&'a crate::counter::SumCounter),
 }
 
+/// Every aggregate's series, by aggregate id; on the stack for the usual number.
+pub type ResolvedSeries<'a> = smallvec::SmallVec<[Option<Series<'a>>; 32]>;
+
 /// Aggregates sorted by the name of the series they read, so that all of them are found
 /// in the state in one merge pass instead of a name search per rule.
 #[derive(Clone, Debug, Default)]
@@ -65,7 +68,7 @@ impl SeriesPlan {
     }
 
     /// Every aggregate's series in `state` (`None`: no such event yet).
-    pub fn resolve<'a>(&self, state: &'a ProfileState) -> Vec<Option<Series<'a>>> {
+    pub fn resolve<'a>(&self, state: &'a ProfileState) -> ResolvedSeries<'a> {
         fn join<'a, V>(
             wanted: &[(String, AggId)],
             have: &'a crate::vecmap::VecMap<V>,
@@ -84,7 +87,7 @@ impl SeriesPlan {
                 }
             }
         }
-        let mut out = vec![None; self.len];
+        let mut out: ResolvedSeries = smallvec::smallvec![None; self.len];
         join(&self.plain, &state.activity, &mut out, Series::Counts);
         join(&self.sums, &state.aggregates, &mut out, Series::Sums);
         out

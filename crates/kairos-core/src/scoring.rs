@@ -35,9 +35,33 @@ use kairos_rules::{
     compile, parse_duration, parse_score_rule, parse_tiers, Aggregates, Cap, Program, RuleError,
     Schema, ScoreInfo, TierBound,
 };
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Per-definition flags and values during one evaluation, on the stack for the usual
+/// number of definitions: evaluation runs several times per event and must not allocate.
+type Flags = SmallVec<[bool; 64]>;
+type RuleRefs = SmallVec<[(u16, u16); 32]>;
+type ScoresNow<'s> = SmallVec<[ScoreNow<'s>; 16]>;
+
+/// Event names the definitions mention, numbered: an event's name is hashed once per
+/// event, and dependencies and rule guards compare numbers, not strings.
+#[derive(Default)]
+struct EventNames(FxHashMap<String, u16>);
+
+impl EventNames {
+    fn intern(&mut self, name: &str) -> u16 {
+        let next = self.0.len() as u16;
+        *self.0.entry(name.to_string()).or_insert(next)
+    }
+
+    fn id(&self, ev: &Event) -> Option<u16> {
+        ev.activity_name().and_then(|n| self.0.get(n).copied())
+    }
+}
 
 /// A score as configured (TOML or `PUT /v1/scores/{name}`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -195,10 +219,12 @@ pub struct Scoring {
     order: Vec<usize>,
     /// Accepted but suspicious (unknown event names), as `path: line:col: message`.
     pub warnings: Vec<String>,
-    /// Score rules by the event name or call type that can trigger them, so an event
-    /// evaluates only the rules that can fire; `any` holds rules with no such guard.
-    rules_by_name: std::collections::HashMap<String, Vec<(u16, u16)>>,
-    rules_by_kind: std::collections::HashMap<String, Vec<(u16, u16)>>,
+    event_names: EventNames,
+    /// Score rules by the event name (by its number in `event_names`) or call type that
+    /// can trigger them, so an event evaluates only the rules that can fire; `any` holds
+    /// rules with no such guard.
+    rules_by_name: Vec<Vec<(u16, u16)>>,
+    rules_by_kind: Vec<(String, Vec<(u16, u16)>)>,
     rules_any: Vec<(u16, u16)>,
     reads_scores: bool,
     series: crate::rules_env::SeriesPlan,
@@ -244,6 +270,7 @@ impl Scoring {
         }
 
         let mut aggregates = Aggregates::default();
+        let mut event_names = EventNames::default();
         let mut warnings = Vec::new();
         let mut note = |path: &str, p: &Program| {
             for w in &p.warnings {
@@ -287,7 +314,7 @@ impl Scoring {
                     ));
                 }
                 note(&rpath, &program);
-                let deps = Deps::of(&program, &aggregates);
+                let deps = Deps::of(&program, &aggregates, &mut event_names);
                 let order_free = deps.is_empty();
                 rules.push(CompiledRule {
                     source: src.trim().to_string(),
@@ -324,16 +351,14 @@ impl Scoring {
             segments.push(CompiledSegment {
                 name: name.clone(),
                 description: def.description.clone(),
-                deps: Deps::of(&program, &aggregates),
+                deps: Deps::of(&program, &aggregates, &mut event_names),
                 program,
                 priority: def.priority,
             });
         }
         let order = evaluation_order(&segments)?;
-        let mut rules_by_name: std::collections::HashMap<String, Vec<(u16, u16)>> =
-            Default::default();
-        let mut rules_by_kind: std::collections::HashMap<String, Vec<(u16, u16)>> =
-            Default::default();
+        let mut rules_by_name: Vec<Vec<(u16, u16)>> = Vec::new();
+        let mut rules_by_kind: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
         let mut rules_any = Vec::new();
         for (si, sc) in scores.iter().enumerate() {
             for (ri, rule) in sc.rules.iter().enumerate() {
@@ -341,10 +366,17 @@ impl Scoring {
                 match rule.program.event_guard() {
                     Some(g) => {
                         for n in g.names {
-                            rules_by_name.entry(n).or_default().push(at);
+                            let id = event_names.intern(&n) as usize;
+                            if rules_by_name.len() <= id {
+                                rules_by_name.resize_with(id + 1, Vec::new);
+                            }
+                            rules_by_name[id].push(at);
                         }
                         for k in g.kinds {
-                            rules_by_kind.entry(k).or_default().push(at);
+                            match rules_by_kind.iter_mut().find(|(x, _)| *x == k) {
+                                Some((_, v)) => v.push(at),
+                                None => rules_by_kind.push((k, vec![at])),
+                            }
                         }
                     }
                     None => rules_any.push(at),
@@ -368,6 +400,7 @@ impl Scoring {
             segments,
             order,
             warnings,
+            event_names,
             rules_by_name,
             rules_by_kind,
             rules_any,
@@ -385,19 +418,21 @@ impl Scoring {
     /// when a rule that reads the profile could fire on it, or could have seen differently
     /// on a later event because of it. Rules that read only the event take it in place.
     pub fn late_event_needs_replay(&self, ev: &Event) -> bool {
+        let name = self.event_names.id(ev);
         self.scores.iter().flat_map(|s| &s.rules).any(|r| {
             !r.order_free
-                && (r.admits(ev) || r.deps.touched_by(ev, &[]) || !r.deps.scores.is_empty())
+                && (r.admits(ev) || r.deps.touched_by(ev, name, &[]) || !r.deps.scores.is_empty())
         })
     }
 
     /// (score, rule) indices of the rules an event may fire, in order, without duplicates.
-    fn candidate_rules(&self, ev: &Event) -> Vec<(u16, u16)> {
-        let mut out: Vec<(u16, u16)> = self.rules_any.clone();
-        if let Some(v) = ev.activity_name().and_then(|n| self.rules_by_name.get(n)) {
+    fn candidate_rules(&self, ev: &Event, name: Option<u16>) -> RuleRefs {
+        let mut out: RuleRefs = self.rules_any.iter().copied().collect();
+        if let Some(v) = name.and_then(|n| self.rules_by_name.get(n as usize)) {
             out.extend_from_slice(v);
         }
-        if let Some(v) = self.rules_by_kind.get(ev.kind.as_str()) {
+        let kind = ev.kind.as_str();
+        if let Some((_, v)) = self.rules_by_kind.iter().find(|(k, _)| k == kind) {
             out.extend_from_slice(v);
         }
         out.sort_unstable();
@@ -717,14 +752,14 @@ struct Deps {
     /// Reads order, cart or email fields, which track events change.
     track: bool,
     traits: bool,
-    /// Event names of the aggregates it reads.
-    names: Vec<String>,
+    /// Event names (numbered in [`EventNames`]) of the aggregates it reads.
+    names: Vec<u16>,
     scores: Vec<usize>,
     segments: Vec<usize>,
 }
 
 impl Deps {
-    fn of(program: &Program, aggregates: &Aggregates) -> Self {
+    fn of(program: &Program, aggregates: &Aggregates, names: &mut EventNames) -> Self {
         use kairos_rules::Field as F;
         let reads = program.reads();
         let mut d = Deps {
@@ -753,8 +788,9 @@ impl Deps {
         }
         for &a in &program.aggregates_used {
             if let Some(spec) = aggregates.specs.get(a) {
-                if !d.names.contains(&spec.event) {
-                    d.names.push(spec.event.clone());
+                let id = names.intern(&spec.event);
+                if !d.names.contains(&id) {
+                    d.names.push(id);
                 }
             }
         }
@@ -771,14 +807,13 @@ impl Deps {
             && self.segments.is_empty()
     }
 
-    fn touched_by(&self, ev: &Event, scored: &[bool]) -> bool {
+    /// `name`: the event's name as numbered in [`EventNames`].
+    fn touched_by(&self, ev: &Event, name: Option<u16>, scored: &[bool]) -> bool {
         self.any_event
             || (self.track && ev.kind == crate::event::EventKind::Track)
             || (self.traits
                 && (ev.kind == crate::event::EventKind::Identify || !ev.traits.is_empty()))
-            || ev
-                .activity_name()
-                .is_some_and(|n| self.names.iter().any(|x| x == n))
+            || name.is_some_and(|n| self.names.contains(&n))
             || self
                 .scores
                 .iter()
@@ -798,43 +833,43 @@ pub struct ScoreNow<'a> {
 }
 
 impl Derived {
-    /// The scores marked in `needed` at `now` (the others left at zero), for evaluation.
-    fn scores_needed<'s>(
+    /// The scores marked in `needed` (all if `None`) at `now`, the others left at zero, in
+    /// definition order. One merge pass over the profile's scores (both sorted by name).
+    fn scores_now<'s>(
         &self,
         scoring: &'s Scoring,
         now: Millis,
-        needed: &[bool],
-    ) -> Vec<ScoreNow<'s>> {
+        needed: Option<&[bool]>,
+    ) -> ScoresNow<'s> {
+        let mut states = self.scores.iter().peekable();
         scoring
             .scores
             .iter()
-            .zip(needed)
-            .map(|(sc, n)| match n {
-                true => score_now(sc, self.scores.get(&sc.name), now),
-                false => ScoreNow::default(),
+            .enumerate()
+            .map(|(i, sc)| {
+                while states.peek().is_some_and(|(k, _)| *k < sc.name.as_str()) {
+                    states.next();
+                }
+                if !needed.is_none_or(|n| n.get(i).copied().unwrap_or(false)) {
+                    return ScoreNow::default();
+                }
+                let st = states
+                    .peek()
+                    .filter(|(k, _)| *k == sc.name.as_str())
+                    .map(|(_, v)| *v);
+                score_now(sc, st, now)
             })
             .collect()
     }
 
     /// Every score at `now`, for rule evaluation.
     pub fn scores_at<'s>(&self, scoring: &'s Scoring, now: Millis) -> Vec<ScoreNow<'s>> {
-        let states = aligned(&self.scores, scoring.scores.iter().map(|s| s.name.as_str()));
-        scoring
-            .scores
-            .iter()
-            .zip(states)
-            .map(|(sc, st)| score_now(sc, st, now))
-            .collect()
+        self.scores_now(scoring, now, None).into_vec()
     }
 
     /// Returns, per score, whether it received points.
-    pub fn score_event(
-        &mut self,
-        state: &ProfileState,
-        ev: &Event,
-        scoring: &Scoring,
-    ) -> Vec<bool> {
-        let mut scored = vec![false; scoring.scores.len()];
+    pub fn score_event(&mut self, state: &ProfileState, ev: &Event, scoring: &Scoring) -> Flags {
+        let mut scored: Flags = smallvec::smallvec![false; scoring.scores.len()];
         let t = ev.timestamp;
         self.replay_version = scoring.replay_version;
         self.applied = Some(
@@ -844,14 +879,14 @@ impl Derived {
         if scoring.scores.is_empty() {
             return scored;
         }
-        let candidates = scoring.candidate_rules(ev);
+        let candidates = scoring.candidate_rules(ev, scoring.event_names.id(ev));
         if candidates.is_empty() {
             return scored;
         }
         let before = if scoring.reads_scores {
-            self.scores_at(scoring, t)
+            self.scores_now(scoring, t, None)
         } else {
-            Vec::new()
+            ScoresNow::new()
         };
         let env = ProfileEnv {
             state,
@@ -862,7 +897,7 @@ impl Derived {
             segments: &[],
             series: &[],
         };
-        let fired: Vec<(u16, u16)> = candidates
+        let fired: RuleRefs = candidates
             .into_iter()
             .filter(|&(si, ri)| {
                 scoring.scores[si as usize].rules[ri as usize]
@@ -888,7 +923,7 @@ impl Derived {
                 };
                 let (h, at) = (sc.half_life, st.at);
                 let mut delta = 0.0;
-                let mut noted: Vec<(Millis, f64)> = Vec::new();
+                let mut noted: SmallVec<[(Millis, f64); 2]> = SmallVec::new();
                 {
                     let rs = &mut st.rules[pos].1;
                     if let Some(cap) = rule.cap {
@@ -962,7 +997,8 @@ impl Derived {
         let all = matches!(trigger, Trigger::All) || (definitions_changed && remap.is_none());
         self.version = scoring.version;
         let nseg = scoring.segments.len();
-        let mut due: Vec<Option<Millis>> = vec![None; nseg + scoring.scores.len()];
+        let mut due: SmallVec<[Option<Millis>; 48]> =
+            smallvec::smallvec![None; nseg + scoring.scores.len()];
         if !all {
             for &(i, t) in &self.due {
                 let j = match remap {
@@ -975,29 +1011,26 @@ impl Derived {
             }
         }
         let is_due = |d: Option<Millis>| d.is_some_and(|t| t <= now);
-        let scored: &[bool] = match trigger {
-            Trigger::Event { scored, .. } => scored,
-            _ => &[],
+        let (scored, event): (&[bool], _) = match trigger {
+            Trigger::Event { ev, scored } => (scored, Some((ev, scoring.event_names.id(ev)))),
+            _ => (&[], None),
         };
-        let score_dirty: Vec<bool> = (0..scoring.scores.len())
+        let score_dirty: Flags = (0..scoring.scores.len())
             .map(|i| all || scored.get(i).copied().unwrap_or(false) || is_due(due[nseg + i]))
             .collect();
-        let mut evaluate_segment: Vec<bool> = scoring
+        let mut evaluate_segment: Flags = scoring
             .segments
             .iter()
             .enumerate()
             .map(|(i, seg)| {
                 all || is_due(due[i])
                     || changed_defs.is_some_and(|c| c.get(i).copied().unwrap_or(true))
-                    || match trigger {
-                        Trigger::Event { ev, scored } => seg.deps.touched_by(ev, scored),
-                        _ => false,
-                    }
+                    || event.is_some_and(|(ev, name)| seg.deps.touched_by(ev, name, scored))
             })
             .collect();
         // Segments that may be evaluated: those prompted, and those that read other
         // segments (evaluated if one of those changes).
-        let maybe: Vec<bool> = scoring
+        let maybe: Flags = scoring
             .segments
             .iter()
             .zip(&evaluate_segment)
@@ -1014,13 +1047,19 @@ impl Derived {
             }
         }
         let scores = if needed.iter().any(|n| *n) {
-            self.scores_needed(scoring, now, &needed)
+            self.scores_now(scoring, now, Some(&needed))
         } else {
-            Vec::new()
+            ScoresNow::new()
+        };
+        // One reason text per evaluation, shared by its changes.
+        let mut reason_text: Option<String> = None;
+        let mut reason_text = || {
+            reason_text
+                .get_or_insert_with(|| reason.to_string())
+                .clone()
         };
 
         // Tiers of the scores that received points or whose tier timer came due.
-        let mut tier_changes = Vec::new();
         if !scores.is_empty() {
             let mut defs = scoring.scores.iter().zip(&scores).enumerate().peekable();
             for (name, st) in self.scores.iter_mut() {
@@ -1041,24 +1080,21 @@ impl Derived {
                 if st.tier.as_deref() != s.tier {
                     let tier = s.tier.map(str::to_string);
                     let from = std::mem::replace(&mut st.tier, tier.clone());
-                    tier_changes.push(ChangeKind::Tier {
-                        score: sc.name.clone(),
-                        from,
-                        to: tier,
+                    out.push(Change {
+                        at: now,
+                        kind: ChangeKind::Tier {
+                            score: sc.name.clone(),
+                            from,
+                            to: tier,
+                        },
+                        reason: reason_text(),
                     });
                 }
             }
         }
-        for kind in tier_changes {
-            out.push(Change {
-                at: now,
-                kind,
-                reason: reason.to_string(),
-            });
-        }
 
         let any_maybe = maybe.iter().any(|m| *m);
-        let mut was = vec![false; nseg];
+        let mut was: Flags = smallvec::smallvec![false; nseg];
         if any_maybe {
             if definitions_changed || self.member_index.len() != self.segments.len() {
                 for name in self.segments.keys() {
@@ -1075,13 +1111,13 @@ impl Derived {
             }
         }
         let mut member = was.clone();
-        let mut changed = vec![false; nseg];
+        let mut changed: Flags = smallvec::smallvec![false; nseg];
         if any_maybe {
             // Resolving every series in one pass pays off only when many segments run.
             let series = if maybe.iter().filter(|m| **m).count() >= 4 {
                 scoring.series.resolve(state)
             } else {
-                Vec::new()
+                Default::default()
             };
             for &i in &scoring.order {
                 let seg = &scoring.segments[i];
@@ -1111,7 +1147,7 @@ impl Derived {
                 continue;
             }
             let kind = if member[i] {
-                self.segments.insert(seg.name.clone(), now);
+                self.segments.insert(&seg.name, now);
                 ChangeKind::Enter {
                     segment: seg.name.clone(),
                 }
@@ -1124,7 +1160,7 @@ impl Derived {
             out.push(Change {
                 at: now,
                 kind,
-                reason: reason.to_string(),
+                reason: reason_text(),
             });
         }
         if definitions_changed {
@@ -1146,7 +1182,9 @@ impl Derived {
             self.scores.retain(|name| scoring.score(name).is_some());
         }
         if any_maybe || definitions_changed {
-            self.member_index = (0..nseg).filter(|&i| member[i]).map(|i| i as u16).collect();
+            self.member_index.clear();
+            self.member_index
+                .extend((0..nseg).filter(|&i| member[i]).map(|i| i as u16));
         }
         if all || definitions_changed || changed.iter().any(|c| *c) {
             let primary = scoring
@@ -1155,24 +1193,25 @@ impl Derived {
                 .zip(&member)
                 .filter(|(_, is)| **is)
                 .min_by_key(|(s, _)| (s.priority, s.name.as_str()))
-                .map(|(s, _)| s.name.clone());
-            if primary != self.primary {
-                let from = std::mem::replace(&mut self.primary, primary.clone());
+                .map(|(s, _)| s);
+            if primary.map(|s| s.name.as_str()) != self.primary.as_deref() {
+                let to = primary.map(|s| s.name.clone());
+                let from = std::mem::replace(&mut self.primary, to.clone());
                 out.push(Change {
                     at: now,
-                    kind: ChangeKind::Primary { from, to: primary },
-                    reason: reason.to_string(),
+                    kind: ChangeKind::Primary { from, to },
+                    reason: reason_text(),
                 });
             }
         }
-        self.due = due
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.filter(|t| *t > now).map(|t| (i as u16, t)))
-            .collect();
+        self.due.clear();
+        self.due.extend(
+            due.iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.filter(|t| *t > now).map(|t| (i as u16, t))),
+        );
         self.timer = self.due.iter().map(|(_, t)| *t).min();
     }
-
     /// A score's value, tier, the share of each rule (decayed to `now`, biggest first) and
     /// its trend, for the explanation API.
     pub fn explain(&self, scoring: &Scoring, name: &str, now: Millis) -> Option<Value> {
@@ -1265,25 +1304,6 @@ fn score_now<'s>(sc: &'s CompiledScore, st: Option<&ScoreState>, now: Millis) ->
         half_life: sc.half_life,
         tier_change,
     }
-}
-
-/// The entries of `map` for each of `names` (both sorted ascending), in one merge pass.
-fn aligned<'m, 'n, V>(
-    map: &'m VecMap<V>,
-    names: impl Iterator<Item = &'n str>,
-) -> Vec<Option<&'m V>> {
-    let mut it = map.iter().peekable();
-    names
-        .map(|name| {
-            while it.peek().is_some_and(|(k, _)| *k < name) {
-                it.next();
-            }
-            match it.peek() {
-                Some((k, v)) if *k == name => Some(*v),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Nine decimals: enough for any score, and stable JSON.
