@@ -517,6 +517,12 @@ struct Writer {
     /// Identity index entries already read or written, so hot identifiers skip the store.
     /// Only this thread writes the index, so the cache cannot go stale.
     id_cache: HashMap<Vec<u8>, ProfileId>,
+    /// In-memory answers to "is this messageId / identifier stored?" that rule out most
+    /// absent keys without reading the store (see [`crate::probe`]).
+    dedupe_probe: crate::probe::Probe,
+    id_probe: crate::probe::Probe,
+    /// Declared after everything holding the store: dropping it ends the scan thread.
+    _probe_scan: Option<crate::probe::Scan>,
     next_seq: u64,
     next_dead: u64,
     suppress_active: bool,
@@ -547,7 +553,16 @@ impl Writer {
         let next_change = store.next_change_seq()?;
         let known_events = store.known_events()?.into_iter().collect();
         let committer = Committer::start(store.clone())?;
+        let (mut probes, probe_scan) =
+            crate::probe::start(vec![store.dedupe.clone(), store.identity.clone()]);
+        let (id_probe, dedupe_probe) = match (probes.pop(), probes.pop()) {
+            (Some(i), Some(d)) => (i, d),
+            _ => return Err(StoreError::corrupt("key probes")),
+        };
         Ok(Self {
+            dedupe_probe,
+            id_probe,
+            _probe_scan: probe_scan,
             committer: Some(committer),
             inflight: false,
             inflight_writes: Unwritten::default(),
@@ -862,6 +877,9 @@ impl Writer {
         {
             return Ok(Some(*id));
         }
+        if !self.id_probe.may_contain(&k) {
+            return Ok(None);
+        }
         let found = self.store.lookup(key)?;
         if let Some(id) = found {
             if self.id_cache.len() >= self.opts.cache_profiles.saturating_mul(3) {
@@ -889,7 +907,8 @@ impl Writer {
     fn ingest_event(&mut self, ev: &Event, encoded: &[u8]) -> Result<Verdict, StoreError> {
         if self.pending.dedupe.contains(&ev.message_id)
             || self.inflight_writes.dedupe.contains(&ev.message_id)
-            || self.store.is_duplicate(&ev.message_id)?
+            || (self.dedupe_probe.may_contain(ev.message_id.as_bytes())
+                && self.store.is_duplicate(&ev.message_id)?)
         {
             return Ok(Verdict::Duplicate);
         }
@@ -1018,6 +1037,7 @@ impl Writer {
             let key = k.index_key();
             self.batch
                 .insert(&self.store.identity, key.clone(), u64_key(final_id.0));
+            self.id_probe.insert(&key);
             self.id_cache.insert(key.clone(), final_id);
             self.pending.ids.insert(key, final_id);
         }
@@ -1045,6 +1065,7 @@ impl Writer {
             dedupe_value(day_of(ev.received_at), seq),
         );
         self.pending.dedupe.insert(ev.message_id.clone());
+        self.dedupe_probe.insert(ev.message_id.as_bytes());
         if let Some(name) = ev.activity_name() {
             if !self.known_events.contains(name) {
                 self.known_events.insert(name.to_string());

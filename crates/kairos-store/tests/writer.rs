@@ -76,6 +76,51 @@ fn duplicates_are_ignored_within_a_group_and_across_restarts() {
     h.close();
 }
 
+/// The writer rules out absent messageIds and identifiers with in-memory filters built by a
+/// background scan after a restart; keys stored before the restart must still be found,
+/// whether the scan is still running (store reads) or done (filters).
+#[test]
+fn stored_message_ids_and_identifiers_are_found_after_a_restart_while_and_after_key_filters_build()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let events: Vec<kairos_core::Event> = (0..3_000)
+        .map(|i| {
+            ev(
+                EventKind::Track,
+                &format!("m{i}"),
+                Some(&format!("u{}", i % 700)),
+                None,
+                i,
+            )
+        })
+        .collect();
+    assert_eq!(h.send(events.clone()).accepted, 3_000);
+    let profiles = h.store.profiles_after(None, 100_000).unwrap().len();
+    h.close();
+    let h = Harness::open(dir.path());
+    for round in 0..4 {
+        let out = h.send(events.clone());
+        assert_eq!((out.accepted, out.duplicates), (0, 3_000), "round {round}");
+        let fresh = ev(
+            EventKind::Track,
+            &format!("fresh-{round}"),
+            Some(&format!("u{}", round * 100)),
+            None,
+            10_000,
+        );
+        assert_eq!(h.send(vec![fresh]).accepted, 1, "round {round}");
+        assert_eq!(
+            h.store.profiles_after(None, 100_000).unwrap().len(),
+            profiles,
+            "round {round}: a known userId made a new profile"
+        );
+        // Later rounds run after the scan of a few thousand keys has long finished.
+        std::thread::sleep(std::time::Duration::from_millis(150 * round));
+    }
+    h.close();
+}
+
 #[test]
 fn anonymous_history_joins_the_user_on_identify_and_the_id_follows() {
     let dir = tempfile::tempdir().unwrap();
