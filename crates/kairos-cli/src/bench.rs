@@ -338,8 +338,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         counts.profiles,
         state.store.disk_bytes() / 1_000_000
     );
+    // The server closes the store once it holds the last handle; the temporary directory
+    // goes after that.
+    drop(state);
     let _ = stop_tx.send(());
-    let _ = server.await;
+    server.await??;
+    drop(tmp);
     Ok(())
 }
 
@@ -469,8 +473,11 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         hist.value_at_quantile(0.99) as f64 / 1e3,
         hist.max() as f64 / 1e3
     );
+    // In-flight background requests hold no handle on the store; the server closes it,
+    // then the temporary directory goes.
     let _ = stop_tx.send(());
-    let _ = server.await;
+    server.await??;
+    drop(tmp);
     Ok(())
 }
 

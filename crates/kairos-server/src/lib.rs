@@ -129,10 +129,20 @@ impl Kairos {
             .with_graceful_shutdown(shutdown)
             .await?;
         maintenance.abort();
+        let _ = maintenance.await;
         // Every acknowledged event is already fsync'd by its group commit, so there is
-        // nothing to flush here. The writer thread ends when the last handle to it is gone
-        // (handles may outlive this call, e.g. in tests), so it is not joined.
-        drop(self.writer.take());
+        // nothing to flush here. The writer thread ends when the last handle to it is gone:
+        // when this was the last, wait for it, so the store is closed when this returns
+        // (callers may remove its directory next). Handles may outlive this call (tests
+        // keep the state), and then the writer ends with them.
+        let writer = self.writer.take();
+        if let (Ok(state), Some(writer)) = (Arc::try_unwrap(self.state), writer) {
+            drop(state);
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|_| std::io::Error::other("the writer thread panicked"))?;
+        }
         Ok(())
     }
 }
