@@ -659,20 +659,66 @@ impl Change {
         }
     }
 
-    pub fn to_json(&self) -> Value {
-        let mut v = match &self.kind {
-            ChangeKind::Enter { segment } => json!({"type": "enter", "segment": segment}),
-            ChangeKind::Exit { segment } => json!({"type": "exit", "segment": segment}),
+    /// The stream it belongs to: `segment:<name>`, `tier:<score>` or `primary`.
+    pub fn stream(&self) -> String {
+        match &self.kind {
+            ChangeKind::Enter { segment } | ChangeKind::Exit { segment } => {
+                format!("segment:{segment}")
+            }
+            ChangeKind::Tier { score, .. } => format!("tier:{score}"),
+            ChangeKind::Primary { .. } => "primary".into(),
+        }
+    }
+
+    /// The stored record of this change, numbered `seq`, for `profile`: a JSON object
+    /// (`type`, the segment or score, `from`/`to` for tiers and primary segments, `at`,
+    /// `reason`, `seq`, `profile`). Written straight from the fields: several changes per
+    /// event go through here.
+    pub fn record(&self, seq: u64, profile: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            segment: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            score: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            from: Option<Option<&'a str>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            to: Option<Option<&'a str>>,
+            at: String,
+            reason: &'a str,
+            seq: u64,
+            profile: &'a str,
+        }
+        let mut r = Record {
+            kind: "",
+            segment: None,
+            score: None,
+            from: None,
+            to: None,
+            at: format_timestamp(self.at),
+            reason: &self.reason,
+            seq,
+            profile,
+        };
+        match &self.kind {
+            ChangeKind::Enter { segment } => {
+                (r.kind, r.segment) = ("enter", Some(segment.as_str()))
+            }
+            ChangeKind::Exit { segment } => (r.kind, r.segment) = ("exit", Some(segment.as_str())),
             ChangeKind::Tier { score, from, to } => {
-                json!({"type": "tier", "score": score, "from": from, "to": to})
+                (r.kind, r.score) = ("tier", Some(score.as_str()));
+                (r.from, r.to) = (Some(from.as_deref()), Some(to.as_deref()));
             }
             ChangeKind::Primary { from, to } => {
-                json!({"type": "primary_segment", "from": from, "to": to})
+                r.kind = "primary_segment";
+                (r.from, r.to) = (Some(from.as_deref()), Some(to.as_deref()));
             }
-        };
-        v["at"] = json!(format_timestamp(self.at));
-        v["reason"] = json!(self.reason);
-        v
+        }
+        // Plain strings and numbers always serialise.
+        serde_json::to_vec(&r).unwrap_or_default()
     }
 }
 
@@ -1309,4 +1355,71 @@ fn score_now<'s>(sc: &'s CompiledScore, st: Option<&ScoreState>, now: Millis) ->
 /// Nine decimals: enough for any score, and stable JSON.
 fn round9(x: f64) -> f64 {
     (x * 1e9).round() / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: ChangeKind) -> Value {
+        let c = Change {
+            at: 1_795_348_800_000,
+            kind,
+            reason: "event: Order Completed".into(),
+        };
+        serde_json::from_slice(&c.record(7, "p42")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn change_records_name_their_stream_and_keep_null_tiers_explicit() {
+        let enter = record(ChangeKind::Enter {
+            segment: "vip".into(),
+        });
+        assert_eq!(
+            enter,
+            json!({"type": "enter", "segment": "vip", "at": "2026-11-22T12:00:00.000Z",
+                   "reason": "event: Order Completed", "seq": 7, "profile": "p42"})
+        );
+        let tier = record(ChangeKind::Tier {
+            score: "engagement".into(),
+            from: None,
+            to: Some("warm".into()),
+        });
+        assert_eq!(tier["type"], "tier");
+        assert_eq!(tier["score"], "engagement");
+        assert!(tier.get("from").is_some_and(Value::is_null), "{tier}");
+        assert_eq!(tier["to"], "warm");
+        let primary = record(ChangeKind::Primary {
+            from: Some("vip".into()),
+            to: None,
+        });
+        assert_eq!(primary["type"], "primary_segment");
+        assert!(primary.get("to").is_some_and(Value::is_null), "{primary}");
+        assert!(primary.get("segment").is_none());
+        let streams: Vec<String> = [
+            ChangeKind::Exit {
+                segment: "vip".into(),
+            },
+            ChangeKind::Tier {
+                score: "engagement".into(),
+                from: None,
+                to: None,
+            },
+            ChangeKind::Primary {
+                from: None,
+                to: None,
+            },
+        ]
+        .into_iter()
+        .map(|kind| {
+            Change {
+                at: 0,
+                kind,
+                reason: String::new(),
+            }
+            .stream()
+        })
+        .collect();
+        assert_eq!(streams, ["segment:vip", "tier:engagement", "primary"]);
+    }
 }

@@ -1156,11 +1156,8 @@ impl Writer {
                 }
                 _ => {}
             }
-            let mut v = c.to_json();
-            let stream = change_stream(&v).unwrap_or_default();
-            v["seq"] = seq.into();
-            v["profile"] = id.to_string().into();
-            let bytes = serde_json::to_vec(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let stream = c.stream();
+            let bytes = c.record(seq, &id.to_string());
             self.batch
                 .insert(&s.stream_changes, named_key(&stream, seq), bytes);
             self.batch
@@ -1577,16 +1574,4 @@ fn run_backfill(
         }
     }
     Ok(())
-}
-
-/// The stream a change (as stored JSON) belongs to: `segment:<name>`, `tier:<score>` or
-/// `primary`.
-pub(crate) fn change_stream(change: &serde_json::Value) -> Option<String> {
-    let field = |k: &str| change.get(k).and_then(|v| v.as_str());
-    match field("type")? {
-        "enter" | "exit" => Some(format!("segment:{}", field("segment")?)),
-        "tier" => Some(format!("tier:{}", field("score")?)),
-        "primary_segment" => Some("primary".into()),
-        _ => None,
-    }
 }
