@@ -12,7 +12,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 use fjall::Keyspace;
@@ -159,19 +158,7 @@ impl Probe {
 
 /// The background scan that fills the probes' filters of existing keys. Dropping it stops
 /// the scan and waits for the thread, so no thread holds the store after the writer ends.
-pub(crate) struct Scan {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Scan {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+pub(crate) type Scan = crate::writer::StopOnDrop;
 
 /// Starts scanning `keyspaces` on a thread; returns a probe for each, in order.
 pub(crate) fn start(keyspaces: Vec<Keyspace>) -> (Vec<Probe>, Option<Scan>) {

@@ -217,11 +217,12 @@ pub struct TimerLateness {
     pub max_ms: u64,
 }
 
-/// Stops the timer thread and waits for it, so that no thread holds the store once the
-/// last handle is gone (tests reopen or inspect the files right after).
-struct StopOnDrop {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// Stops a helper thread (timers, key filter scan) and waits for it, so that no thread
+/// holds the store once the last handle is gone (tests reopen or inspect the files right
+/// after).
+pub(crate) struct StopOnDrop {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for StopOnDrop {
