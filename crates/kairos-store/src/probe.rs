@@ -8,7 +8,7 @@
 //! filled by a background scan, and one of every key the writer has inserted since. Until
 //! the scan is done every key "may" be present and the store is read as before. Removed
 //! keys stay in the filters (a false "may", which only costs the read they would have cost
-//! anyway); the filters start afresh at the next start.
+//! anyway) until the probe is rebuilt: when more keys were inserted than the scan found.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -112,18 +112,69 @@ impl GrowingBloom {
     fn may_contain(&self, h: u64) -> bool {
         self.0.iter().any(|b| b.may_contain_hash(h))
     }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|b| b.len).sum()
+    }
 }
+
+/// Keys inserted since the last scan before a probe asks to be rebuilt (see
+/// [`Probe::wants_rebuild`]), at the least, by default: 24 MB of filter.
+pub(crate) const REBUILD_AFTER_MIN: usize = 16 << 20;
 
 /// See the module doc.
 pub(crate) struct Probe {
-    /// Keys present at start, once the scan has finished.
+    keyspace: Keyspace,
+    /// Keys present when the scan started, once it has finished.
     existing: Option<Bloom>,
     scan: Option<Receiver<Bloom>>,
-    /// Keys inserted since start.
+    /// Keys inserted since the scan started.
     inserted: GrowingBloom,
+    rebuild_after: usize,
+    /// Stops and joins the scan thread when the probe goes.
+    _thread: Option<Scan>,
 }
 
 impl Probe {
+    /// A probe of `keyspace`, its scan started on a thread; it asks to be rebuilt after
+    /// `rebuild_after` inserted keys, or as many as the scan found if more.
+    pub(crate) fn start(keyspace: Keyspace, rebuild_after: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ks, flag) = (keyspace.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("kairos-probe".into())
+            .spawn(move || {
+                if let Some(bloom) = scan(&ks, &flag) {
+                    tracing::debug!(
+                        keys = bloom.len,
+                        bytes = bloom.heap_bytes(),
+                        "key filter ready"
+                    );
+                    let _ = tx.send(bloom);
+                }
+            });
+        let thread = match thread {
+            Ok(t) => Some(Scan {
+                stop,
+                thread: Some(t),
+            }),
+            // No thread: the probe never gets its filter and always answers "maybe".
+            Err(e) => {
+                tracing::warn!("key filter scan not started: {e}");
+                None
+            }
+        };
+        Self {
+            keyspace,
+            existing: None,
+            scan: Some(rx),
+            inserted: GrowingBloom::new(1 << 16),
+            rebuild_after,
+            _thread: thread,
+        }
+    }
+
     /// Whether `key` may be stored; `false` means it certainly is not.
     pub(crate) fn may_contain(&mut self, key: &[u8]) -> bool {
         if self.existing.is_none() {
@@ -148,6 +199,21 @@ impl Probe {
         self.inserted.insert(key);
     }
 
+    /// Whether the keys inserted since the scan outnumber the keys it found (and a floor):
+    /// removed keys (expired dedupe entries, erasures) stay in the filters, so a process
+    /// that runs for months would hold ever more of them. A rebuild rescans what is stored
+    /// now; until it is done, every key is a "maybe" again.
+    pub(crate) fn wants_rebuild(&self) -> bool {
+        let scanned = self.existing.as_ref().map_or(0, |b| b.len);
+        self.inserted.len() >= self.rebuild_after.max(scanned)
+    }
+
+    /// Starts over with a fresh scan. Every key inserted so far must be committed (the scan
+    /// reads the store, and forgets the keys recorded here).
+    pub(crate) fn rebuild(&mut self) {
+        *self = Self::start(self.keyspace.clone(), self.rebuild_after);
+    }
+
     /// Whether the scan has finished (for tests).
     #[cfg(test)]
     fn ready(&mut self) -> bool {
@@ -156,57 +222,9 @@ impl Probe {
     }
 }
 
-/// The background scan that fills the probes' filters of existing keys. Dropping it stops
-/// the scan and waits for the thread, so no thread holds the store after the writer ends.
-pub(crate) type Scan = crate::writer::StopOnDrop;
-
-/// Starts scanning `keyspaces` on a thread; returns a probe for each, in order.
-pub(crate) fn start(keyspaces: Vec<Keyspace>) -> (Vec<Probe>, Option<Scan>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut probes = Vec::new();
-    let mut senders = Vec::new();
-    for _ in &keyspaces {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        senders.push(tx);
-        probes.push(Probe {
-            existing: None,
-            scan: Some(rx),
-            inserted: GrowingBloom::new(1 << 16),
-        });
-    }
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("kairos-probe".into())
-        .spawn(move || {
-            for (ks, tx) in keyspaces.iter().zip(senders) {
-                match scan(ks, &flag) {
-                    Some(bloom) => {
-                        tracing::debug!(
-                            keys = bloom.len,
-                            bytes = bloom.heap_bytes(),
-                            "key filter ready"
-                        );
-                        let _ = tx.send(bloom);
-                    }
-                    None => return,
-                }
-            }
-        });
-    match thread {
-        Ok(t) => (
-            probes,
-            Some(Scan {
-                stop,
-                thread: Some(t),
-            }),
-        ),
-        // No thread: the probes never get their filters and always answer "maybe".
-        Err(e) => {
-            tracing::warn!("key filter scan not started: {e}");
-            (probes, None)
-        }
-    }
-}
+/// The scan thread of a probe. Dropping it stops the scan and waits for the thread, so no
+/// thread holds the store after the writer ends.
+type Scan = crate::writer::StopOnDrop;
 
 /// Every key of `ks` in a filter; `None` when stopped or on a read error (then the probe
 /// keeps answering "maybe").
@@ -269,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_says_maybe_until_its_scan_is_done_then_knows_old_and_new_keys() {
+    fn a_probe_says_maybe_until_its_scan_is_done_then_knows_old_and_new_keys_and_rebuilds() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let db = fjall::Database::builder(dir.path())
             .open()
@@ -281,15 +299,9 @@ mod tests {
             ks.insert(format!("old-{i}"), b"")
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        let (mut probes, scan) = start(vec![ks.clone()]);
-        let mut p = probes.remove(0);
+        let mut p = Probe::start(ks.clone(), 30_000);
         p.insert(b"new-1");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !p.ready() {
-            assert!(std::time::Instant::now() < deadline, "scan never finished");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        drop(scan);
+        wait_ready(&mut p);
         assert!((0..20_000u32).all(|i| p.may_contain(format!("old-{i}").as_bytes())));
         assert!(p.may_contain(b"new-1"));
         let absent = (0..10_000u32)
@@ -299,5 +311,32 @@ mod tests {
             absent > 9_700,
             "only {absent} of 10000 absent keys ruled out"
         );
+
+        // Inserting more keys than the scan found (and the floor) asks for a rebuild,
+        // which forgets what was inserted and finds in the store what was committed.
+        for i in 0..30_000u32 {
+            let k = format!("later-{i}");
+            p.insert(k.as_bytes());
+            ks.insert(k, b"").unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(p.wants_rebuild());
+        p.rebuild();
+        assert!(
+            p.may_contain(b"anything"),
+            "a rebuilding probe answers maybe"
+        );
+        wait_ready(&mut p);
+        assert!(!p.wants_rebuild());
+        assert_eq!(p.inserted.len(), 0);
+        assert!((0..30_000u32).all(|i| p.may_contain(format!("later-{i}").as_bytes())));
+        assert!((0..20_000u32).all(|i| p.may_contain(format!("old-{i}").as_bytes())));
+    }
+
+    fn wait_ready(p: &mut Probe) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !p.ready() {
+            assert!(std::time::Instant::now() < deadline, "scan never finished");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

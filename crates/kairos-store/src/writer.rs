@@ -61,6 +61,10 @@ pub struct WriterOptions {
     pub timer_interval: Duration,
     /// The time segments are evaluated at; tests pass their own.
     pub clock: Clock,
+    /// Keys recorded in the in-memory key filters since their last scan before they are
+    /// rebuilt from the store (at least; see `probe`), so that memory stays bounded by
+    /// what is stored.
+    pub key_filter_rebuild_after: usize,
 }
 
 /// Milliseconds since the epoch, from the system or from a test.
@@ -97,6 +101,7 @@ impl Default for WriterOptions {
             core: CoreConfig::default(),
             timer_interval: Duration::from_millis(25),
             clock: Clock::system(),
+            key_filter_rebuild_after: crate::probe::REBUILD_AFTER_MIN,
         }
     }
 }
@@ -526,8 +531,6 @@ struct Writer {
     /// absent keys without reading the store (see [`crate::probe`]).
     dedupe_probe: crate::probe::Probe,
     id_probe: crate::probe::Probe,
-    /// Declared after everything holding the store: dropping it ends the scan thread.
-    _probe_scan: Option<crate::probe::Scan>,
     next_seq: u64,
     next_dead: u64,
     suppress_active: bool,
@@ -558,16 +561,15 @@ impl Writer {
         let next_change = store.next_change_seq()?;
         let known_events = store.known_events()?.into_iter().collect();
         let committer = Committer::start(store.clone())?;
-        let (mut probes, probe_scan) =
-            crate::probe::start(vec![store.dedupe.clone(), store.identity.clone()]);
-        let (id_probe, dedupe_probe) = match (probes.pop(), probes.pop()) {
-            (Some(i), Some(d)) => (i, d),
-            _ => return Err(StoreError::corrupt("key probes")),
-        };
         Ok(Self {
-            dedupe_probe,
-            id_probe,
-            _probe_scan: probe_scan,
+            dedupe_probe: crate::probe::Probe::start(
+                store.dedupe.clone(),
+                opts.key_filter_rebuild_after,
+            ),
+            id_probe: crate::probe::Probe::start(
+                store.identity.clone(),
+                opts.key_filter_rebuild_after,
+            ),
             committer: Some(committer),
             inflight: false,
             inflight_writes: Unwritten::default(),
@@ -664,6 +666,20 @@ impl Writer {
             // A failure was answered by the committer and reset the caches; this group
             // starts from the store as it is.
             let _ = self.settle();
+        }
+        if self.dedupe_probe.wants_rebuild() || self.id_probe.wants_rebuild() {
+            // A rescan must find every key recorded so far: commit what is in flight first
+            // (nothing of this group is planned yet).
+            if self.settle().is_ok()
+                && self.pending.dedupe.is_empty()
+                && self.pending.ids.is_empty()
+            {
+                for probe in [&mut self.dedupe_probe, &mut self.id_probe] {
+                    if probe.wants_rebuild() {
+                        probe.rebuild();
+                    }
+                }
+            }
         }
         let mut outcomes: Vec<(Reply<Outcome>, Outcome)> = Vec::new();
         let mut erasures = Vec::new();

@@ -121,6 +121,52 @@ fn stored_message_ids_and_identifiers_are_found_after_a_restart_while_and_after_
     h.close();
 }
 
+/// With a tiny rebuild threshold the writer rescans its key filters every few groups;
+/// no stored messageId or identifier may be missed across those rebuilds.
+#[test]
+fn duplicates_and_known_people_are_found_across_key_filter_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = kairos_store::WriterOptions {
+        key_filter_rebuild_after: 150,
+        ..kairos_store::WriterOptions::default()
+    };
+    let h = Harness::open_full(dir.path(), &kairos_store::StoreOptions::default(), writer);
+    let events: Vec<kairos_core::Event> = (0..2_000)
+        .map(|i| {
+            ev(
+                EventKind::Track,
+                &format!("m{i}"),
+                Some(&format!("u{}", i % 400)),
+                None,
+                i,
+            )
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        assert_eq!(h.send(chunk.to_vec()).accepted, 100);
+    }
+    let profiles = h.store.profiles_after(None, 100_000).unwrap().len();
+    assert_eq!(profiles, 400);
+    for (round, chunk) in events.chunks(100).enumerate() {
+        let out = h.send(chunk.to_vec());
+        assert_eq!((out.accepted, out.duplicates), (0, 100), "resend {round}");
+        let fresh = ev(
+            EventKind::Track,
+            &format!("fresh-{round}"),
+            Some(&format!("u{round}")),
+            None,
+            5_000,
+        );
+        assert_eq!(h.send(vec![fresh]).accepted, 1);
+        // Give some rescans time to finish, so both the store path and the filters run.
+        if round % 5 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+    }
+    assert_eq!(h.store.profiles_after(None, 100_000).unwrap().len(), 400);
+    h.close();
+}
+
 #[test]
 fn anonymous_history_joins_the_user_on_identify_and_the_id_follows() {
     let dir = tempfile::tempdir().unwrap();
