@@ -18,6 +18,9 @@
 //! (`Unwritten`) until it is committed. The committer answers the group's requests once the fsync
 //! returned. When a commit fails, the group planned on top of it fails as well and the
 //! writer forgets its caches, as after any failed group.
+//!
+//! Most dedupe checks and identity lookups are for keys that do not exist (a new event, a
+//! new person); in-memory key filters (`crate::probe`) rule those out without a store read.
 
 use crate::keys::*;
 use crate::store::{
