@@ -76,6 +76,21 @@ fn duplicates_are_ignored_within_a_group_and_across_restarts() {
     h.close();
 }
 
+/// `n` track events `m0..`, spread over `people` users `u0..`, one millisecond apart.
+fn numbered_tracks(n: i64, people: i64) -> Vec<kairos_core::Event> {
+    (0..n)
+        .map(|i| {
+            ev(
+                EventKind::Track,
+                &format!("m{i}"),
+                Some(&format!("u{}", i % people)),
+                None,
+                i,
+            )
+        })
+        .collect()
+}
+
 /// The writer rules out absent messageIds and identifiers with in-memory filters built by a
 /// background scan after a restart; keys stored before the restart must still be found,
 /// whether the scan is still running (store reads) or done (filters).
@@ -84,17 +99,7 @@ fn stored_message_ids_and_identifiers_are_found_after_a_restart_while_and_after_
 {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::open(dir.path());
-    let events: Vec<kairos_core::Event> = (0..3_000)
-        .map(|i| {
-            ev(
-                EventKind::Track,
-                &format!("m{i}"),
-                Some(&format!("u{}", i % 700)),
-                None,
-                i,
-            )
-        })
-        .collect();
+    let events = numbered_tracks(3_000, 700);
     assert_eq!(h.send(events.clone()).accepted, 3_000);
     let profiles = h.store.profiles_after(None, 100_000).unwrap().len();
     h.close();
@@ -131,17 +136,7 @@ fn duplicates_and_known_people_are_found_across_key_filter_rebuilds() {
         ..kairos_store::WriterOptions::default()
     };
     let h = Harness::open_full(dir.path(), &kairos_store::StoreOptions::default(), writer);
-    let events: Vec<kairos_core::Event> = (0..2_000)
-        .map(|i| {
-            ev(
-                EventKind::Track,
-                &format!("m{i}"),
-                Some(&format!("u{}", i % 400)),
-                None,
-                i,
-            )
-        })
-        .collect();
+    let events = numbered_tracks(2_000, 400);
     for chunk in events.chunks(100) {
         assert_eq!(h.send(chunk.to_vec()).accepted, 100);
     }
