@@ -36,16 +36,17 @@ use kairos_core::segment::Rejected;
 use kairos_core::{
     Change, ChangeKind, CoreConfig, Event, EventKind, IdKey, Millis, Profile, ProfileId, Scoring,
 };
-/// std's maps with foldhash instead of SipHash, which was 4% of the writer's time. Its
-/// seed is random per process, so clients choosing messageIds and identifiers still cannot
-/// make them collide on purpose.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// std's maps with foldhash instead of SipHash, which was 4% of the writer's time. Its
+/// seed is random per process, so clients choosing messageIds and identifiers still cannot
+/// make them collide on purpose.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Tuning of the writer.
 #[derive(Clone, Debug)]
