@@ -24,7 +24,7 @@ const BLOCK_WORDS: usize = 8;
 /// A blocked Bloom filter: every key's bits lie in one 64-byte block, so a query touches
 /// one cache line.
 #[derive(Debug)]
-pub(crate) struct Bloom {
+struct Bloom {
     blocks: Vec<[u64; BLOCK_WORDS]>,
     len: usize,
     capacity: usize,
@@ -35,7 +35,7 @@ fn hash(key: &[u8]) -> u64 {
 }
 
 impl Bloom {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(1024);
         let blocks = (capacity * BITS_PER_KEY)
             .div_ceil(BLOCK_WORDS * 64)
@@ -60,7 +60,7 @@ impl Bloom {
         (block, bits)
     }
 
-    pub(crate) fn insert(&mut self, key: &[u8]) {
+    fn insert(&mut self, key: &[u8]) {
         let (b, bits) = self.locate(hash(key));
         for (w, m) in bits {
             self.blocks[b][w] |= m;
@@ -83,7 +83,7 @@ impl Bloom {
         self.len >= self.capacity
     }
 
-    pub(crate) fn heap_bytes(&self) -> usize {
+    fn heap_bytes(&self) -> usize {
         self.blocks.len() * BLOCK_WORDS * 8
     }
 }
@@ -91,7 +91,7 @@ impl Bloom {
 /// Bloom filters that grow: when the newest is full another twice its size is added, so
 /// the false-positive rate stays bounded however many keys arrive.
 #[derive(Debug)]
-pub(crate) struct GrowingBloom(Vec<Bloom>);
+struct GrowingBloom(Vec<Bloom>);
 
 impl GrowingBloom {
     fn new(capacity: usize) -> Self {
@@ -116,6 +116,10 @@ impl GrowingBloom {
     fn len(&self) -> usize {
         self.0.iter().map(|b| b.len).sum()
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.iter().map(Bloom::heap_bytes).sum()
+    }
 }
 
 /// Keys inserted since the last scan before a probe asks to be rebuilt (see
@@ -126,8 +130,8 @@ pub(crate) const REBUILD_AFTER_MIN: usize = 16 << 20;
 pub(crate) struct Probe {
     keyspace: Keyspace,
     /// Keys present when the scan started, once it has finished.
-    existing: Option<Bloom>,
-    scan: Option<Receiver<Bloom>>,
+    existing: Option<GrowingBloom>,
+    scan: Option<Receiver<GrowingBloom>>,
     /// Keys inserted since the scan started.
     inserted: GrowingBloom,
     rebuild_after: usize,
@@ -147,7 +151,7 @@ impl Probe {
             .spawn(move || {
                 if let Some(bloom) = scan(&ks, &flag) {
                     tracing::debug!(
-                        keys = bloom.len,
+                        keys = bloom.len(),
                         bytes = bloom.heap_bytes(),
                         "key filter ready"
                     );
@@ -188,10 +192,7 @@ impl Probe {
             }
         }
         let h = hash(key);
-        self.existing
-            .as_ref()
-            .is_some_and(|b| b.may_contain_hash(h))
-            || self.inserted.may_contain(h)
+        self.existing.as_ref().is_some_and(|b| b.may_contain(h)) || self.inserted.may_contain(h)
     }
 
     /// Records a key the writer is about to store.
@@ -204,7 +205,7 @@ impl Probe {
     /// that runs for months would hold ever more of them. A rebuild rescans what is stored
     /// now; until it is done, every key is a "maybe" again.
     pub(crate) fn wants_rebuild(&self) -> bool {
-        let scanned = self.existing.as_ref().map_or(0, |b| b.len);
+        let scanned = self.existing.as_ref().map_or(0, GrowingBloom::len);
         self.inserted.len() >= self.rebuild_after.max(scanned)
     }
 
@@ -228,30 +229,23 @@ type Scan = crate::writer::StopOnDrop;
 
 /// Every key of `ks` in a filter; `None` when stopped or on a read error (then the probe
 /// keeps answering "maybe").
-fn scan(ks: &Keyspace, stop: &AtomicBool) -> Option<Bloom> {
+fn scan(ks: &Keyspace, stop: &AtomicBool) -> Option<GrowingBloom> {
+    // Sized for the estimate; more keys than that grow it like any other.
     let estimate = ks.approximate_len();
-    let mut capacity = (estimate + estimate / 4).max(1 << 16);
-    'sized: loop {
-        let mut bloom = Bloom::with_capacity(capacity);
-        for (i, guard) in ks.iter().enumerate() {
-            if i % 4096 == 0 && stop.load(Ordering::Relaxed) {
+    let mut bloom = GrowingBloom::new(estimate + estimate / 4);
+    for (i, guard) in ks.iter().enumerate() {
+        if i % 4096 == 0 && stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match guard.key() {
+            Ok(k) => bloom.insert(&k),
+            Err(e) => {
+                tracing::warn!("key filter scan failed: {e}");
                 return None;
             }
-            if bloom.is_full() {
-                // More keys than estimated: start again bigger rather than lose accuracy.
-                capacity *= 4;
-                continue 'sized;
-            }
-            match guard.key() {
-                Ok(k) => bloom.insert(&k),
-                Err(e) => {
-                    tracing::warn!("key filter scan failed: {e}");
-                    return None;
-                }
-            }
         }
-        return Some(bloom);
     }
+    Some(bloom)
 }
 
 #[cfg(test)]
