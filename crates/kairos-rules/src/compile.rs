@@ -91,6 +91,8 @@ pub struct Window {
     pub within: Option<i64>,
     /// Only events after the newest event of this aggregate (`since: "Added to Cart"`).
     pub since: Option<AggId>,
+    /// Only events after the campaign trigger (`since: trigger`, in campaign rules).
+    pub since_trigger: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -669,6 +671,7 @@ impl Compiler<'_> {
         let mut w = Window {
             within: None,
             since: None,
+            since_trigger: false,
         };
         for a in named {
             match a.name.as_deref() {
@@ -689,6 +692,19 @@ impl Compiler<'_> {
                             a.at,
                             "`since:` takes an event name without `where`".into(),
                         ));
+                    }
+                    if let Expr::Path { parts, at } = &a.value {
+                        if parts.len() == 1 && parts[0] == "trigger" {
+                            if !self.schema.trigger_context {
+                                return Err(self.type_error(
+                                    *at,
+                                    "`since: trigger` is only for campaign rules (exit, wait until)"
+                                        .into(),
+                                ));
+                            }
+                            w.since_trigger = true;
+                            continue;
+                        }
                     }
                     let plain = Arg {
                         name: None,

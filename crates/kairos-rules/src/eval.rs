@@ -116,6 +116,10 @@ pub trait Env {
     /// The first instant after now at which `count(agg, now' - (now - from))` can change
     /// without a new event (the oldest counted event leaving the window), if any.
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64>;
+    /// When the campaign trigger happened, for `since: trigger` (campaign rules only).
+    fn trigger_time(&self) -> Option<i64> {
+        None
+    }
     /// The first instant after now at which score `index`, decaying with time and no new
     /// event, reaches `value` (for `score.x >= 70`), if it ever does.
     fn score_reaches(&self, _index: usize, _value: f64) -> Option<i64> {
@@ -288,6 +292,11 @@ fn window_from(w: &Window, env: &dyn Env) -> i64 {
     if let Some(anchor) = w.since {
         // Since an event that never happened: all of the window.
         if let Some(t) = env.last(anchor) {
+            from = from.max(t);
+        }
+    }
+    if w.since_trigger {
+        if let Some(t) = env.trigger_time() {
             from = from.max(t);
         }
     }

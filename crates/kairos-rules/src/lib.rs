@@ -59,7 +59,9 @@
 //! `EVENT` is the event name as a string literal. In a `where` filter, bare names are the
 //! event's properties (`count("Product Viewed" where category == "shoes", within: 7d)`).
 //! `since: "Added to Cart"` counts only events after the newest "Added to Cart"; when that
-//! event never happened, the whole window counts. A time compared with a duration compares
+//! event never happened, the whole window counts. In campaign exit and wait-until rules,
+//! `since: trigger` counts only events after the instant the person entered the campaign
+//! (`exit if did("Order Completed", since: trigger)`). A time compared with a duration compares
 //! its age: `last_seen < 15m` means "seen in the last 15 minutes".
 //!
 //! # Semantics

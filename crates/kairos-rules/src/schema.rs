@@ -103,6 +103,9 @@ pub struct Schema {
     /// Whether `event.*` may be used: true for rules evaluated on an incoming event
     /// (score rules, campaign triggers), false for segments, which are evaluated at any time.
     pub event_context: bool,
+    /// Whether `since: trigger` may be used: campaign exit and wait-until rules, evaluated
+    /// while a person is in a campaign that a trigger started.
+    pub trigger_context: bool,
 }
 
 impl Schema {

@@ -39,6 +39,7 @@ fn schema() -> Schema {
             .collect::<BTreeSet<_>>(),
         ),
         event_context: false,
+        trigger_context: false,
     }
 }
 
@@ -223,6 +224,8 @@ struct ListEnv<'a> {
     tiers: Vec<String>,
     segments: Vec<bool>,
     aggs: &'a Aggregates,
+    /// The campaign trigger instant, for `since: trigger`.
+    trigger: Option<i64>,
 }
 
 impl ListEnv<'_> {
@@ -301,6 +304,9 @@ impl Env for ListEnv<'_> {
     }
     fn first(&self, agg: AggId) -> Option<i64> {
         self.matching(agg).map(|e| e.ts).min()
+    }
+    fn trigger_time(&self) -> Option<i64> {
+        self.trigger
     }
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {
         let d = self.now - from;
@@ -664,16 +670,17 @@ proptest! {
             tiers: vec![tier.to_string(), "low".into()],
             segments: vec![vip, false],
             aggs: &aggs,
+            trigger: None,
         };
         let want = truthy(&naive(&ast, &env, None));
         prop_assert_eq!(program.matches(&env), want, "{}", src);
         // The next change is in the future, and nothing changes before it.
         if let Some(t) = program.next_change(&env) {
             prop_assert!(t > env.now);
-            let before = ListEnv { now: t - 1, events: env.events.clone(), traits: env.traits.clone(), scores: env.scores.clone(), tiers: env.tiers.clone(), segments: env.segments.clone(), aggs: &aggs };
+            let before = ListEnv { now: t - 1, events: env.events.clone(), traits: env.traits.clone(), scores: env.scores.clone(), tiers: env.tiers.clone(), segments: env.segments.clone(), aggs: &aggs, trigger: None };
             prop_assert_eq!(program.matches(&before), want, "changed before next_change {} in {}", t, src);
         } else {
-            let later = ListEnv { now: env.now + 400 * DAY, events: env.events.clone(), traits: env.traits.clone(), scores: env.scores.clone(), tiers: env.tiers.clone(), segments: env.segments.clone(), aggs: &aggs };
+            let later = ListEnv { now: env.now + 400 * DAY, events: env.events.clone(), traits: env.traits.clone(), scores: env.scores.clone(), tiers: env.tiers.clone(), segments: env.segments.clone(), aggs: &aggs, trigger: None };
             prop_assert_eq!(program.matches(&later), want, "changed without a next_change in {}", src);
         }
     }
@@ -729,6 +736,7 @@ fn age_comparisons_and_windows_on_a_concrete_history() {
         tiers: vec!["cold".into(), "low".into()],
         segments: vec![false, false],
         aggs: &aggs,
+        trigger: None,
     };
     assert!(cart_abandoned.matches(&env));
     assert!(active.matches(&env));
@@ -740,6 +748,53 @@ fn age_comparisons_and_windows_on_a_concrete_history() {
     env.events.push(ev("Order Completed", t0 + 20 * MIN));
     env.now = t0 + 21 * MIN;
     assert!(!cart_abandoned.matches(&env));
+}
+
+#[test]
+fn since_trigger_counts_only_what_happened_after_the_campaign_trigger() {
+    let src = r#"did("Order Completed", since: trigger)"#;
+    // Outside campaign rules there is no trigger to count from.
+    assert!(err(src).contains("only for campaign rules"), "{}", err(src));
+    let schema = Schema {
+        trigger_context: true,
+        ..schema()
+    };
+    let mut aggs = Aggregates::default();
+    let exit = compile(src, &schema, &mut aggs).unwrap_or_else(|e| panic!("{e}"));
+    let within = compile(
+        r#"count("Order Completed", within: 1h, since: trigger) >= 1"#,
+        &schema,
+        &mut aggs,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = 10 * DAY;
+    let ev = |name: &str, ts: i64| Ev {
+        name: name.into(),
+        ts,
+        props: Map::new(),
+    };
+    let mut env = ListEnv {
+        now: t0 + 10 * MIN,
+        events: vec![ev("Order Completed", t0 - HOUR / 2), ev("Added to Cart", t0)],
+        traits: Map::new(),
+        scores: vec![0.0, 0.0],
+        tiers: vec!["cold".into(), "low".into()],
+        segments: vec![false, false],
+        aggs: &aggs,
+        trigger: Some(t0),
+    };
+    // The order before the trigger does not count; without a trigger the whole window does.
+    assert!(!exit.matches(&env));
+    assert!(!within.matches(&env));
+    env.trigger = None;
+    assert!(exit.matches(&env));
+    assert!(within.matches(&env));
+    env.trigger = Some(t0);
+    env.events.push(ev("Order Completed", t0 + 5 * MIN));
+    assert!(exit.matches(&env));
+    assert!(within.matches(&env));
+    // At t0 + 1h the `within` edge overtakes the trigger as the window's start: a re-check.
+    assert_eq!(within.next_change(&env), Some(t0 + HOUR));
 }
 
 /// Found by the fuzzer: strings print with JSON escapes (`\u0000`), which must parse back.

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         segments: vec!["vip".into()],
         known_events: None,
         event_context: true,
+        trigger_context: true,
     };
     let mut aggs = Aggregates::default();
     let _ = compile(src, &schema, &mut aggs);
