@@ -1,5 +1,6 @@
 //! A profile: one person's identifiers and derived state, and its stored encoding.
 
+use crate::campaign::{Messaging, View};
 use crate::event::Event;
 use crate::identity::{IdKey, IdKind, ProfileId};
 use crate::scoring::{Change, Derived, Scoring, Trigger};
@@ -20,7 +21,7 @@ pub struct CoreConfig {
 }
 
 /// Bumped when the encoding changes; state can always be rebuilt from events.
-const ENCODING_VERSION: u8 = 2;
+const ENCODING_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,6 +39,9 @@ pub struct Profile {
     pub state: ProfileState,
     /// Scores, segments and their timeline, derived from `state` and the events.
     pub derived: Derived,
+    /// Campaign journeys and recent sends. Not derived from events alone (a message once
+    /// sent stays sent), so replays keep it.
+    pub messaging: Messaging,
 }
 
 /// Why a profile was (re)evaluated, for the timeline.
@@ -68,7 +72,48 @@ impl Profile {
             identifiers: BTreeSet::new(),
             state: ProfileState::default(),
             derived: Derived::default(),
+            messaging: Messaging::default(),
         }
+    }
+
+    /// The next instant at which this profile must be looked at with no new event: a
+    /// segment or tier may change, or a campaign step is due.
+    pub fn timer(&self) -> Option<Millis> {
+        match (self.derived.timer, self.messaging.wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The email address campaigns send to: the `email` trait, else a known address.
+    pub fn email(&self) -> Option<String> {
+        self.state
+            .trait_value("email")
+            .and_then(Value::as_str)
+            .map(|e| e.trim().to_string())
+            .filter(|e| e.contains('@'))
+            .or_else(|| self.ids_of(&IdKind::Email).into_iter().next())
+    }
+
+    /// Takes in the campaign state of a profile merged into this one.
+    pub fn absorb_messaging(&mut self, other: Messaging) {
+        self.messaging.absorb(other);
+    }
+
+    /// A scheduled run of `campaign` at `at` reaches this person (the host runs it over the
+    /// members of the campaign's segment). Runs due timers first.
+    pub fn scheduled(&mut self, scoring: &Scoring, campaign: &str, at: Millis) -> Vec<Change> {
+        let mut out = self.catch_up(scoring, at);
+        let email = self.email();
+        let view = View {
+            profile_id: self.id.0,
+            state: &self.state,
+            derived: &self.derived,
+            scoring,
+            email: email.as_deref(),
+        };
+        self.messaging.scheduled(&view, campaign, at, &mut out);
+        out
     }
 
     pub fn user_ids(&self) -> Vec<String> {
@@ -150,7 +195,8 @@ impl Profile {
         now: Millis,
     ) -> Vec<Change> {
         let now = now.max(ev.timestamp);
-        let mut out = if scoring.is_empty() {
+        let campaigns = !scoring.campaigns.is_empty() || !self.messaging.is_empty();
+        let mut out = if scoring.is_empty() && !campaigns {
             Vec::new()
         } else {
             self.catch_up(scoring, now)
@@ -159,8 +205,12 @@ impl Profile {
         self.state.apply_aggregates(ev, &scoring.aggregates);
         let scored = self.derived.score_event(&self.state, ev, scoring);
         if scoring.is_empty() {
+            if campaigns {
+                self.campaigns_after_event(scoring, cfg, ev, out.len(), now, &mut out);
+            }
             return out;
         }
+        let evaluated_from = out.len();
         let name = ev.activity_name().unwrap_or(ev.kind.as_str());
         let trigger = Trigger::Event {
             ev,
@@ -174,7 +224,37 @@ impl Profile {
             trigger,
             &mut out,
         );
+        if campaigns {
+            self.campaigns_after_event(scoring, cfg, ev, evaluated_from, now, &mut out);
+        }
         out
+    }
+
+    /// Campaign exits, engagement, triggers and due sends after an event; `out[from..]` are
+    /// the segment and tier changes the event caused.
+    fn campaigns_after_event(
+        &mut self,
+        scoring: &Scoring,
+        cfg: &CoreConfig,
+        ev: &Event,
+        from: usize,
+        now: Millis,
+        out: &mut Vec<Change>,
+    ) {
+        let email = self.email();
+        let view = View {
+            profile_id: self.id.0,
+            state: &self.state,
+            derived: &self.derived,
+            scoring,
+            email: email.as_deref(),
+        };
+        let caused = out.split_off(from);
+        let mut more = Vec::new();
+        self.messaging
+            .after_event(&view, &cfg.vocabulary, ev, &caused, now, &mut more);
+        out.extend(caused);
+        out.extend(more);
     }
 
     /// Runs every timer due at or before `now`, each at its own instant (segments leave
@@ -183,17 +263,36 @@ impl Profile {
         let mut out = Vec::new();
         // Each evaluation moves the timer strictly forward; the bound is a safety net.
         for _ in 0..10_000 {
-            match self.derived.timer {
-                Some(t) if t <= now => self.derived.evaluate(
+            let Some(t) = self.timer().filter(|t| *t <= now) else {
+                break;
+            };
+            let from = out.len();
+            if self.derived.timer == Some(t) {
+                self.derived.evaluate(
                     &self.state,
                     scoring,
                     t,
                     Reason::Timer,
                     Trigger::Timer,
                     &mut out,
-                ),
-                _ => break,
+                );
             }
+            let email = self.email();
+            let view = View {
+                profile_id: self.id.0,
+                state: &self.state,
+                derived: &self.derived,
+                scoring,
+                email: email.as_deref(),
+            };
+            let caused = out.split_off(from);
+            let mut more = Vec::new();
+            self.messaging.after_changes(&view, &caused, t, &mut more);
+            if self.messaging.wake().is_some_and(|w| w <= t) {
+                self.messaging.run_due(&view, t, &mut more);
+            }
+            out.extend(caused);
+            out.extend(more);
         }
         out
     }

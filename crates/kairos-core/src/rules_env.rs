@@ -28,6 +28,8 @@ pub struct ProfileEnv<'a> {
     /// The state's series of every aggregate, resolved once per evaluation (see
     /// [`SeriesPlan`]); empty to look each up by name when asked.
     pub series: &'a [Option<Series<'a>>],
+    /// When the campaign journey being decided started (`since: trigger`).
+    pub trigger: Option<Millis>,
 }
 
 /// The time series an aggregate reads.
@@ -149,6 +151,10 @@ fn time(t: Option<Millis>) -> Val<'static> {
 impl Env for ProfileEnv<'_> {
     fn now(&self) -> i64 {
         self.now
+    }
+
+    fn trigger_time(&self) -> Option<i64> {
+        self.trigger
     }
 
     fn field(&self, f: Field) -> Val<'_> {

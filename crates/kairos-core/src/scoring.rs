@@ -95,6 +95,8 @@ pub struct SegmentDef {
 pub struct Definitions {
     pub scores: BTreeMap<String, ScoreDef>,
     pub segments: BTreeMap<String, SegmentDef>,
+    pub campaigns: BTreeMap<String, crate::campaign::CampaignDef>,
+    pub messaging: crate::campaign::MessagingDef,
 }
 
 /// A definition that cannot be used, with where in the definitions it is.
@@ -228,6 +230,7 @@ pub struct Scoring {
     rules_any: Vec<(u16, u16)>,
     reads_scores: bool,
     series: crate::rules_env::SeriesPlan,
+    pub campaigns: crate::campaign::Campaigns,
 }
 
 impl Default for Scoring {
@@ -357,6 +360,12 @@ impl Scoring {
             });
         }
         let order = evaluation_order(&segments)?;
+        let campaigns = crate::campaign::compile_campaigns(
+            &defs.campaigns,
+            &defs.messaging,
+            &schema,
+            &mut aggregates,
+        )?;
         let mut rules_by_name: Vec<Vec<(u16, u16)>> = Vec::new();
         let mut rules_by_kind: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
         let mut rules_any = Vec::new();
@@ -385,7 +394,12 @@ impl Scoring {
         }
         let reads_scores = scores.iter().any(|s| s.reads_scores);
         let digest = |s: String| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
-        let version = digest(serde_json::to_string(defs).unwrap_or_default());
+        // Campaigns are not in the version: editing one re-evaluates no segment.
+        let version = digest(format!(
+            "{}{}",
+            serde_json::to_string(&defs.scores).unwrap_or_default(),
+            serde_json::to_string(&defs.segments).unwrap_or_default()
+        ));
         let agg_keys: Vec<&str> = aggregates.specs.iter().map(|a| a.key.as_str()).collect();
         let replay_version = digest(format!(
             "{}{:?}",
@@ -407,6 +421,7 @@ impl Scoring {
             reads_scores,
             series: crate::rules_env::SeriesPlan::new(&aggregates),
             aggregates,
+            campaigns,
         })
     }
 
@@ -648,6 +663,14 @@ pub enum ChangeKind {
         from: Option<String>,
         to: Option<String>,
     },
+    /// A campaign decision or an engagement with a campaign's message (see
+    /// [`crate::campaign`]).
+    Message {
+        campaign: String,
+        step: u16,
+        message_id: String,
+        status: crate::campaign::MessageStatus,
+    },
 }
 
 impl Change {
@@ -667,6 +690,7 @@ impl Change {
             }
             ChangeKind::Tier { score, .. } => format!("tier:{score}"),
             ChangeKind::Primary { .. } => "primary".into(),
+            ChangeKind::Message { campaign, .. } => format!("campaign:{campaign}"),
         }
     }
 
@@ -687,6 +711,24 @@ impl Change {
             from: Option<Option<&'a str>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             to: Option<Option<&'a str>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            campaign: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            step: Option<u16>,
+            #[serde(skip_serializing_if = "Option::is_none", rename = "messageId")]
+            message_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            variant: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            channel: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            metric: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            value: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            until: Option<String>,
             at: String,
             reason: &'a str,
             seq: u64,
@@ -698,6 +740,15 @@ impl Change {
             score: None,
             from: None,
             to: None,
+            campaign: None,
+            status: None,
+            step: None,
+            message_id: None,
+            variant: None,
+            channel: None,
+            metric: None,
+            value: None,
+            until: None,
             at: format_timestamp(self.at),
             reason: &self.reason,
             seq,
@@ -715,6 +766,36 @@ impl Change {
             ChangeKind::Primary { from, to } => {
                 r.kind = "primary_segment";
                 (r.from, r.to) = (Some(from.as_deref()), Some(to.as_deref()));
+            }
+            ChangeKind::Message {
+                campaign,
+                step,
+                message_id,
+                status,
+            } => {
+                use crate::campaign::MessageStatus as S;
+                r.kind = "message";
+                r.campaign = Some(campaign);
+                r.status = Some(status.as_str());
+                r.step = Some(*step);
+                r.message_id = Some(message_id);
+                match status {
+                    S::Queued(o) => {
+                        r.variant = Some(&o.variant);
+                        r.channel = Some(&o.channel);
+                    }
+                    S::Deferred { until } => r.until = Some(format_timestamp(*until)),
+                    S::Engaged {
+                        variant,
+                        metric,
+                        value,
+                    } => {
+                        r.variant = variant.as_deref();
+                        r.metric = Some(metric.as_str());
+                        r.value = Some(*value);
+                    }
+                    _ => {}
+                }
             }
         }
         // Plain strings and numbers always serialise.
@@ -942,6 +1023,7 @@ impl Derived {
             scores: &before,
             segments: &[],
             series: &[],
+            trigger: None,
         };
         let fired: RuleRefs = candidates
             .into_iter()
@@ -1181,6 +1263,7 @@ impl Derived {
                     scores: &scores,
                     segments: &member,
                     series: &series,
+                    trigger: None,
                 };
                 let is = seg.program.matches(&env);
                 due[i] = seg.program.next_change(&env);

@@ -38,6 +38,22 @@ thread_local! {
     static TZ_CACHE: RefCell<HashMap<String, Option<TimeZone>>> = RefCell::new(HashMap::new());
 }
 
+/// A duration in the largest unit that divides it (`4h`, `90m`, `1500ms`), as rules write it.
+pub fn format_duration(ms: Millis) -> String {
+    for (unit, size) in [
+        ("w", 7 * DAY),
+        ("d", DAY),
+        ("h", HOUR),
+        ("m", MINUTE),
+        ("s", SECOND),
+    ] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// Looks up an IANA zone in the bundled database, cached per thread because the same few
 /// zones are looked up for every event.
 pub fn time_zone(name: &str) -> Option<TimeZone> {

@@ -178,7 +178,7 @@ proptest! {
             state.apply(&events[i], &vocab);
             state.apply_aggregates(&events[i], &aggs);
         }
-        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &[], series: &[] };
+        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &[], series: &[], trigger: None };
         for (q, count, sum) in &programs {
             let keep = |e: &Event| q.category.is_none_or(|c| e.properties.get("category") == Some(&json!(c)));
             let mut from = q.within.map_or(i64::MIN, |w| now - w);
@@ -238,6 +238,7 @@ fn since_compares_instants_exactly_within_one_minute() {
         scores: &[],
         segments: &[],
         series: &[],
+        trigger: None,
     };
     assert!(rule.matches(&env(t + MINUTE)));
     // It leaves the segment by itself two hours later, and the timer knows when.

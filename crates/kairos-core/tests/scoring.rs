@@ -58,6 +58,7 @@ fn defs(scores: Vec<(&str, ScoreDef)>, segments: Vec<(&str, SegmentDef)>) -> Def
             .into_iter()
             .map(|(n, d)| (n.to_string(), d))
             .collect(),
+        ..Definitions::default()
     }
 }
 

@@ -775,7 +775,10 @@ fn since_trigger_counts_only_what_happened_after_the_campaign_trigger() {
     };
     let mut env = ListEnv {
         now: t0 + 10 * MIN,
-        events: vec![ev("Order Completed", t0 - HOUR / 2), ev("Added to Cart", t0)],
+        events: vec![
+            ev("Order Completed", t0 - HOUR / 2),
+            ev("Added to Cart", t0),
+        ],
         traits: Map::new(),
         scores: vec![0.0, 0.0],
         tiers: vec!["cold".into(), "low".into()],

@@ -32,7 +32,7 @@ pub fn read_u64(b: &[u8]) -> Option<u64> {
 }
 
 /// Event time with the sign bit flipped, so negative instants sort before positive ones.
-fn time_bits(t: Millis) -> u64 {
+pub(crate) fn time_bits(t: Millis) -> u64 {
     (t as u64) ^ (1 << 63)
 }
 

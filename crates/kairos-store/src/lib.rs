@@ -11,7 +11,7 @@ mod probe;
 pub mod store;
 pub mod writer;
 
-pub use store::{Counts, DeadLetter, Store, StoreOptions, StoredEvent};
+pub use store::{outbox_key, Counts, DeadLetter, OutboxRow, Store, StoreOptions, StoredEvent};
 pub use writer::{
     Backfill, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission,
     TimerLateness, WriterOptions,

@@ -77,6 +77,10 @@ pub struct Store {
     pub(crate) members: Keyspace,
     pub(crate) stream_changes: Keyspace,
     pub(crate) timeline: Keyspace,
+    /// Messages campaigns queued, keyed by (due time, message id) (see [`outbox_key`]).
+    pub(crate) outbox: Keyspace,
+    /// Campaign report counters: `campaign \0 variant \0 metric` -> (count, value sum).
+    pub(crate) campaign_stats: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -126,6 +130,8 @@ impl Store {
             members: ks("members")?,
             stream_changes: ks("stream_changes")?,
             timeline: ks("timeline")?,
+            outbox: ks("outbox")?,
+            campaign_stats: ks("campaign_stats")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -603,7 +609,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 14] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 16] {
         [
             &self.log,
             &self.by_profile,
@@ -619,7 +625,52 @@ impl Store {
             &self.members,
             &self.stream_changes,
             &self.timeline,
+            &self.outbox,
+            &self.campaign_stats,
         ]
+    }
+
+    /// Outbox rows due at or before `now`, oldest first: (key, row).
+    pub fn due_outbox(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, OutboxRow)>, StoreError> {
+        let end = u64_key(time_bits(now).saturating_add(1));
+        let mut out = Vec::new();
+        for guard in self.outbox.range(..end.to_vec()) {
+            let (k, v) = guard.into_inner()?;
+            let row = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("outbox row: {e}")))?;
+            out.push((k.to_vec(), row));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A campaign's report counters: (variant, metric) -> (count, sum of values).
+    pub fn campaign_stats(
+        &self,
+        campaign: &str,
+    ) -> Result<Vec<(String, String, u64, f64)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.campaign_stats.prefix(name_prefix(campaign)) {
+            let (k, v) = guard.into_inner()?;
+            let mut parts = k.split(|b| *b == 0).skip(1);
+            let (Some(variant), Some(metric)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (n, sum) = decode_stat(&v);
+            out.push((
+                String::from_utf8_lossy(variant).into_owned(),
+                String::from_utf8_lossy(metric).into_owned(),
+                n,
+                sum,
+            ));
+        }
+        Ok(out)
     }
 
     /// Visits every stored key and value (for erasure audits in tests and `kairos doctor`).
@@ -636,6 +687,60 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+}
+
+/// A message a campaign queued, as the outbox holds it until delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRow {
+    pub message_id: String,
+    pub campaign: String,
+    pub step: u16,
+    pub variant: String,
+    pub template: String,
+    pub channel: String,
+    pub purpose: String,
+    pub to: Option<String>,
+    pub profile: u64,
+    /// The trigger event's properties (`event` in templates).
+    pub event: serde_json::Value,
+    pub queued_at: Millis,
+    pub due: Millis,
+    /// `scheduled`, `sending`, `sent`, `failed` (will retry) or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Outbox key: due time (ordered), then the message id.
+pub fn outbox_key(due: Millis, message_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + message_id.len());
+    k.extend_from_slice(&time_bits(due).to_be_bytes());
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+pub(crate) fn stat_key(campaign: &str, variant: &str, metric: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(campaign.len() + variant.len() + metric.len() + 2);
+    k.extend_from_slice(campaign.as_bytes());
+    k.push(0);
+    k.extend_from_slice(variant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(metric.as_bytes());
+    k
+}
+
+pub(crate) fn encode_stat(n: u64, sum: f64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&n.to_be_bytes());
+    v[8..].copy_from_slice(&sum.to_bits().to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_stat(v: &[u8]) -> (u64, f64) {
+    let n = v.get(..8).and_then(read_u64).unwrap_or(0);
+    let sum = v.get(8..16).and_then(read_u64).map_or(0.0, f64::from_bits);
+    (n, sum)
 }
 
 /// Day number since the epoch.

@@ -552,6 +552,8 @@ struct Writer {
     /// read may be stale.
     backfill_written: Option<HashSet<ProfileId>>,
     lateness: Lateness,
+    /// Campaign report counters written so far (see [`Writer::count_stat`]).
+    stats: HashMap<Vec<u8>, (u64, f64)>,
 }
 
 impl Writer {
@@ -595,6 +597,7 @@ impl Writer {
             next_dead: last_dead + 1,
             graveyard,
             delta: None,
+            stats: HashMap::default(),
         })
     }
 
@@ -855,6 +858,7 @@ impl Writer {
     }
 
     fn forget_uncommitted(&mut self) {
+        self.stats.clear();
         self.cache.clear();
         self.dirty.clear();
         self.id_cache.clear();
@@ -1011,13 +1015,20 @@ impl Writer {
                 let scoring = self.scoring.clone();
                 let (old, new, changes) = {
                     let p = self.load(*m)?;
-                    let old = p.derived.timer;
+                    let old = p.timer();
                     let changes = p.catch_up(&scoring, now);
-                    (old, p.derived.timer, changes)
+                    (old, p.timer(), changes)
                 };
                 if !changes.is_empty() || old != new {
                     self.record_effects(*m, old, new, &changes)?;
                     self.dirty.insert(*m);
+                }
+            }
+            // Their campaign journeys and sends come along (sends count toward caps).
+            for m in &plan.merge {
+                if Some(*m) != plan.target {
+                    let messaging = self.load(*m)?.messaging.clone();
+                    profile.absorb_messaging(messaging);
                 }
             }
             for s in &sources {
@@ -1039,7 +1050,7 @@ impl Writer {
         } else {
             None
         };
-        let mut old_timer = profile.derived.timer;
+        let mut old_timer = profile.timer();
         if let Some(old_id) = plan.target.filter(|t| *t != final_id) {
             // The person's derived index entries move to the new id with them.
             self.forget_derived(old_id, &profile);
@@ -1109,7 +1120,7 @@ impl Writer {
             }
             None => profile.apply(ev, &self.opts.core, &self.scoring, now),
         };
-        self.record_effects(final_id, old_timer, profile.derived.timer, &changes)?;
+        self.record_effects(final_id, old_timer, profile.timer(), &changes)?;
         self.cache.insert(final_id, profile);
         self.dirty.insert(final_id);
         Ok(Verdict::Accepted)
@@ -1155,6 +1166,7 @@ impl Writer {
         changes: &[Change],
     ) -> Result<(), StoreError> {
         let s = &self.store;
+        let mut stats: Vec<(String, String, &'static str, f64)> = Vec::new();
         if old_timer != new_timer {
             if let Some(t) = old_timer {
                 self.batch.remove(&s.timers, timer_key(t, id));
@@ -1175,6 +1187,51 @@ impl Writer {
                 ChangeKind::Exit { segment } => {
                     self.batch.remove(&s.members, named_key(segment, id.0))
                 }
+                ChangeKind::Message {
+                    campaign,
+                    step,
+                    message_id,
+                    status,
+                } => {
+                    use kairos_core::campaign::MessageStatus as M;
+                    let (variant, metric, value) = match status {
+                        M::Queued(o) => {
+                            let row = crate::store::OutboxRow {
+                                message_id: message_id.clone(),
+                                campaign: campaign.clone(),
+                                step: *step,
+                                variant: o.variant.clone(),
+                                template: o.template.clone(),
+                                channel: o.channel.clone(),
+                                purpose: o.purpose.clone(),
+                                to: o.to.clone(),
+                                profile: id.0,
+                                event: o.event.clone(),
+                                queued_at: c.at,
+                                due: c.at,
+                                status: "scheduled".into(),
+                                attempts: 0,
+                                last_error: None,
+                            };
+                            let bytes = serde_json::to_vec(&row)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                            self.batch.insert(
+                                &s.outbox,
+                                crate::store::outbox_key(c.at, message_id),
+                                bytes,
+                            );
+                            (o.variant.as_str(), "queued", 0.0)
+                        }
+                        M::Engaged {
+                            variant,
+                            metric,
+                            value,
+                        } => (variant.as_deref().unwrap_or(""), metric.as_str(), *value),
+                        M::Holdout => ("holdout", "holdout", 0.0),
+                        other => ("", other.as_str(), 0.0),
+                    };
+                    stats.push((campaign.clone(), variant.to_string(), metric, value));
+                }
                 _ => {}
             }
             let stream = c.stream();
@@ -1185,6 +1242,40 @@ impl Writer {
                 .insert(&s.timeline, pair_key(id.0, seq), stream.into_bytes());
             metrics::counter!("kairos_segment_changes_total").increment(1);
         }
+        for (campaign, variant, metric, value) in stats {
+            self.count_stat(&campaign, &variant, metric, value)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one occurrence (and `value`) to a campaign report counter. Only this thread
+    /// writes them; the newest values are kept here so a group reads each key once.
+    fn count_stat(
+        &mut self,
+        campaign: &str,
+        variant: &str,
+        metric: &str,
+        value: f64,
+    ) -> Result<(), StoreError> {
+        let key = crate::store::stat_key(campaign, variant, metric);
+        let (n, sum) = match self.stats.get(&key) {
+            Some(v) => *v,
+            None => self
+                .store
+                .campaign_stats
+                .get(&key)?
+                .map_or((0, 0.0), |v| crate::store::decode_stat(&v)),
+        };
+        let next = (n + 1, sum + value);
+        self.batch.insert(
+            &self.store.campaign_stats,
+            key.clone(),
+            crate::store::encode_stat(next.0, next.1),
+        );
+        if self.stats.len() > 100_000 {
+            self.stats.clear();
+        }
+        self.stats.insert(key, next);
         Ok(())
     }
 
@@ -1224,9 +1315,9 @@ impl Writer {
                 continue;
             };
             let pid = profile.id;
-            if profile.derived.timer == Some(at) {
+            if profile.timer() == Some(at) {
                 let changes = profile.catch_up(&self.scoring, now);
-                self.record_effects(pid, None, profile.derived.timer, &changes)?;
+                self.record_effects(pid, None, profile.timer(), &changes)?;
                 self.dirty.insert(pid);
             }
             self.cache.insert(pid, profile);
@@ -1255,7 +1346,7 @@ impl Writer {
             None => read,
         };
         let pid = profile.id;
-        let old_timer = profile.derived.timer;
+        let old_timer = profile.timer();
         let now = self.opts.clock.now();
         let why = "definitions changed";
         let changes = if profile.derived.replay_version != self.scoring.replay_version
@@ -1274,10 +1365,10 @@ impl Writer {
         } else {
             Vec::new()
         };
-        self.record_effects(pid, old_timer, profile.derived.timer, &changes)?;
+        self.record_effects(pid, old_timer, profile.timer(), &changes)?;
         // Nothing else moved: the stored copy stays as it is and is re-evaluated, to the
         // same result, the next time the person is active.
-        let moved = !changes.is_empty() || old_timer != profile.derived.timer;
+        let moved = !changes.is_empty() || old_timer != profile.timer();
         if moved {
             self.dirty.insert(pid);
         }
@@ -1290,7 +1381,7 @@ impl Writer {
 
     /// Removes a profile's timer and segment-member entries.
     fn forget_derived(&mut self, id: ProfileId, p: &Profile) {
-        if let Some(t) = p.derived.timer {
+        if let Some(t) = p.timer() {
             self.batch.remove(&self.store.timers, timer_key(t, id));
         }
         for seg in p.derived.segments.keys() {
@@ -1434,7 +1525,7 @@ impl Writer {
             self.batch.remove(&s.redirected, key);
         }
         // Their segment and tier changes, under this id and every id merged into it.
-        for pid in ids {
+        for pid in &ids {
             for guard in s.timeline.prefix(u64_key(pid.0)) {
                 let (key, stream) = guard.into_inner()?;
                 if let Some(seq) = key.get(8..16).and_then(read_u64) {
@@ -1443,6 +1534,14 @@ impl Writer {
                         .remove(&s.stream_changes, named_key(&stream, seq));
                 }
                 self.batch.remove(&s.timeline, key);
+            }
+        }
+        // Messages queued for them hold their address.
+        for guard in s.outbox.iter() {
+            let (k, v) = guard.into_inner()?;
+            let row: Option<crate::store::OutboxRow> = serde_json::from_slice(&v).ok();
+            if row.is_some_and(|r| ids.iter().any(|p| p.0 == r.profile)) {
+                self.batch.remove(&s.outbox, k);
             }
         }
         // Rejected events that name the person are theirs too.
