@@ -434,6 +434,8 @@ pub struct CompiledStep {
 
 pub struct CompiledCampaign {
     pub name: String,
+    /// For event triggers: the event names or call types that can match.
+    guard: Option<kairos_rules::EventGuard>,
     pub description: String,
     pub enabled: bool,
     pub trigger: CompiledTrigger,
@@ -789,7 +791,12 @@ fn compile_one(
         Some(c) => Some((c.event.clone(), duration("conversion.within", &c.within)?)),
         None => None,
     };
+    let guard = match &trigger {
+        CompiledTrigger::Event(p) => p.event_guard(),
+        _ => None,
+    };
     Ok(CompiledCampaign {
+        guard,
         name: name.to_string(),
         description: def.description.clone(),
         enabled: def.enabled,
@@ -964,10 +971,32 @@ pub struct View<'a> {
     pub state: &'a ProfileState,
     pub derived: &'a Derived,
     pub scoring: &'a Scoring,
-    pub email: Option<&'a str>,
+    pub identifiers: &'a std::collections::BTreeSet<crate::identity::IdKey>,
+}
+
+/// The address campaigns send to: the `email` trait, else a known address identifier.
+pub fn email_of(
+    state: &ProfileState,
+    identifiers: &std::collections::BTreeSet<crate::identity::IdKey>,
+) -> Option<String> {
+    state
+        .trait_value("email")
+        .and_then(Value::as_str)
+        .map(|e| e.trim().to_string())
+        .filter(|e| e.contains('@'))
+        .or_else(|| {
+            identifiers
+                .iter()
+                .find(|k| k.kind == crate::identity::IdKind::Email)
+                .map(|k| k.value.clone())
+        })
 }
 
 impl View<'_> {
+    fn email(&self) -> Option<String> {
+        email_of(self.state, self.identifiers)
+    }
+
     fn matches(
         &self,
         program: &Program,
@@ -1072,7 +1101,12 @@ impl Messaging {
         self.check_exits(view, now, out);
         for c in &campaigns.list {
             if let CompiledTrigger::Event(rule) = &c.trigger {
-                if view.matches(rule, now, Some(ev), None) {
+                let admitted = c.guard.as_ref().is_none_or(|g| {
+                    ev.activity_name()
+                        .is_some_and(|n| g.names.iter().any(|x| x == n))
+                        || g.kinds.iter().any(|k| k == ev.kind.as_str())
+                });
+                if admitted && view.matches(rule, now, Some(ev), None) {
                     let props = Value::Object(ev.properties.clone());
                     self.enter(view, c, &ev.message_id, now, props, out);
                 }
@@ -1367,7 +1401,7 @@ impl Messaging {
                         template: v.template.clone(),
                         channel: c.channel.clone(),
                         purpose: c.purpose.as_str().into(),
-                        to: view.email.map(str::to_string),
+                        to: view.email(),
                         event: j.event.0.clone(),
                         journey_entered: j.entered,
                     };
@@ -1406,7 +1440,7 @@ impl Messaging {
                     s.value.replace('_', " ")
                 )));
             }
-            if view.email.is_none() {
+            if view.email().is_none() {
                 return Some(Block::Suppress("no email address known".into()));
             }
         }

@@ -3,6 +3,10 @@
 //! engagement and purchase intent), written in the rule language over the shop events that
 //! Segment's e-commerce spec and `kairos simulate` send.
 //!
+//! The campaigns are the documents' flows: abandoned cart (30 minutes, exit on order), VIP
+//! early access, win-back for lapsed people, and a welcome series; their templates ship in the
+//! server's defaults.
+//!
 //! Priorities follow the documents' overlap table (VIP 1 > Recent Browsers 2 > Lapsed 3),
 //! with cart abandoners between VIP and browsers: an abandoned cart is the most actionable.
 
@@ -79,6 +83,47 @@ pub fn default_definitions() -> Definitions {
                 "rule": "subscribed(\"marketing\") and first_seen < 14d",
                 "priority": 7
             }
+        },
+        "campaigns": {
+            "cart_abandonment": {
+                "description": "30 minutes after an add to cart with no order since: the cart's items and recommendations.",
+                "trigger": {"event": "event.name in [\"Added to Cart\", \"Product Added\"]"},
+                "wait": "30m",
+                "exit": "did(\"Order Completed\", since: trigger)",
+                "template": "cart_abandonment",
+                "priority": 2,
+                "caps": ["1 per 1d"],
+                "conversion": {"event": "Order Completed", "within": "3d"}
+            },
+            "vip_early_access": {
+                "description": "Early access to new collections when a person becomes a VIP.",
+                "trigger": {"segment": "vip"},
+                "template": "vip_early_access",
+                "priority": 1,
+                "reentry": "30d",
+                "conversion": {"event": "Order Completed", "within": "7d"}
+            },
+            "win_back": {
+                "description": "Every Monday at 10:00 (UTC), people lapsed for 60 days get an offer; at most once a month.",
+                "trigger": {"schedule": "weekly mon 10:00", "segment": "lapsed"},
+                "template": "win_back",
+                "priority": 3,
+                "reentry": "30d",
+                "conversion": {"event": "Order Completed", "within": "14d"}
+            },
+            "welcome_series": {
+                "description": "Three emails to new subscribers: at once, after 2 days, after 5 more; stops when they buy.",
+                "trigger": {"segment": "new_subscribers"},
+                "steps": [
+                    {"template": "welcome_1"},
+                    {"wait": "2d", "template": "welcome_2"},
+                    {"wait": "5d", "template": "welcome_3"}
+                ],
+                "exit": "did(\"Order Completed\", since: trigger)",
+                "priority": 4,
+                "reentry": "never",
+                "conversion": {"event": "Order Completed", "within": "7d"}
+            }
         }
     });
     // The literal above is a valid Definitions document; a unit test compiles it.
@@ -95,6 +140,7 @@ mod tests {
         let d = default_definitions();
         assert_eq!(d.scores.len(), 2);
         assert_eq!(d.segments.len(), 7);
+        assert_eq!(d.campaigns.len(), 4);
         let s = Scoring::compile(&d, None).expect("defaults compile");
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }

@@ -87,12 +87,7 @@ impl Profile {
 
     /// The email address campaigns send to: the `email` trait, else a known address.
     pub fn email(&self) -> Option<String> {
-        self.state
-            .trait_value("email")
-            .and_then(Value::as_str)
-            .map(|e| e.trim().to_string())
-            .filter(|e| e.contains('@'))
-            .or_else(|| self.ids_of(&IdKind::Email).into_iter().next())
+        crate::campaign::email_of(&self.state, &self.identifiers)
     }
 
     /// Takes in the campaign state of a profile merged into this one.
@@ -104,13 +99,12 @@ impl Profile {
     /// members of the campaign's segment). Runs due timers first.
     pub fn scheduled(&mut self, scoring: &Scoring, campaign: &str, at: Millis) -> Vec<Change> {
         let mut out = self.catch_up(scoring, at);
-        let email = self.email();
         let view = View {
             profile_id: self.id.0,
             state: &self.state,
             derived: &self.derived,
             scoring,
-            email: email.as_deref(),
+            identifiers: &self.identifiers,
         };
         self.messaging.scheduled(&view, campaign, at, &mut out);
         out
@@ -241,13 +235,12 @@ impl Profile {
         now: Millis,
         out: &mut Vec<Change>,
     ) {
-        let email = self.email();
         let view = View {
             profile_id: self.id.0,
             state: &self.state,
             derived: &self.derived,
             scoring,
-            email: email.as_deref(),
+            identifiers: &self.identifiers,
         };
         let caused = out.split_off(from);
         let mut more = Vec::new();
@@ -277,13 +270,15 @@ impl Profile {
                     &mut out,
                 );
             }
-            let email = self.email();
+            if scoring.campaigns.is_empty() && self.messaging.is_empty() {
+                continue;
+            }
             let view = View {
                 profile_id: self.id.0,
                 state: &self.state,
                 derived: &self.derived,
                 scoring,
-                email: email.as_deref(),
+                identifiers: &self.identifiers,
             };
             let caused = out.split_off(from);
             let mut more = Vec::new();

@@ -520,6 +520,8 @@ fn redefining_segments_equals_evaluating_everything() {
     b.segments
         .insert("active_shoppers".into(), segment("last_seen < 5m", 4));
     b.segments.remove("lapsed");
+    // The win-back campaign targets it: a segment a campaign uses cannot go alone.
+    b.campaigns.remove("win_back");
     let sb = compiled(&b);
     let (changed, remap) = kairos_core::scoring::definitions_delta(&sa, &sb);
     let cfg = CoreConfig::default();

@@ -313,6 +313,10 @@ impl Ingestor {
                 reply,
             })
             .map_err(|_| StoreError::WriterStopped)?;
+        if scoring.version == previous {
+            // Only campaigns changed: no profile's segments or scores can differ.
+            return Ok(rx);
+        }
         let total = self.store.approximate_counts().profiles;
         let status = Backfill {
             version: scoring.version,
@@ -744,9 +748,12 @@ impl Writer {
                                 );
                                 (self.scoring.version, changed, remap)
                             });
+                        // Campaign-only edits keep the version: no backfill follows.
+                        if scoring.version != self.scoring.version {
+                            self.backfill_written = Some(HashSet::default());
+                        }
                         self.scoring = scoring.clone();
                         self.store.set_scoring(scoring);
-                        self.backfill_written = Some(HashSet::default());
                         defined.push(reply);
                     }
                     Command::Hold(_) => {}

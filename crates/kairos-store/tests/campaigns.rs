@@ -41,6 +41,8 @@ fn an_abandoned_cart_becomes_one_outbox_row_when_its_timer_comes_due() {
     };
     let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer);
     let mut defs = kairos_core::defaults::default_definitions();
+    // Only the campaign under test (the built-in welcome series would mail these people).
+    defs.campaigns.clear();
     defs.campaigns.insert(
         "cart_abandonment".into(),
         CampaignDef {
