@@ -25,6 +25,11 @@ pub struct Config {
     pub scores: BTreeMap<String, kairos_core::ScoreDef>,
     /// Segments applied at every start (`[segments.vip]`).
     pub segments: BTreeMap<String, kairos_core::SegmentDef>,
+    /// Campaigns applied at every start (`[campaigns.cart_abandonment]`).
+    pub campaigns: BTreeMap<String, kairos_core::campaign::CampaignDef>,
+    /// Caps and quiet hours for every campaign (`[messaging]`), applied at every start when
+    /// given; else what the store holds (the API edits it).
+    pub messaging: Option<kairos_core::campaign::MessagingDef>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -75,6 +80,8 @@ impl Default for Config {
             default_definitions: true,
             scores: BTreeMap::new(),
             segments: BTreeMap::new(),
+            campaigns: BTreeMap::new(),
+            messaging: None,
         }
     }
 }
@@ -192,6 +199,12 @@ impl Config {
         }
         for (k, v) in &self.segments {
             defs.segments.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.campaigns {
+            defs.campaigns.insert(k.clone(), v.clone());
+        }
+        if let Some(m) = &self.messaging {
+            defs.messaging = m.clone();
         }
         defs
     }

@@ -6,7 +6,9 @@
 //! never contain profile logic or touch fjall directly, and it takes its listener, clock and
 //! shutdown signal from the caller so that tests bind `127.0.0.1:0` and control time.
 
+pub mod abtest;
 pub mod admin;
+pub mod campaigns;
 pub mod config;
 pub mod error;
 pub mod ingest;
@@ -205,6 +207,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api.layer(cors))
         .merge(admin::routes())
         .merge(scoring::routes())
+        .merge(campaigns::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_endpoint))
         .route("/v1/openapi.json", get(openapi::handler))

@@ -55,7 +55,7 @@ fn backfill_json(state: &AppState) -> Value {
 
 /// Applies `edit` to the definitions in force, checks and stores the result, and starts the
 /// backfill. Edits are serialised so two concurrent PUTs cannot lose one another.
-async fn redefine(
+pub(crate) async fn redefine(
     state: &Arc<AppState>,
     edit: impl FnOnce(&mut Definitions) -> Result<(), ApiError> + Send + 'static,
 ) -> Result<Vec<String>, ApiError> {
@@ -81,7 +81,7 @@ fn own_warnings(all: Vec<String>, prefix: &str) -> Vec<String> {
     all.into_iter().filter(|w| w.starts_with(prefix)).collect()
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidBody,
