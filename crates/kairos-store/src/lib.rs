@@ -7,6 +7,7 @@
 //! oneshot channel to answer callers) or the server crate.
 
 pub mod keys;
+mod outbox;
 mod probe;
 pub mod store;
 pub mod writer;

@@ -81,6 +81,10 @@ pub struct Store {
     pub(crate) outbox: Keyspace,
     /// Campaign report counters: `campaign \0 variant \0 metric` -> (count, value sum).
     pub(crate) campaign_stats: Keyspace,
+    /// Delivered messages by id (see [`crate::outbox`]).
+    pub(crate) messages: Keyspace,
+    /// Messages that ran out of attempts, by id, until re-driven.
+    pub(crate) dead_messages: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -132,6 +136,8 @@ impl Store {
             timeline: ks("timeline")?,
             outbox: ks("outbox")?,
             campaign_stats: ks("campaign_stats")?,
+            messages: ks("messages")?,
+            dead_messages: ks("dead_messages")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -609,7 +615,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 16] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 18] {
         [
             &self.log,
             &self.by_profile,
@@ -627,6 +633,8 @@ impl Store {
             &self.timeline,
             &self.outbox,
             &self.campaign_stats,
+            &self.messages,
+            &self.dead_messages,
         ]
     }
 

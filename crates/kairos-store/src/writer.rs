@@ -1543,13 +1543,10 @@ impl Writer {
                 self.batch.remove(&s.timeline, key);
             }
         }
-        // Messages queued for them hold their address.
-        for guard in s.outbox.iter() {
-            let (k, v) = guard.into_inner()?;
-            let row: Option<crate::store::OutboxRow> = serde_json::from_slice(&v).ok();
-            if row.is_some_and(|r| ids.iter().any(|p| p.0 == r.profile)) {
-                self.batch.remove(&s.outbox, k);
-            }
+        // Messages queued, sent or dead for them hold their address.
+        let profiles: Vec<u64> = ids.iter().map(|p| p.0).collect();
+        for (ks, key) in crate::outbox::rows_of(&s, &profiles)? {
+            self.batch.remove(&ks, key);
         }
         // Rejected events that name the person are theirs too.
         // An identifier counts when it appears as a whole JSON string in the raw event.

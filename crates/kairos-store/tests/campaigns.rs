@@ -157,3 +157,106 @@ fn an_abandoned_cart_becomes_one_outbox_row_when_its_timer_comes_due() {
     assert_eq!(mentions, 0);
     h.close();
 }
+
+#[test]
+fn delivery_outcomes_move_rows_between_outbox_sent_and_dead_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = || WriterOptions {
+        clock: Clock(Arc::new(|| T0 + MIN)),
+        ..WriterOptions::default()
+    };
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer());
+    let mut defs = kairos_core::Definitions::default();
+    defs.campaigns.insert(
+        "receipt".into(),
+        CampaignDef {
+            trigger: TriggerDef {
+                event: Some(r#"event.name == "Order Completed""#.into()),
+                ..TriggerDef::default()
+            },
+            template: Some("receipt".into()),
+            purpose: "transactional".into(),
+            ..CampaignDef::default()
+        },
+    );
+    h.define(defs);
+    let traits = json!({"email": "cy@example.com"});
+    h.send(vec![
+        identify("i1", Some("cy"), None, T0, traits),
+        track("o1", "Order Completed", Some("cy"), None, T0 + 1, json!({})),
+        track("o2", "Order Completed", Some("cy"), None, T0 + 2, json!({})),
+        track("o3", "Order Completed", Some("cy"), None, T0 + 3, json!({})),
+    ]);
+    let due = h.store.due_outbox(T0 + MIN, 10).unwrap();
+    assert_eq!(due.len(), 3);
+    let (k1, r1) = &due[0];
+    let (k2, r2) = &due[1];
+    let (k3, r3) = &due[2];
+    h.store.outbox_sent(k1, r1, T0 + MIN).unwrap();
+    h.store
+        .outbox_retry(k2, r2, T0 + 10 * MIN, "HTTP 503: busy")
+        .unwrap();
+    h.store
+        .outbox_dead(k3, r3, T0 + MIN, "HTTP 400: bad payload")
+        .unwrap();
+    // Only the retried one is left, due later, with its attempt counted.
+    assert!(h.store.due_outbox(T0 + MIN, 10).unwrap().is_empty());
+    let later = h.store.due_outbox(T0 + 10 * MIN, 10).unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].1.message_id, r2.message_id);
+    assert_eq!(
+        (later[0].1.attempts, later[0].1.status.as_str()),
+        (1, "failed")
+    );
+    h.close();
+
+    // After a restart every outcome is where it was left.
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer());
+    let sent = h.store.message(&r1.message_id).unwrap().unwrap();
+    assert_eq!((sent.status.as_str(), sent.attempts), ("sent", 1));
+    let dead = h.store.dead_messages(None, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 400: bad payload"));
+    assert_eq!(
+        h.store.message(&r2.message_id).unwrap().unwrap().status,
+        "failed"
+    );
+    let counts: Vec<(String, u64)> = h
+        .store
+        .campaign_stats("receipt")
+        .unwrap()
+        .into_iter()
+        .filter(|(_, m, _, _)| ["sent", "retried", "dead"].contains(&m.as_str()))
+        .map(|(_, m, n, _)| (m, n))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("dead".into(), 1),
+            ("retried".into(), 1),
+            ("sent".into(), 1)
+        ]
+    );
+    // A re-driven dead message is due again with fresh attempts; unknown ids are refused.
+    assert!(h.store.redrive(&r3.message_id, T0 + 2 * MIN).unwrap());
+    assert!(!h.store.redrive("nope", T0).unwrap());
+    let due = h.store.due_outbox(T0 + 2 * MIN, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].1.attempts, due[0].1.status.as_str()),
+        (0, "scheduled")
+    );
+    assert!(h.store.dead_messages(None, 10).unwrap().is_empty());
+
+    // Erasure takes the sent record and the pending rows with the person.
+    let cy = h.profile_of(&IdKey::user("cy")).unwrap();
+    h.ingest
+        .erase(cy.id, false, T0 + 3 * MIN)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert!(h.store.message(&r1.message_id).unwrap().is_none());
+    assert!(h.store.pending_messages(10).unwrap().is_empty());
+    h.close();
+}
