@@ -85,6 +85,8 @@ pub struct Store {
     pub(crate) messages: Keyspace,
     /// Messages that ran out of attempts, by id, until re-driven.
     pub(crate) dead_messages: Keyspace,
+    /// Message templates by name: JSON `{subject, html, text, updatedAt}`.
+    pub(crate) templates: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -138,6 +140,7 @@ impl Store {
             campaign_stats: ks("campaign_stats")?,
             messages: ks("messages")?,
             dead_messages: ks("dead_messages")?,
+            templates: ks("templates")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -615,7 +618,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 18] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 19] {
         [
             &self.log,
             &self.by_profile,
@@ -635,7 +638,92 @@ impl Store {
             &self.campaign_stats,
             &self.messages,
             &self.dead_messages,
+            &self.templates,
         ]
+    }
+
+    /// Stores a template (already checked by the caller), durably.
+    pub fn put_template(&self, name: &str, template: &serde_json::Value) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(template).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.templates.insert(name.as_bytes(), bytes)?;
+        self.persist()
+    }
+
+    pub fn template(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.templates.get(name.as_bytes())? {
+            Some(v) => {
+                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("template {name}: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every template, by name.
+    pub fn templates(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.templates.iter() {
+            let (k, v) = guard.into_inner()?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let t = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("template {name}: {e}")))?;
+            out.push((name, t));
+        }
+        Ok(out)
+    }
+
+    /// Returns whether it existed.
+    pub fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+        let existed = self.templates.contains_key(name.as_bytes())?;
+        self.templates.remove(name.as_bytes())?;
+        self.persist()?;
+        Ok(existed)
+    }
+
+    /// A position a background task keeps across restarts (a schedule's last run, a change
+    /// hook's cursor), by name.
+    pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .meta
+            .get(format!("cursor:{name}").as_bytes())?
+            .and_then(|v| read_u64(&v))
+            .map(|v| v as i64))
+    }
+
+    pub fn set_cursor(&self, name: &str, value: i64) -> Result<(), StoreError> {
+        self.meta.insert(
+            format!("cursor:{name}").as_bytes(),
+            (value as u64).to_be_bytes(),
+        )?;
+        self.persist()
+    }
+
+    /// A 32-byte secret for signing links (unsubscribe), made once per store and kept.
+    pub fn link_secret(&self) -> Result<Vec<u8>, StoreError> {
+        const KEY: &[u8] = b"link_secret";
+        if let Some(v) = self.meta.get(KEY)? {
+            return Ok(v.to_vec());
+        }
+        use sha2::Digest;
+        use std::io::Read;
+        let mut random = [0u8; 32];
+        let from_os = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .is_ok();
+        // Where the OS offers no random device: hashed clock, pid and addresses.
+        let mut h = sha2::Sha256::new();
+        h.update(random);
+        h.update([from_os as u8]);
+        h.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+        h.update(std::process::id().to_be_bytes());
+        let local = 0u8;
+        h.update(format!("{:p}", &local).as_bytes());
+        h.update(self.path.to_string_lossy().as_bytes());
+        let secret: [u8; 32] = h.finalize().into();
+        self.meta.insert(KEY, secret)?;
+        self.persist()?;
+        Ok(secret.to_vec())
     }
 
     /// Outbox rows due at or before `now`, oldest first: (key, row).

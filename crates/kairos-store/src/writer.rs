@@ -174,6 +174,13 @@ enum Command {
         due: Vec<(Millis, ProfileId)>,
         done: Sender<()>,
     },
+    /// A scheduled campaign run reaches these people (members of its segment when listed).
+    Schedule {
+        campaign: String,
+        at: Millis,
+        profiles: Vec<ProfileId>,
+        reply: Reply<usize>,
+    },
     /// Bring these profiles (as the backfill read them) up to the definitions in force.
     Rebuild {
         profiles: Vec<Profile>,
@@ -350,6 +357,26 @@ impl Ingestor {
                     tracing::error!("backfill stopped: {e}");
                 }
             })?;
+        Ok(rx)
+    }
+
+    /// Runs a scheduled campaign at `at` over `profiles` (the caller lists its segment's
+    /// members); answers with how many entered it, once that is durable.
+    pub fn schedule(
+        &self,
+        campaign: &str,
+        at: Millis,
+        profiles: Vec<ProfileId>,
+    ) -> Result<oneshot::Receiver<Result<usize, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.internal
+            .send(Command::Schedule {
+                campaign: campaign.to_string(),
+                at,
+                profiles,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterStopped)?;
         Ok(rx)
     }
 
@@ -673,6 +700,7 @@ impl Writer {
         let pipelined = group
             .iter()
             .all(|c| matches!(c, Command::Ingest(_) | Command::Tick { .. }));
+        let mut scheduled: Vec<(Reply<usize>, usize)> = Vec::new();
         if !pipelined {
             // A failure was answered by the committer and reset the caches; this group
             // starts from the store as it is.
@@ -721,6 +749,15 @@ impl Writer {
                     Command::Tick { due, done } => {
                         self.tick(due)?;
                         dones.push(done);
+                    }
+                    Command::Schedule {
+                        campaign,
+                        at,
+                        profiles,
+                        reply,
+                    } => {
+                        let n = self.schedule(&campaign, at, profiles)?;
+                        scheduled.push((reply, n));
                     }
                     Command::Rebuild { profiles, done } => {
                         let mut unchanged = Vec::new();
@@ -791,6 +828,9 @@ impl Writer {
                 for (reply, erased) in erasures {
                     let _ = reply.send(Ok(erased));
                 }
+                for (reply, n) in scheduled {
+                    let _ = reply.send(Ok(n));
+                }
                 for reply in defined {
                     let _ = reply.send(Ok(()));
                 }
@@ -803,6 +843,9 @@ impl Writer {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (reply, _) in erasures {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (reply, _) in scheduled {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in defined {
@@ -1332,6 +1375,36 @@ impl Writer {
         Ok(())
     }
 
+    /// Runs a scheduled campaign over `ids` at `at`; returns how many people it reached
+    /// (those still in its segment).
+    fn schedule(
+        &mut self,
+        campaign: &str,
+        at: Millis,
+        ids: Vec<ProfileId>,
+    ) -> Result<usize, StoreError> {
+        let mut reached = 0;
+        for id in ids {
+            let Some(mut profile) = self.take_profile(id)? else {
+                continue;
+            };
+            let pid = profile.id;
+            let old = profile.timer();
+            let changes = profile.scheduled(&self.scoring, campaign, at);
+            if changes.iter().any(|c| {
+                matches!(&c.kind, ChangeKind::Message { campaign: n, status: kairos_core::campaign::MessageStatus::Entered, .. } if n == campaign)
+            }) {
+                reached += 1;
+            }
+            if !changes.is_empty() || old != profile.timer() {
+                self.record_effects(pid, old, profile.timer(), &changes)?;
+                self.dirty.insert(pid);
+            }
+            self.cache.insert(pid, profile);
+        }
+        Ok(reached)
+    }
+
     /// Brings one profile up to the definitions in force: replays its history when scores or
     /// windows changed, else re-evaluates its segments.
     /// Returns the profile when it did not change, for the caller to free elsewhere.
@@ -1582,6 +1655,7 @@ fn group_size(cmd: &Command) -> usize {
         Command::Ingest(s) => s.events.len().max(1),
         Command::Rebuild { profiles, .. } => profiles.len().max(1) * 2,
         Command::Tick { due, .. } => due.len().max(1),
+        Command::Schedule { profiles, .. } => profiles.len().max(1),
         Command::Erase { .. }
         | Command::Hold(_)
         | Command::Define { .. }
