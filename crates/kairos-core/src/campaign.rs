@@ -79,6 +79,11 @@ pub struct CampaignDef {
     /// Whether quiet hours apply; default: all but transactional messages.
     pub quiet_hours: Option<bool>,
     pub conversion: Option<ConversionDef>,
+    /// Every send goes to this variant (the holdout still applies): set by hand, or by the
+    /// server when `auto_winner` is on and a variant beat the control significantly.
+    pub winner: Option<String>,
+    /// Let the server set `winner` once the report finds one.
+    pub auto_winner: bool,
 }
 
 impl Default for CampaignDef {
@@ -101,6 +106,8 @@ impl Default for CampaignDef {
             reentry: None,
             quiet_hours: None,
             conversion: None,
+            winner: None,
+            auto_winner: false,
         }
     }
 }
@@ -449,6 +456,8 @@ pub struct CompiledCampaign {
     pub reentry: Reentry,
     pub quiet_hours: bool,
     pub conversion: Option<(String, Millis)>,
+    pub winner: Option<String>,
+    pub auto_winner: bool,
 }
 
 /// Compiled campaigns and messaging rules.
@@ -781,6 +790,17 @@ fn compile_one(
         Some("never") => Reentry::Never,
         Some(d) => Reentry::After(duration("reentry", d)?),
     };
+    if let Some(w) = &def.winner {
+        if !steps
+            .iter()
+            .all(|s| s.variants.iter().any(|v| &v.name == w))
+        {
+            return Err(invalid(
+                "winner",
+                format!("`{w}` is not a variant of every step"),
+            ));
+        }
+    }
     let conversion = match &def.conversion {
         Some(c) if c.event.is_empty() => {
             return Err(invalid(
@@ -811,6 +831,8 @@ fn compile_one(
         reentry,
         quiet_hours: def.quiet_hours.unwrap_or(purpose != Purpose::Transactional),
         conversion,
+        winner: def.winner.clone(),
+        auto_winner: def.auto_winner,
     })
 }
 
@@ -1383,9 +1405,10 @@ impl Messaging {
                             c.holdout * 100.0
                         ),
                     ));
-                } else if let Some(v) =
-                    pick_variant(&step.variants, (u - c.holdout) / (1.0 - c.holdout))
-                {
+                } else if let Some(v) = match &c.winner {
+                    Some(w) => step.variants.iter().find(|v| &v.name == w),
+                    None => pick_variant(&step.variants, (u - c.holdout) / (1.0 - c.holdout)),
+                } {
                     self.sent.push(Sent {
                         at: now,
                         campaign: c.name.clone(),

@@ -515,6 +515,33 @@ fn variants_are_assigned_by_a_stable_hash_with_their_weights_and_a_holdout_gets_
     assert!((share("holdout") - 0.2).abs() < 0.03, "{counts:?}");
     assert!((share("a") - 0.6).abs() < 0.03, "{counts:?}");
     assert!((share("b") - 0.2).abs() < 0.03, "{counts:?}");
+
+    // With a winner, everyone outside the holdout gets it; the holdout stays the same.
+    let mut d = d;
+    if let Some(c) = d.campaigns.get_mut("cart_abandonment") {
+        c.winner = Some("b".into());
+    }
+    let scoring = compiled(&d);
+    for person in 0..500u64 {
+        let mut p = Profile::new(ProfileId(person));
+        let cfg = CoreConfig::default();
+        let mut out = p.apply(&identify(1, T0, true), &cfg, &scoring, T0);
+        out.extend(p.apply(
+            &track(2, "Added to Cart", T0 + MINUTE, json!({"product_id": "a"})),
+            &cfg,
+            &scoring,
+            T0 + MINUTE,
+        ));
+        out.extend(p.catch_up(&scoring, T0 + HOUR));
+        match queued(&out).first() {
+            Some(o) => assert_eq!(o.variant, "b"),
+            None => assert_eq!(first_round[person as usize], "holdout"),
+        }
+    }
+    if let Some(c) = d.campaigns.get_mut("cart_abandonment") {
+        c.winner = Some("c".into());
+    }
+    assert!(Scoring::compile(&d, None).is_err());
 }
 
 #[test]
