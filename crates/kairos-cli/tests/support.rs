@@ -25,6 +25,11 @@ fn free_port() -> u16 {
 
 impl Server {
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, None).await
+    }
+
+    /// With a TOML configuration file as well.
+    pub async fn start_with(data_dir: &Path, config: Option<&Path>) -> Self {
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -36,6 +41,11 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(
+                config
+                    .map(|c| vec!["--config".into(), c.as_os_str().to_owned()])
+                    .unwrap_or_default(),
+            )
             .env("KAIROS_WRITE_KEY", WRITE_KEY)
             .env("KAIROS_ADMIN_TOKEN", ADMIN)
             .env("KAIROS_LOG", "warn")

@@ -325,6 +325,51 @@ pub fn campaign_report(
     })
 }
 
+/// For campaigns with `auto_winner`: once the report names a winner, every later send
+/// goes to it (the definition gets `winner`, recorded like any edit). Checked every minute.
+pub async fn run_auto_winner(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pick_winners(&state).await {
+            tracing::warn!("automatic winner check failed: {}", e.message);
+        }
+    }
+}
+
+/// Sets `winner` on every `auto_winner` campaign whose report has one; returns them.
+pub async fn pick_winners(state: &Arc<AppState>) -> Result<Vec<(String, String)>, ApiError> {
+    let s = state.clone();
+    let found = blocking(state, move |s2| {
+        let scoring = s2.store.scoring();
+        let mut out = Vec::new();
+        for c in &scoring.campaigns.list {
+            if !c.auto_winner || c.winner.is_some() {
+                continue;
+            }
+            let stats = s2.store.campaign_stats(&c.name)?;
+            if let Some(w) = campaign_report(&c.name, Some(c), &stats)["winner"].as_str() {
+                out.push((c.name.clone(), w.to_string()));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    for (campaign, winner) in &found {
+        let (c, w) = (campaign.clone(), winner.clone());
+        redefine(&s, move |d| {
+            if let Some(def) = d.campaigns.get_mut(&c) {
+                def.winner = Some(w);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!("campaign {campaign}: variant {winner} won; every send goes to it now");
+    }
+    Ok(found)
+}
+
 fn comparison_json(c: &crate::abtest::Comparison) -> Value {
     json!({
         "difference": c.difference,

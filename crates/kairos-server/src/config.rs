@@ -30,6 +30,89 @@ pub struct Config {
     /// Caps and quiet hours for every campaign (`[messaging]`), applied at every start when
     /// given; else what the store holds (the API edits it).
     pub messaging: Option<kairos_core::campaign::MessagingDef>,
+    /// Where messages go: webhook endpoints, the SMTP relay, retries.
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Run the delivery worker (off: messages wait in the outbox).
+    pub enabled: bool,
+    /// How Kairos is reached from a recipient's mail client, for unsubscribe links.
+    pub public_url: String,
+    /// How often the worker looks for due messages.
+    pub poll_ms: u64,
+    /// Attempts before a message becomes a dead letter.
+    pub max_attempts: u32,
+    /// Exponential backoff with full jitter: the n-th retry waits up to
+    /// `min(retry_max_ms, retry_base_ms * 2^n)`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Webhook endpoints by name (`channel = "webhook:<name>"`).
+    pub webhooks: BTreeMap<String, WebhookEndpointConfig>,
+    /// The SMTP relay for `channel = "email"`.
+    pub smtp: Option<SmtpConfig>,
+    /// Change streams posted to webhook endpoints as they happen (`segment:vip`,
+    /// `tier:engagement`, `primary`, `campaign:<name>`; `segment:*` for every segment).
+    pub change_hooks: Vec<ChangeHook>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointConfig {
+    pub url: String,
+    /// Signs every request (`Kairos-Signature`, see docs/campaigns.md).
+    pub secret: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    /// `plain` (local relays), `starttls` or `tls`.
+    #[serde(default = "default_security")]
+    pub security: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `Shop <news@shop.example>`.
+    pub from: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_security() -> String {
+    "starttls".into()
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeHook {
+    pub endpoint: String,
+    pub streams: Vec<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public_url: "http://127.0.0.1:8080".into(),
+            poll_ms: 250,
+            max_attempts: 8,
+            retry_base_ms: 5_000,
+            retry_max_ms: 3_600_000,
+            webhooks: BTreeMap::new(),
+            smtp: None,
+            change_hooks: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -82,6 +165,7 @@ impl Default for Config {
             segments: BTreeMap::new(),
             campaigns: BTreeMap::new(),
             messaging: None,
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -228,6 +312,40 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
             return Err(ConfigError::Invalid(
                 "admin_token must be at least 8 characters".into(),
+            ));
+        }
+        let d = &self.delivery;
+        for (name, w) in &d.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "delivery.webhooks.{name}.url: expected an http:// or https:// URL"
+                )));
+            }
+            if w.secret.len() < 8 {
+                return Err(ConfigError::Invalid(format!(
+                    "delivery.webhooks.{name}.secret: use at least 8 characters"
+                )));
+            }
+        }
+        if let Some(smtp) = &d.smtp {
+            if !["plain", "starttls", "tls"].contains(&smtp.security.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "delivery.smtp.security: `{}`; expected plain, starttls or tls",
+                    smtp.security
+                )));
+            }
+        }
+        for (i, h) in d.change_hooks.iter().enumerate() {
+            if !d.webhooks.contains_key(&h.endpoint) {
+                return Err(ConfigError::Invalid(format!(
+                    "delivery.change_hooks[{i}].endpoint: no [delivery.webhooks.{}]",
+                    h.endpoint
+                )));
+            }
+        }
+        if d.max_attempts == 0 || d.retry_base_ms == 0 || d.retry_max_ms < d.retry_base_ms {
+            return Err(ConfigError::Invalid(
+                "delivery: max_attempts and retry_base_ms must be positive and retry_max_ms >= retry_base_ms".into(),
             ));
         }
         if self.ingest.max_event_bytes > self.ingest.max_batch_bytes {

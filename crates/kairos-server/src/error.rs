@@ -23,6 +23,9 @@ pub enum ErrorCode {
     /// A score or segment definition that does not parse or type-check; `field` is its
     /// path (`scores.engagement.rules[2]`), the message has line:column.
     InvalidDefinition,
+    /// A message template that does not parse; `field` is the part (`html`), the message
+    /// has line and column.
+    InvalidTemplate,
     /// The ingest queue is full; retry after the `Retry-After` seconds.
     Overloaded,
     /// The store failed; nothing of the request was acknowledged.
@@ -37,7 +40,8 @@ impl ErrorCode {
             | Self::PayloadTooLarge
             | Self::UnsupportedEncoding
             | Self::InvalidParameter
-            | Self::InvalidDefinition => StatusCode::BAD_REQUEST,
+            | Self::InvalidDefinition
+            | Self::InvalidTemplate => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -55,6 +59,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::InvalidParameter => "invalid_parameter",
             Self::InvalidDefinition => "invalid_definition",
+            Self::InvalidTemplate => "invalid_template",
             Self::Overloaded => "overloaded",
             Self::StorageFailure => "storage_failure",
         }

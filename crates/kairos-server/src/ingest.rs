@@ -223,3 +223,28 @@ async fn ingest(
     }))
     .into_response())
 }
+
+/// Records events Kairos itself produces (an unsubscribe link clicked) through the same
+/// writer as ingested ones: durable when this returns, deduplicated by messageId.
+pub async fn submit_internal(
+    state: &AppState,
+    events: Vec<kairos_core::Event>,
+) -> Result<kairos_store::Outcome, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sub = Submission {
+        events: kairos_store::Prepared::all(events),
+        rejected: Vec::new(),
+        received_at: (state.clock)(),
+        source: "kairos".into(),
+        reply: Some(tx),
+    };
+    if state.ingest.try_submit(sub).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "the ingest queue is full; retry after the Retry-After delay",
+        ));
+    }
+    rx.await
+        .map_err(|_| ApiError::new(ErrorCode::StorageFailure, "the writer stopped"))?
+        .map_err(ApiError::from)
+}

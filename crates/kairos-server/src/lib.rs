@@ -9,9 +9,13 @@
 pub mod abtest;
 pub mod admin;
 pub mod campaigns;
+pub mod channels;
 pub mod config;
+pub mod default_templates;
+pub mod delivery;
 pub mod error;
 pub mod ingest;
+pub mod messages;
 pub mod openapi;
 pub mod scoring;
 
@@ -47,6 +51,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Serialises edits of score and segment definitions.
     pub definitions_lock: tokio::sync::Mutex<()>,
+    /// Webhook endpoints and the SMTP relay messages go through.
+    pub channels: Arc<channels::Channels>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +101,18 @@ impl Kairos {
                 .map_err(|_| store_err(StoreError::WriterStopped))?
                 .map_err(store_err)?;
         }
+        if stored.is_none() && config.default_definitions {
+            // A new store: the built-in campaigns' templates, so they can send at once.
+            for (name, t) in default_templates::default_templates() {
+                if store.template(name).map_err(store_err)?.is_none() {
+                    store
+                        .put_template(name, &serde_json::json!(t))
+                        .map_err(store_err)?;
+                }
+            }
+        }
+        let channels = channels::Channels::new(&config.delivery)
+            .map_err(|e| config::ConfigError::Invalid(format!("delivery: {e}")))?;
         let write_keys = config
             .sources
             .iter()
@@ -110,6 +128,7 @@ impl Kairos {
                 clock,
                 metrics,
                 definitions_lock: tokio::sync::Mutex::new(()),
+                channels: Arc::new(channels),
             }),
             writer: Some(writer),
         })
@@ -126,12 +145,33 @@ impl Kairos {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = self.router();
-        let maintenance = tokio::spawn(maintenance(self.state.clone()));
+        let mut background = vec![
+            tokio::spawn(maintenance(self.state.clone())),
+            tokio::spawn(delivery::run_schedules(self.state.clone())),
+            tokio::spawn(campaigns::run_auto_winner(self.state.clone())),
+        ];
+        if self.state.config.delivery.enabled {
+            let channels = self.state.channels.clone();
+            background.push(tokio::spawn(delivery::run_outbox(
+                self.state.clone(),
+                channels.clone(),
+            )));
+            if !self.state.config.delivery.change_hooks.is_empty() {
+                background.push(tokio::spawn(delivery::run_change_hooks(
+                    self.state.clone(),
+                    channels,
+                )));
+            }
+        }
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
-        maintenance.abort();
-        let _ = maintenance.await;
+        for task in &background {
+            task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
         // Every acknowledged event is already fsync'd by its group commit, so there is
         // nothing to flush here. The writer thread ends when the last handle to it is gone:
         // when this was the last, wait for it, so the store is closed when this returns
@@ -208,6 +248,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin::routes())
         .merge(scoring::routes())
         .merge(campaigns::routes())
+        .merge(messages::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_endpoint))
         .route("/v1/openapi.json", get(openapi::handler))

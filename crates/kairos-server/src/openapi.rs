@@ -195,6 +195,81 @@ pub fn document() -> Value {
         "/v1/profiles/{id}/scores/{name}".into(),
         admin_get("A score explained: value, tier, each rule's decayed contribution (biggest first) and the trend 1, 7 and 30 days ago", with_name),
     );
+    paths.insert(
+        "/v1/campaigns".into(),
+        admin_get("Every campaign with its definition", json!([])),
+    );
+    paths.insert(
+        "/v1/campaigns/{name}".into(),
+        definition("campaign", "#/components/schemas/CampaignDef"),
+    );
+    paths.insert(
+        "/v1/campaigns/{name}/report".into(),
+        admin_get("Per variant: sends, deliveries, opens, clicks, conversions and revenue with 95% intervals; each variant against the control and the holdout (two-proportion z-test, probability to beat), and the winner once significant", json!([name_param.clone()])),
+    );
+    paths.insert(
+        "/v1/campaigns/{name}/changes".into(),
+        admin_get("Every decision (entered, queued, deferred, suppressed with reason, exited, holdout) and engagement of a campaign after a cursor", json!([name_param.clone(),
+            {"name": "since", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}])),
+    );
+    let mut messaging = admin_get(
+        "Caps per channel and quiet hours for every campaign",
+        json!([]),
+    );
+    messaging["put"] = json!({"summary": "Replace the messaging rules; checked when saved", "security": [{"adminToken": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessagingDef"}}}},
+        "responses": {"200": {"description": "Saved"}, "400": {"description": "Invalid", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}});
+    paths.insert("/v1/messaging".into(), messaging);
+    paths.insert(
+        "/v1/templates".into(),
+        admin_get("Every message template", json!([])),
+    );
+    let mut template = admin_get("A message template", json!([name_param.clone()]));
+    template["put"] = json!({"summary": "Create or replace a template (Liquid); one that does not parse is refused (400 invalid_template naming the part, with line and column)",
+        "security": [{"adminToken": []}], "parameters": [name_param.clone()],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Template"}}}},
+        "responses": {"200": {"description": "Saved"}, "400": {"description": "Does not parse", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}});
+    template["delete"] = json!({"summary": "Delete a template", "security": [{"adminToken": []}], "parameters": [name_param.clone()],
+        "responses": {"200": {"description": "Deleted"}, "404": {"description": "Not found"}}});
+    paths.insert("/v1/templates/{name}".into(), template);
+    paths.insert(
+        "/v1/templates/{name}/preview".into(),
+        json!({"post": {"summary": "Render a template for a profile (`profile`: id or userId) or sample `data`, with the trigger `event`; lists the variables that were missing",
+            "security": [{"adminToken": []}], "parameters": [name_param.clone()],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "profile": {"type": "string"}, "data": {"type": "object"}, "event": {"type": "object"}}}}}},
+            "responses": {"200": {"description": "subject, html, text and missing"}}}}),
+    );
+    paths.insert(
+        "/v1/outbox".into(),
+        admin_get(
+            "Messages waiting to be delivered or retried",
+            json!([{"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+        ),
+    );
+    paths.insert(
+        "/v1/outbox/dead".into(),
+        admin_get("Messages that ran out of attempts or failed permanently, with the last error", json!([
+            {"name": "after", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}])),
+    );
+    paths.insert(
+        "/v1/outbox/dead/{id}/redrive".into(),
+        json!({"post": {"summary": "Put a dead message back in the outbox, due now", "security": [{"adminToken": []}],
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Re-driven"}, "404": {"description": "No such dead message"}}}}),
+    );
+    paths.insert(
+        "/v1/messages/{id}".into(),
+        admin_get(
+            "Where one message is: scheduled, failed (retrying), sent or dead",
+            json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]),
+        ),
+    );
+    paths.insert(
+        "/v1/unsubscribe".into(),
+        json!({"get": {"summary": "The signed link in every marketing message: unsubscribes the person from that list at once", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}},
+               "post": {"summary": "RFC 8058 one-click unsubscribe (List-Unsubscribe-Post)", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}}}),
+    );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {
@@ -242,6 +317,21 @@ pub fn document() -> Value {
                     "description": {"type": "string"},
                     "rule": {"type": "string", "examples": ["did(\"Added to Cart\", within: 2h) and not did(\"Order Completed\", since: \"Added to Cart\")"]},
                     "priority": {"type": "integer", "description": "1 is the highest; decides the primary segment"}}},
+                "CampaignDef": {"type": "object", "required": ["trigger"], "additionalProperties": false, "description": "See docs/campaigns.md", "properties": {
+                    "description": {"type": "string"}, "enabled": {"type": "boolean"},
+                    "trigger": {"type": "object", "properties": {"event": {"type": "string"}, "segment": {"type": "string"}, "score": {"type": "string"}, "tier": {"type": "string"}, "schedule": {"type": "string"}, "timezone": {"type": "string"}}},
+                    "wait": {"type": "string", "examples": ["30m"]}, "wait_until": {"type": "string"}, "exit": {"type": "string", "examples": ["did(\"Order Completed\", since: trigger)"]},
+                    "template": {"type": "string"}, "variants": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "template": {"type": "string"}, "weight": {"type": "number"}}}},
+                    "steps": {"type": "array", "items": {"type": "object"}},
+                    "channel": {"type": "string", "examples": ["email", "webhook:shop"]}, "purpose": {"type": "string", "enum": ["marketing", "product", "transactional"]},
+                    "priority": {"type": "integer"}, "caps": {"type": "array", "items": {"type": "string"}, "examples": [["1 per 1d"]]},
+                    "holdout": {"type": "number"}, "reentry": {"type": "string"}, "quiet_hours": {"type": "boolean"},
+                    "conversion": {"type": "object", "properties": {"event": {"type": "string"}, "within": {"type": "string"}}}}},
+                "MessagingDef": {"type": "object", "additionalProperties": false, "properties": {
+                    "caps": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}, "examples": [{"email": ["1 per 4h", "3 per 1d", "10 per 7d"]}]},
+                    "quiet_hours": {"type": "string", "examples": ["21:00-08:00"]}, "default_timezone": {"type": "string"}}},
+                "Template": {"type": "object", "required": ["subject"], "additionalProperties": false, "properties": {
+                    "subject": {"type": "string"}, "html": {"type": "string"}, "text": {"type": "string"}, "description": {"type": "string"}}},
                 "Error": {"type": "object", "properties": {"success": {"const": false}, "error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
             }

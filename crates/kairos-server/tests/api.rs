@@ -467,6 +467,18 @@ async fn openapi_describes_every_route() {
         "/v1/backfill",
         "/v1/profiles/{id}/scores",
         "/v1/profiles/{id}/scores/{name}",
+        "/v1/campaigns",
+        "/v1/campaigns/{name}",
+        "/v1/campaigns/{name}/report",
+        "/v1/campaigns/{name}/changes",
+        "/v1/messaging",
+        "/v1/templates/{name}",
+        "/v1/templates/{name}/preview",
+        "/v1/outbox",
+        "/v1/outbox/dead",
+        "/v1/outbox/dead/{id}/redrive",
+        "/v1/messages/{id}",
+        "/v1/unsubscribe",
         "/health",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
