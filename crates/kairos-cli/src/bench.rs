@@ -307,6 +307,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }],
         admin_token: Some("bench-admin-token".into()),
         default_definitions: args.definitions == "default",
+        // Campaign decisions and outbox rows are part of ingest; sending them is not (and
+        // no channel is configured here).
+        delivery: kairos_server::config::DeliveryConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let kairos =
@@ -370,6 +376,10 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
             write_key: "wk_bench".into(),
         }],
         admin_token: Some("bench-admin-token".into()),
+        delivery: kairos_server::config::DeliveryConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let kairos =

@@ -416,7 +416,9 @@ impl Simulation {
             if p.signup_day == Some(day) && s == 0 {
                 step(&mut r, &mut t);
                 let mut traits = json!({"email": p.email, "country": COUNTRIES[ZONES.iter().position(|(z, _)| *z == p.timezone).unwrap_or(0)],
-                    "timezone": p.timezone, "plan": if p.intent > 0.5 { "pro" } else { "free" }, "created_at": iso(t)});
+                    "timezone": p.timezone, "plan": if p.intent > 0.5 { "pro" } else { "free" }, "created_at": iso(t),
+                    // Signing up opts in to marketing email (it stops on their stop day).
+                    "subscriptions": {"marketing": "subscribed"}});
                 if !p.index.is_multiple_of(5) {
                     traits["first_name"] = json!(FIRST_NAMES[p.index % FIRST_NAMES.len()]);
                 }
