@@ -4,7 +4,8 @@
 //! random moments. In the end every acknowledged order got exactly one message decided (one
 //! idempotency key), nothing was lost, and a message the receiver had accepted was sent
 //! again only if the kill fell between the receiver's answer and the record of it (at most
-//! one per kill: the worker sends one message at a time). Seed with KAIROS_CRASH_SEED.
+//! one per kill: the worker sends one message at a time), and then flagged as a possible
+//! duplicate. Seed with KAIROS_CRASH_SEED.
 
 mod support;
 
@@ -21,6 +22,8 @@ use support::*;
 struct Receiver {
     /// idempotency key -> (order ids seen with it, times accepted)
     accepted: Mutex<HashMap<String, (HashSet<String>, usize)>>,
+    /// Acceptances of an already accepted key that did not say `possibleDuplicate`.
+    unflagged_repeats: Mutex<Vec<String>>,
     requests: Mutex<u64>,
 }
 
@@ -49,9 +52,12 @@ async fn hook(
         .unwrap_or_default()
         .to_string();
     let mut a = r.accepted.lock().unwrap();
-    let e = a.entry(key).or_default();
+    let e = a.entry(key.clone()).or_default();
     e.0.insert(order);
     e.1 += 1;
+    if e.1 > 1 && body["possibleDuplicate"] != true {
+        r.unflagged_repeats.lock().unwrap().push(key);
+    }
     StatusCode::OK
 }
 
@@ -211,6 +217,11 @@ purpose = "transactional"
         "{} acknowledged orders, {} messages accepted, {resent_after_accept} re-sent after acceptance, {kills} kills",
         acked.len(),
         accepted.len()
+    );
+    let unflagged = receiver.unflagged_repeats.lock().unwrap();
+    assert!(
+        unflagged.is_empty(),
+        "seed {seed}: re-sends not flagged as possible duplicates: {unflagged:?}"
     );
     assert!(
         resent_after_accept <= kills,

@@ -927,3 +927,54 @@ fn schedules_run_at_local_times_and_reach_only_segment_members() {
     let out = r.profile.scheduled(&r.scoring, "winback", run);
     assert_eq!(queued(&out).len(), 1);
 }
+
+#[test]
+fn wait_until_sends_as_soon_as_its_rule_holds_or_when_the_time_limit_runs_out() {
+    // "Browse abandonment": wait until they viewed 3 products or 2 hours.
+    let c = CampaignDef {
+        trigger: TriggerDef {
+            event: Some(r#"event.name == "Signed Up""#.into()),
+            ..TriggerDef::default()
+        },
+        wait: Some("2h".into()),
+        wait_until: Some(r#"count("Product Viewed", since: trigger) >= 3"#.into()),
+        template: Some("picks".into()),
+        ..CampaignDef::default()
+    };
+    let d = definitions(vec![("picks", c)]);
+    let mut r = Run::new(&d);
+    r.apply(&identify(1, T0, true));
+    r.apply(&track(2, "Signed Up", T0 + MINUTE, json!({})));
+    for i in 0..3 {
+        r.apply(&track(
+            3 + i,
+            "Product Viewed",
+            T0 + (10 + i as i64) * MINUTE,
+            json!({}),
+        ));
+    }
+    let m = messages(&r.changes);
+    assert_eq!(
+        m.last().map(|x| (x.1, x.2)),
+        Some(("queued", T0 + 12 * MINUTE))
+    );
+    // Two views only: it goes when the two hours are up.
+    let mut r = Run::new(&d);
+    r.apply(&identify(1, T0, true));
+    r.apply(&track(2, "Signed Up", T0 + MINUTE, json!({})));
+    for i in 0..2 {
+        r.apply(&track(
+            3 + i,
+            "Product Viewed",
+            T0 + (10 + i as i64) * MINUTE,
+            json!({}),
+        ));
+    }
+    assert!(queued(&r.changes).is_empty());
+    r.tick(T0 + 3 * HOUR);
+    let m = messages(&r.changes);
+    assert_eq!(
+        m.last().map(|x| (x.1, x.2)),
+        Some(("queued", T0 + MINUTE + 2 * HOUR))
+    );
+}

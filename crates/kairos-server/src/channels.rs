@@ -127,6 +127,7 @@ impl Channels {
         row: &OutboxRow,
         msg: &RenderedMessage,
         unsubscribe_url: Option<String>,
+        possible_duplicate: bool,
         now: Millis,
     ) -> Attempt {
         if let Some(endpoint) = row.channel.strip_prefix("webhook:") {
@@ -147,6 +148,8 @@ impl Channels {
                 "unsubscribeUrl": unsubscribe_url,
                 "queuedAt": format_timestamp(row.queued_at),
                 "attempt": row.attempts + 1,
+                // An earlier attempt was cut short: the receiver may have it already.
+                "possibleDuplicate": possible_duplicate,
             });
             return self
                 .post_webhook(endpoint, &body, &row.message_id, now)
@@ -326,6 +329,142 @@ fn smtp_outcome(e: &lettre::transport::smtp::Error) -> Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+
+    /// A receiver whose answer depends on the path: `/ok`, `/busy` (503), `/slow-down`
+    /// (429, Retry-After: 7), `/bad` (400), `/hang` (never answers in time).
+    async fn receiver() -> String {
+        async fn answer(
+            axum::extract::Path(p): axum::extract::Path<String>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> (StatusCode, HeaderMap, String) {
+            let mut h = HeaderMap::new();
+            let sig = headers
+                .get("kairos-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert!(
+                verify(b"endpoint-secret", sig, &body, 1_800_000_000, 60).is_ok(),
+                "{sig}"
+            );
+            match p.as_str() {
+                "ok" => (StatusCode::OK, h, "ok".into()),
+                "busy" => (StatusCode::SERVICE_UNAVAILABLE, h, "busy".into()),
+                "slow-down" => {
+                    h.insert(
+                        "retry-after",
+                        "7".parse().unwrap_or_else(|_| unreachable!()),
+                    );
+                    (StatusCode::TOO_MANY_REQUESTS, h, String::new())
+                }
+                "hang" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    (StatusCode::OK, h, String::new())
+                }
+                _ => (StatusCode::BAD_REQUEST, h, "field `to` is required".into()),
+            }
+        }
+        let app = axum::Router::new().route("/{p}", axum::routing::post(answer));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!(
+            "http://{}",
+            l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        tokio::spawn(async move { axum::serve(l, app).await });
+        base
+    }
+
+    fn channels(base: &str) -> Channels {
+        let mut cfg = DeliveryConfig::default();
+        for (name, path, timeout_ms) in [
+            ("ok", "ok", 2_000),
+            ("busy", "busy", 2_000),
+            ("slow", "slow-down", 2_000),
+            ("bad", "bad", 2_000),
+            ("hang", "hang", 200),
+        ] {
+            cfg.webhooks.insert(
+                name.into(),
+                WebhookEndpointConfig {
+                    url: format!("{base}/{path}"),
+                    secret: "endpoint-secret".into(),
+                    timeout_ms,
+                },
+            );
+        }
+        cfg.webhooks.insert(
+            "closed".into(),
+            WebhookEndpointConfig {
+                url: "http://127.0.0.1:9/nothing-listens".into(),
+                secret: "endpoint-secret".into(),
+                timeout_ms: 2_000,
+            },
+        );
+        Channels::new(&cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn webhook_answers_are_classified_into_delivered_retry_and_permanent() {
+        let base = receiver().await;
+        let c = channels(&base);
+        let now = 1_800_000_000_000;
+        let body = json!({"x": 1});
+        let post = |ep: &'static str| c.post_webhook(ep, &body, "key-1", now);
+        assert!(matches!(post("ok").await, Attempt::Delivered));
+        assert!(matches!(
+            post("busy").await,
+            Attempt::Retry { after: None, .. }
+        ));
+        match post("slow").await {
+            Attempt::Retry { after, .. } => assert_eq!(after, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+        match post("bad").await {
+            Attempt::Failed {
+                reason,
+                hard_bounce,
+            } => {
+                assert!(
+                    reason.contains("HTTP 400: field `to` is required"),
+                    "{reason}"
+                );
+                assert!(!hard_bounce);
+            }
+            other => panic!("{other:?}"),
+        }
+        match post("hang").await {
+            Attempt::Retry { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(post("closed").await, Attempt::Retry { .. }));
+        assert!(matches!(post("unknown").await, Attempt::Failed { .. }));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_under_a_cap_and_honours_retry_after() {
+        use crate::delivery::backoff;
+        for attempt in 0..12u32 {
+            let cap = (1_000u64 << attempt).min(60_000);
+            for _ in 0..200 {
+                let d = backoff(1_000, 60_000, attempt, None).as_millis() as u64;
+                assert!(
+                    (500..cap.max(501)).contains(&d),
+                    "attempt {attempt}: {d} ms"
+                );
+            }
+        }
+        // Spread: not a fixed delay.
+        let draws: std::collections::HashSet<u128> = (0..50)
+            .map(|_| backoff(1_000, 60_000, 6, None).as_millis())
+            .collect();
+        assert!(draws.len() > 10);
+        assert!(
+            backoff(1_000, 60_000, 0, Some(Duration::from_secs(30))) >= Duration::from_secs(30)
+        );
+    }
 
     #[test]
     fn signatures_verify_and_refuse_tampering_old_timestamps_and_wrong_secrets() {

@@ -134,7 +134,21 @@ async fn deliver_one(
                 &row.purpose,
                 &row.message_id,
             );
-            channels.send(&row, &msg, link, (state.clock)()).await
+            // A row found `sending` was being sent when the process stopped.
+            let possible_duplicate = row.status == "sending";
+            let s = state.clone();
+            let (k, r) = (key.clone(), row.clone());
+            match tokio::task::spawn_blocking(move || s.store.outbox_sending(&k, &r)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("delivery of {} waits: {e}", row.message_id);
+                    return;
+                }
+                Err(_) => return,
+            }
+            channels
+                .send(&row, &msg, link, possible_duplicate, (state.clock)())
+                .await
         }
     };
     record(state, key, row, attempt).await;

@@ -1,7 +1,8 @@
 //! The outbox after the writer: what the delivery worker records about each message.
 //!
 //! The writer inserts a row (status `scheduled`) in the same group commit as the decision
-//! that queued it. One delivery worker then owns the rows: it moves a row to `messages` when
+//! that queued it. One delivery worker then owns the rows: it marks a row `sending` before
+//! an attempt, moves it to `messages` when
 //! the receiver accepted it (`sent`), re-keys it to a later due time after a retryable
 //! failure (`failed`, attempts + 1), or moves it to `dead` after the last attempt or a
 //! permanent failure, from where it can be re-driven. Each transition is one batch and one
@@ -37,6 +38,17 @@ impl Store {
             .map_or((0, 0.0), |v| decode_stat(&v));
         batch.insert(&self.campaign_stats, key, encode_stat(n + 1, sum));
         Ok(())
+    }
+
+    /// A send is about to start: recorded first, so that after a crash the row says the
+    /// receiver may already have it (the next attempt is flagged as a possible duplicate).
+    /// Returns the row as stored.
+    pub fn outbox_sending(&self, key: &[u8], row: &OutboxRow) -> Result<OutboxRow, StoreError> {
+        let mut sending = row.clone();
+        sending.status = "sending".into();
+        self.outbox.insert(key, encode(&sending)?)?;
+        self.persist()?;
+        Ok(sending)
     }
 
     /// The receiver accepted the message: it leaves the outbox for good.
