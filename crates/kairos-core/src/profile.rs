@@ -90,6 +90,25 @@ impl Profile {
         crate::campaign::email_of(&self.state, &self.identifiers)
     }
 
+    /// What campaign decisions read of this profile, beside its campaign state to change.
+    fn campaign_view<'a>(&'a mut self, scoring: &'a Scoring) -> (View<'a>, &'a mut Messaging) {
+        let Profile {
+            id,
+            identifiers,
+            state,
+            derived,
+            messaging,
+        } = self;
+        let view = View {
+            profile_id: id.0,
+            state,
+            derived,
+            scoring,
+            identifiers,
+        };
+        (view, messaging)
+    }
+
     /// Takes in the campaign state of a profile merged into this one.
     pub fn absorb_messaging(&mut self, other: Messaging) {
         self.messaging.absorb(other);
@@ -99,14 +118,8 @@ impl Profile {
     /// members of the campaign's segment). Runs due timers first.
     pub fn scheduled(&mut self, scoring: &Scoring, campaign: &str, at: Millis) -> Vec<Change> {
         let mut out = self.catch_up(scoring, at);
-        let view = View {
-            profile_id: self.id.0,
-            state: &self.state,
-            derived: &self.derived,
-            scoring,
-            identifiers: &self.identifiers,
-        };
-        self.messaging.scheduled(&view, campaign, at, &mut out);
+        let (view, messaging) = self.campaign_view(scoring);
+        messaging.scheduled(&view, campaign, at, &mut out);
         out
     }
 
@@ -235,17 +248,10 @@ impl Profile {
         now: Millis,
         out: &mut Vec<Change>,
     ) {
-        let view = View {
-            profile_id: self.id.0,
-            state: &self.state,
-            derived: &self.derived,
-            scoring,
-            identifiers: &self.identifiers,
-        };
+        let (view, messaging) = self.campaign_view(scoring);
         let caused = out.split_off(from);
         let mut more = Vec::new();
-        self.messaging
-            .after_event(&view, &cfg.vocabulary, ev, &caused, now, &mut more);
+        messaging.after_event(&view, &cfg.vocabulary, ev, &caused, now, &mut more);
         out.extend(caused);
         out.extend(more);
     }
@@ -273,18 +279,12 @@ impl Profile {
             if scoring.campaigns.is_empty() && self.messaging.is_empty() {
                 continue;
             }
-            let view = View {
-                profile_id: self.id.0,
-                state: &self.state,
-                derived: &self.derived,
-                scoring,
-                identifiers: &self.identifiers,
-            };
+            let (view, messaging) = self.campaign_view(scoring);
             let caused = out.split_off(from);
             let mut more = Vec::new();
-            self.messaging.after_changes(&view, &caused, t, &mut more);
-            if self.messaging.wake().is_some_and(|w| w <= t) {
-                self.messaging.run_due(&view, t, &mut more);
+            messaging.after_changes(&view, &caused, t, &mut more);
+            if messaging.wake().is_some_and(|w| w <= t) {
+                messaging.run_due(&view, t, &mut more);
             }
             out.extend(caused);
             out.extend(more);

@@ -5,14 +5,13 @@
 use crate::abtest::{compare, Rate};
 use crate::admin::{authorize, blocking};
 use crate::error::{ApiError, ErrorCode};
-use crate::scoring::{parse_body, redefine};
+use crate::scoring::{changes_page, parse_body, redefine, ChangesQuery};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use kairos_core::campaign::{CampaignDef, MessagingDef};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -133,13 +132,7 @@ async fn put_messaging(
     Ok(Json(json!({"success": true})))
 }
 
-#[derive(Deserialize)]
-struct ChangesQuery {
-    since: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// Every decision and engagement of one campaign after cursor `since`, oldest first.
+/// Every decision and engagement of one campaign after a cursor, oldest first.
 async fn changes(
     State(state): S,
     headers: HeaderMap,
@@ -147,16 +140,7 @@ async fn changes(
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    blocking(&state, move |s| {
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let since = q.since.unwrap_or(0);
-        let list = s.store.changes(&format!("campaign:{name}"), since, limit)?;
-        let next = list.last().and_then(|c| c["seq"].as_u64()).unwrap_or(since);
-        Ok(Json(
-            json!({"campaign": name, "changes": list, "next": next}),
-        ))
-    })
-    .await
+    changes_page(&state, "campaign", name, q).await
 }
 
 /// Significance and confidence a winner needs, and the sends each side needs first.

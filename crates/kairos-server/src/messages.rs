@@ -2,7 +2,7 @@
 //! data), the variables a template sees, signed unsubscribe links, and the outbox and
 //! dead-letter API. Rendering is shared with the delivery worker (see [`crate::delivery`]).
 
-use crate::admin::{authorize, blocking, resolve};
+use crate::admin::{authorize, blocking, next_cursor, resolve};
 use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -489,9 +489,7 @@ async fn dead(
     blocking(&state, move |s| {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let rows = s.store.dead_messages(q.after.as_deref(), limit)?;
-        let next = (rows.len() == limit)
-            .then(|| rows.last().map(|r| r.message_id.clone()))
-            .flatten();
+        let next = next_cursor(&rows, limit, |r| r.message_id.clone());
         Ok(Json(
             json!({"messages": rows.iter().map(row_json).collect::<Vec<_>>(), "next": next}),
         ))

@@ -318,13 +318,30 @@ async fn segment_members(
 }
 
 #[derive(Deserialize)]
-struct ChangesQuery {
+pub(crate) struct ChangesQuery {
     since: Option<u64>,
     limit: Option<usize>,
 }
 
-/// Enter and exit records of one segment after cursor `since` (the `seq` of the last change
-/// seen; 0 or absent for the beginning). Poll with the returned `next`.
+/// A page of one change stream after cursor `since` (the `seq` of the last change seen; 0
+/// or absent for the beginning), as `{<label>: name, changes, next}`; poll with `next`.
+pub(crate) async fn changes_page(
+    state: &Arc<AppState>,
+    label: &'static str,
+    name: String,
+    q: ChangesQuery,
+) -> Result<Json<Value>, ApiError> {
+    blocking(state, move |s| {
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let since = q.since.unwrap_or(0);
+        let list = s.store.changes(&format!("{label}:{name}"), since, limit)?;
+        let next = list.last().and_then(|c| c["seq"].as_u64()).unwrap_or(since);
+        Ok(Json(json!({label: name, "changes": list, "next": next})))
+    })
+    .await
+}
+
+/// Enter and exit records of one segment.
 async fn segment_changes(
     State(state): S,
     headers: HeaderMap,
@@ -332,16 +349,7 @@ async fn segment_changes(
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    blocking(&state, move |s| {
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let since = q.since.unwrap_or(0);
-        let list = s.store.changes(&format!("segment:{name}"), since, limit)?;
-        let next = list.last().and_then(|c| c["seq"].as_u64()).unwrap_or(since);
-        Ok(Json(
-            json!({"segment": name, "changes": list, "next": next}),
-        ))
-    })
-    .await
+    changes_page(&state, "segment", name, q).await
 }
 
 async fn backfill(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
