@@ -10,6 +10,7 @@ pub mod campaign;
 pub mod counter;
 pub mod defaults;
 pub mod event;
+pub mod features;
 pub mod identity;
 pub mod profile;
 pub mod rules_env;

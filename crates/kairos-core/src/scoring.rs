@@ -97,6 +97,8 @@ pub struct Definitions {
     pub segments: BTreeMap<String, SegmentDef>,
     pub campaigns: BTreeMap<String, crate::campaign::CampaignDef>,
     pub messaging: crate::campaign::MessagingDef,
+    /// What models see of a profile (see [`crate::features`]).
+    pub features: crate::features::FeatureDefs,
 }
 
 /// A definition that cannot be used, with where in the definitions it is.
@@ -231,6 +233,7 @@ pub struct Scoring {
     reads_scores: bool,
     series: crate::rules_env::SeriesPlan,
     pub campaigns: crate::campaign::Campaigns,
+    pub features: crate::features::FeatureSet,
 }
 
 impl Default for Scoring {
@@ -366,6 +369,8 @@ impl Scoring {
             &schema,
             &mut aggregates,
         )?;
+        let features =
+            crate::features::FeatureSet::compile(&defs.features, &schema, &mut aggregates)?;
         let mut rules_by_name: Vec<Vec<(u16, u16)>> = Vec::new();
         let mut rules_by_kind: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
         let mut rules_any = Vec::new();
@@ -422,6 +427,7 @@ impl Scoring {
             series: crate::rules_env::SeriesPlan::new(&aggregates),
             aggregates,
             campaigns,
+            features,
         })
     }
 
