@@ -859,3 +859,50 @@ pub struct Counts {
     pub profiles: u64,
     pub dead_letters: u64,
 }
+
+impl Store {
+    /// Training examples over every stored person (see [`kairos_core::features::examples`]):
+    /// each history replayed through the core with `scoring` (which carries the label rule),
+    /// features at each cut-off, the label `horizon` later. Calls `progress(people done)`
+    /// every thousand people.
+    pub fn training_examples(
+        &self,
+        scoring: &Scoring,
+        cfg: &kairos_core::CoreConfig,
+        cutoffs: &[Millis],
+        horizon: Millis,
+        data_end: Millis,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Vec<(ProfileId, kairos_core::features::Example)>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        let mut done = 0u64;
+        loop {
+            let page = self.profiles_after(after, 1000)?;
+            let Some(last) = page.last().map(|p| p.id) else {
+                break;
+            };
+            for p in page {
+                let mut events: Vec<Event> = self
+                    .profile_events(p.id, None, usize::MAX)?
+                    .into_iter()
+                    .map(|s| s.event)
+                    .collect();
+                for ex in kairos_core::features::examples(
+                    &mut events,
+                    cfg,
+                    scoring,
+                    cutoffs,
+                    horizon,
+                    data_end,
+                ) {
+                    out.push((p.id, ex));
+                }
+                done += 1;
+            }
+            progress(done);
+            after = Some(last);
+        }
+        Ok(out)
+    }
+}
