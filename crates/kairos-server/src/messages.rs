@@ -31,7 +31,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/outbox/dead", get(dead))
         .route("/v1/outbox/dead/{id}/redrive", post(redrive))
         .route("/v1/messages/{id}", get(message))
-        .route("/v1/unsubscribe", get(unsubscribe).post(unsubscribe))
+        .route("/v1/unsubscribe", get(unsubscribe_page).post(unsubscribe))
 }
 
 /// A stored template: a subject and an HTML and/or a text body, each Liquid.
@@ -398,7 +398,36 @@ struct TokenQuery {
     token: String,
 }
 
-/// The link in every marketing message (and RFC 8058 one-click POST): records an
+/// The link in a message, opened in a browser: a confirmation page whose button POSTs. A GET
+/// changes nothing, because mail security scanners fetch every link in a message.
+async fn unsubscribe_page(
+    State(state): S,
+    Query(q): Query<TokenQuery>,
+) -> Result<axum::response::Html<String>, ApiError> {
+    let token = q.token.clone();
+    let list = blocking(&state, move |s| {
+        let secret = s.store.link_secret()?;
+        verify_unsubscribe(&secret, &token)
+            .map(|(_, list, _)| list)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "token: not a valid unsubscribe link",
+                )
+                .field("token")
+            })
+    })
+    .await?;
+    // The token is URL-safe base64 and dots: nothing to escape in the attribute.
+    Ok(axum::response::Html(format!(
+        "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
+         <form method=post action=\"/v1/unsubscribe?token={}\">\
+         <p>Stop receiving {list} emails?</p><button type=submit>Unsubscribe</button></form>",
+        q.token
+    )))
+}
+
+/// The confirmation (and RFC 8058 one-click POST from mail clients): records an
 /// `Unsubscribed` event for the person, which suppresses that list at once.
 async fn unsubscribe(
     State(state): S,

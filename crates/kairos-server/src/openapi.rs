@@ -267,8 +267,8 @@ pub fn document() -> Value {
     );
     paths.insert(
         "/v1/unsubscribe".into(),
-        json!({"get": {"summary": "The signed link in every marketing message: unsubscribes the person from that list at once", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}},
-               "post": {"summary": "RFC 8058 one-click unsubscribe (List-Unsubscribe-Post)", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}}}),
+        json!({"get": {"summary": "The signed link in every marketing message: a confirmation page (a GET changes nothing: mail scanners fetch links) whose button POSTs", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}},
+               "post": {"summary": "Unsubscribe from that list at once; also RFC 8058 one-click (List-Unsubscribe-Post)", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}}}),
     );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
