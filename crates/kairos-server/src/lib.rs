@@ -111,6 +111,21 @@ impl Kairos {
                 }
             }
         }
+        // Campaigns whose channel goes nowhere: their messages become dead letters (to be
+        // re-driven once the channel is configured); say so once, at start.
+        for c in &store.scoring().campaigns.list {
+            let missing = match c.channel.strip_prefix("webhook:") {
+                Some(ep) => !config.delivery.webhooks.contains_key(ep),
+                None => config.delivery.smtp.is_none(),
+            };
+            if missing && c.enabled {
+                tracing::warn!(
+                    "campaign {}: channel {} is not configured ([delivery.smtp] or [delivery.webhooks.<name>]); its messages will be dead letters until it is",
+                    c.name,
+                    c.channel
+                );
+            }
+        }
         let channels = channels::Channels::new(&config.delivery)
             .map_err(|e| config::ConfigError::Invalid(format!("delivery: {e}")))?;
         let write_keys = config
