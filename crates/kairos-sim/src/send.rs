@@ -253,7 +253,13 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimSummary> {
     let mut totals = (0u64, 0u64);
     let mut batch: Vec<Value> = Vec::with_capacity(args.batch_size);
     let mut day_seen = 0u64;
+    // As fast as possible, the history ends now: a simulated day's evening (or a late email
+    // open) past this moment would be an event from the future.
+    let history_end = start_ms + args.days as i64 * DAY;
     for SimEvent { ts, value, .. } in sim.events() {
+        if !live && ts > history_end {
+            continue;
+        }
         {
             if live {
                 // Simulated time runs `speed` times faster than the wall clock.

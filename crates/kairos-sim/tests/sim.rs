@@ -211,3 +211,43 @@ async fn sender_authenticates_compresses_batches_and_retries_429() {
     // "wk_sim:" in base64
     assert_eq!(h["authorization"], "Basic d2tfc2ltOg==");
 }
+
+/// Found with campaigns: a simulated last day ran past the moment `simulate` started, so
+/// events arrived from the future and decisions were made at instants not yet reached.
+#[tokio::test]
+async fn regression_an_as_fast_as_possible_history_has_no_event_after_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let started = jiff::Timestamp::now().as_millisecond();
+    kairos_sim::run(kairos_sim::SimulateArgs {
+        target: None,
+        write_key: String::new(),
+        people: 200,
+        days: 3,
+        speed: 0.0,
+        seed: 5,
+        out: Some(out.clone()),
+        truth: None,
+        catalog: None,
+        batch_size: 100,
+        concurrency: 1,
+        gzip: false,
+    })
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let latest = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            ms(v["timestamp"].as_str().unwrap())
+        })
+        .max()
+        .unwrap();
+    assert!(
+        latest <= started + 60_000,
+        "an event {} ms after the start",
+        latest - started
+    );
+}
