@@ -211,6 +211,8 @@ impl Channels {
                 return Attempt::Retry {
                     reason: format!("{endpoint}: {what}: {e}"),
                     after: None,
+                    // Never connected: certainly not received. Otherwise it may have been.
+                    uncertain: !e.is_connect(),
                 };
             }
         };
@@ -231,6 +233,7 @@ impl Channels {
             408 | 425 | 429 | 500..=599 => Attempt::Retry {
                 reason,
                 after: retry_after,
+                uncertain: false,
             },
             _ => Attempt::Failed {
                 reason,
@@ -320,9 +323,12 @@ fn smtp_outcome(e: &lettre::transport::smtp::Error) -> Attempt {
             hard_bounce,
         };
     }
+    // A reply code is a clear refusal; a lost connection or a timeout may come after the
+    // relay took the message.
     Attempt::Retry {
         reason,
         after: None,
+        uncertain: !e.is_transient(),
     }
 }
 
@@ -436,10 +442,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match post("hang").await {
-            Attempt::Retry { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
+            Attempt::Retry {
+                reason, uncertain, ..
+            } => {
+                assert!(reason.contains("timed out"), "{reason}");
+                assert!(uncertain, "a timed-out request may have been received");
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(post("closed").await, Attempt::Retry { .. }));
+        assert!(matches!(
+            post("closed").await,
+            Attempt::Retry {
+                uncertain: false,
+                ..
+            }
+        ));
         assert!(matches!(post("unknown").await, Attempt::Failed { .. }));
     }
 

@@ -7,7 +7,7 @@
 //! bounce becomes an `Email Bounced` event); none of it decides who gets what, which is the
 //! core's job.
 
-use crate::messages::{compile, render, row_context, Compiled, RenderedMessage, TemplateDef};
+use crate::messages::{compile, render, row_context, Compiled, TemplateDef};
 use crate::AppState;
 use kairos_core::time::format_timestamp;
 use kairos_core::Millis;
@@ -37,10 +37,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug)]
 pub enum Attempt {
     Delivered,
-    /// Try again (after at least `after`, when the receiver said so).
+    /// Try again (after at least `after`, when the receiver said so). `uncertain`: the
+    /// receiver may have accepted it (a timeout or a connection lost after sending), so the
+    /// next attempt is flagged as a possible duplicate.
     Retry {
         reason: String,
         after: Option<Duration>,
+        uncertain: bool,
     },
     /// Never going to work as it is; `hard_bounce`: the address does not exist.
     Failed {
@@ -49,7 +52,13 @@ pub enum Attempt {
     },
 }
 
-/// The outbox worker: every `poll_ms`, delivers what is due.
+/// Messages taken from the outbox per round, and sent at once at most.
+const ROUND: usize = 256;
+const IN_FLIGHT: usize = 32;
+
+/// The outbox worker: every `poll_ms`, delivers what is due, a round at a time: render
+/// every message, mark them all `sending` (one fsync), send up to [`IN_FLIGHT`] at once,
+/// record every outcome (one fsync). A full round is followed at once by the next.
 pub async fn run_outbox(state: Arc<AppState>, channels: Arc<crate::channels::Channels>) {
     let mut tick =
         tokio::time::interval(Duration::from_millis(state.config.delivery.poll_ms.max(10)));
@@ -57,18 +66,26 @@ pub async fn run_outbox(state: Arc<AppState>, channels: Arc<crate::channels::Cha
     let mut templates = TemplateCache::default();
     loop {
         tick.tick().await;
-        let s = state.clone();
-        let due = tokio::task::spawn_blocking(move || s.store.due_outbox((s.clock)(), 64)).await;
-        let rows = match due {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::warn!("reading the outbox failed: {e}");
-                continue;
+        loop {
+            let s = state.clone();
+            let due =
+                tokio::task::spawn_blocking(move || s.store.due_outbox((s.clock)(), ROUND)).await;
+            let rows = match due {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    tracing::warn!("reading the outbox failed: {e}");
+                    break;
+                }
+                Err(_) => break,
+            };
+            let full = rows.len() == ROUND;
+            if rows.is_empty() {
+                break;
             }
-            Err(_) => continue,
-        };
-        for (key, row) in rows {
-            deliver_one(&state, &channels, &mut templates, key, row).await;
+            deliver_round(&state, &channels, &mut templates, rows).await;
+            if !full {
+                break;
+            }
         }
     }
 }
@@ -92,116 +109,170 @@ impl TemplateCache {
     }
 }
 
-async fn deliver_one(
+async fn deliver_round(
     state: &Arc<AppState>,
-    channels: &crate::channels::Channels,
+    channels: &Arc<crate::channels::Channels>,
     templates: &mut TemplateCache,
-    key: Vec<u8>,
-    row: OutboxRow,
+    rows: Vec<(Vec<u8>, OutboxRow)>,
 ) {
+    // Each person and template as they are now (one blocking read for the round).
     let s = state.clone();
-    let r = row.clone();
+    let ids: Vec<(u64, String)> = rows
+        .iter()
+        .map(|(_, r)| (r.profile, r.template.clone()))
+        .collect();
     let loaded = tokio::task::spawn_blocking(move || {
-        let profile = s.store.profile(kairos_core::ProfileId(r.profile))?;
-        let template = s.store.template(&r.template)?;
-        Ok::<_, kairos_store::StoreError>((profile, template))
+        let mut out = Vec::with_capacity(ids.len());
+        for (p, t) in ids {
+            out.push((
+                s.store.profile(kairos_core::ProfileId(p))?,
+                s.store.template(&t)?,
+            ));
+        }
+        Ok::<_, kairos_store::StoreError>(out)
     })
     .await;
-    let (profile, template) = match loaded {
+    let loaded = match loaded {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
-            tracing::warn!("delivery of {} waits: {e}", row.message_id);
+            tracing::warn!("delivery waits: {e}");
             return;
         }
         Err(_) => return,
     };
-    let rendered: Result<RenderedMessage, String> = match template {
-        None => Err(format!("template `{}` does not exist", row.template)),
-        Some(stored) => templates.get(&row.template, stored).and_then(|c| {
-            let ctx = row_context(state, &row, profile.as_ref());
-            render(&c, &ctx)
-        }),
-    };
-    let attempt = match rendered {
-        Err(reason) => Attempt::Failed {
-            reason,
-            hard_bounce: false,
-        },
-        Ok(msg) => {
+    let mut attempts: Vec<(Vec<u8>, OutboxRow, Attempt)> = Vec::new();
+    let mut to_send = Vec::new();
+    for ((key, row), (profile, template)) in rows.into_iter().zip(loaded) {
+        let rendered = match template {
+            None => Err(format!("template `{}` does not exist", row.template)),
+            Some(stored) => templates.get(&row.template, stored).and_then(|c| {
+                let ctx = row_context(state, &row, profile.as_ref());
+                render(&c, &ctx)
+            }),
+        };
+        match rendered {
+            Err(reason) => attempts.push((
+                key,
+                row,
+                Attempt::Failed {
+                    reason,
+                    hard_bounce: false,
+                },
+            )),
+            Ok(msg) => to_send.push((key, row, msg)),
+        }
+    }
+    if !to_send.is_empty() {
+        let s = state.clone();
+        let marks: Vec<(Vec<u8>, OutboxRow)> = to_send
+            .iter()
+            .map(|(k, r, _)| (k.clone(), r.clone()))
+            .collect();
+        match tokio::task::spawn_blocking(move || s.store.outbox_sending(&marks)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("delivery waits: {e}");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    let mut pending = to_send.into_iter();
+    loop {
+        let mut set = tokio::task::JoinSet::new();
+        for (key, row, msg) in pending.by_ref().take(IN_FLIGHT) {
             let link = crate::messages::unsubscribe_link(
                 state,
                 row.profile,
                 &row.purpose,
                 &row.message_id,
             );
-            // A row found `sending` was being sent when the process stopped.
-            let possible_duplicate = row.status == "sending";
-            let s = state.clone();
-            let (k, r) = (key.clone(), row.clone());
-            match tokio::task::spawn_blocking(move || s.store.outbox_sending(&k, &r)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!("delivery of {} waits: {e}", row.message_id);
-                    return;
-                }
-                Err(_) => return,
-            }
-            channels
-                .send(&row, &msg, link, possible_duplicate, (state.clock)())
-                .await
+            // A row found `sending` was being sent when the process stopped; an uncertain
+            // one timed out or lost its connection after being sent.
+            let possible_duplicate = row.status == "sending" || row.uncertain;
+            let (channels, now) = (channels.clone(), (state.clock)());
+            set.spawn(async move {
+                let a = channels
+                    .send(&row, &msg, link, possible_duplicate, now)
+                    .await;
+                (key, row, a)
+            });
         }
-    };
-    record(state, key, row, attempt).await;
+        if set.is_empty() {
+            break;
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok(x) = done {
+                attempts.push(x);
+            }
+        }
+    }
+    record(state, attempts).await;
 }
 
-/// Records an attempt durably: sent, retried later, or dead.
-async fn record(state: &Arc<AppState>, key: Vec<u8>, row: OutboxRow, attempt: Attempt) {
+/// Records a round's attempts durably (one fsync): sent, retried later, or dead.
+async fn record(state: &Arc<AppState>, attempts: Vec<(Vec<u8>, OutboxRow, Attempt)>) {
+    use kairos_store::Delivered;
     let cfg = &state.config.delivery;
     let now = (state.clock)();
-    let s = state.clone();
-    let mut bounce: Option<OutboxRow> = None;
-    let outcome = match attempt {
-        Attempt::Delivered => {
-            metrics::counter!("kairos_messages_sent_total", "channel" => kind(&row.channel))
-                .increment(1);
-            tokio::task::spawn_blocking(move || s.store.outbox_sent(&key, &row, now)).await
-        }
-        Attempt::Retry { reason, after } if row.attempts + 1 < cfg.max_attempts => {
-            let wait = backoff(cfg.retry_base_ms, cfg.retry_max_ms, row.attempts, after);
-            metrics::counter!("kairos_messages_retried_total", "channel" => kind(&row.channel))
-                .increment(1);
-            tracing::info!("{} will be retried in {wait:?}: {reason}", row.message_id);
-            let due = now + wait.as_millis() as Millis;
-            tokio::task::spawn_blocking(move || s.store.outbox_retry(&key, &row, due, &reason))
-                .await
-        }
-        other => {
-            let (reason, hard) = match other {
-                Attempt::Retry { reason, .. } => (
-                    format!("gave up after {} attempts: {reason}", row.attempts + 1),
-                    false,
-                ),
-                Attempt::Failed {
-                    reason,
-                    hard_bounce,
-                } => (reason, hard_bounce),
-                Attempt::Delivered => (String::new(), false),
-            };
-            metrics::counter!("kairos_messages_dead_total", "channel" => kind(&row.channel))
-                .increment(1);
-            tracing::warn!("{} is a dead letter: {reason}", row.message_id);
-            if hard {
-                bounce = Some(row.clone());
+    let mut bounces = Vec::new();
+    let mut outcomes = Vec::with_capacity(attempts.len());
+    for (key, row, attempt) in attempts {
+        let channel = kind(&row.channel);
+        let outcome = match attempt {
+            Attempt::Delivered => {
+                metrics::counter!("kairos_messages_sent_total", "channel" => channel).increment(1);
+                Delivered::Sent { at: now }
             }
-            tokio::task::spawn_blocking(move || s.store.outbox_dead(&key, &row, now, &reason)).await
-        }
-    };
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("recording a delivery failed (it will be retried): {e}"),
-        Err(e) => tracing::error!("recording a delivery failed: {e}"),
+            Attempt::Retry {
+                reason,
+                after,
+                uncertain,
+            } if row.attempts + 1 < cfg.max_attempts => {
+                let wait = backoff(cfg.retry_base_ms, cfg.retry_max_ms, row.attempts, after);
+                metrics::counter!("kairos_messages_retried_total", "channel" => channel)
+                    .increment(1);
+                tracing::info!("{} will be retried in {wait:?}: {reason}", row.message_id);
+                Delivered::Retry {
+                    due: now + wait.as_millis() as Millis,
+                    error: reason,
+                    // Once an attempt may have arrived, every later one is a possible
+                    // duplicate, whatever this one's answer was.
+                    uncertain: uncertain || row.uncertain || row.status == "sending",
+                }
+            }
+            other => {
+                let (reason, hard) = match other {
+                    Attempt::Retry { reason, .. } => (
+                        format!("gave up after {} attempts: {reason}", row.attempts + 1),
+                        false,
+                    ),
+                    Attempt::Failed {
+                        reason,
+                        hard_bounce,
+                    } => (reason, hard_bounce),
+                    Attempt::Delivered => (String::new(), false),
+                };
+                metrics::counter!("kairos_messages_dead_total", "channel" => channel).increment(1);
+                tracing::warn!("{} is a dead letter: {reason}", row.message_id);
+                if hard {
+                    bounces.push(row.clone());
+                }
+                Delivered::Dead {
+                    at: now,
+                    error: reason,
+                }
+            }
+        };
+        outcomes.push((key, row, outcome));
     }
-    if let Some(row) = bounce {
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.store.outbox_record(&outcomes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("recording deliveries failed (they will be retried): {e}"),
+        Err(e) => tracing::error!("recording deliveries failed: {e}"),
+    }
+    for row in bounces {
         hard_bounce_event(state, &row).await;
     }
 }

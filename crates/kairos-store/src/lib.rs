@@ -8,6 +8,7 @@
 
 pub mod keys;
 mod outbox;
+pub use outbox::Delivered;
 mod probe;
 pub mod store;
 pub mod writer;

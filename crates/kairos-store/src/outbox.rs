@@ -24,49 +24,108 @@ fn decode(v: &[u8]) -> Result<OutboxRow, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("outbox row: {e}")))
 }
 
+/// What became of one delivery attempt (see [`Store::outbox_record`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivered {
+    /// The receiver accepted it at this instant.
+    Sent { at: Millis },
+    /// A retryable failure: tried again at `due`; `uncertain`: the receiver may have it.
+    Retry {
+        due: Millis,
+        error: String,
+        uncertain: bool,
+    },
+    /// Out of attempts, or a permanent failure.
+    Dead { at: Millis, error: String },
+}
+
 impl Store {
-    fn bump(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        row: &OutboxRow,
-        metric: &str,
-    ) -> Result<(), StoreError> {
-        let key = stat_key(&row.campaign, &row.variant, metric);
-        let (n, sum) = self
-            .campaign_stats
-            .get(&key)?
-            .map_or((0, 0.0), |v| decode_stat(&v));
-        batch.insert(&self.campaign_stats, key, encode_stat(n + 1, sum));
-        Ok(())
-    }
-
-    /// A send is about to start: recorded first, so that after a crash the row says the
-    /// receiver may already have it (the next attempt is flagged as a possible duplicate).
-    /// Returns the row as stored.
-    pub fn outbox_sending(&self, key: &[u8], row: &OutboxRow) -> Result<OutboxRow, StoreError> {
-        let mut sending = row.clone();
-        sending.status = "sending".into();
-        self.outbox.insert(key, encode(&sending)?)?;
-        self.persist()?;
-        Ok(sending)
-    }
-
-    /// The receiver accepted the message: it leaves the outbox for good.
-    pub fn outbox_sent(&self, key: &[u8], row: &OutboxRow, at: Millis) -> Result<(), StoreError> {
-        let mut done = row.clone();
-        done.status = "sent".into();
-        done.attempts += 1;
-        done.due = at;
-        done.last_error = None;
+    /// Sends are about to start: recorded first (one fsync for all), so that after a crash
+    /// a row says the receiver may already have it (the next attempt is flagged as a
+    /// possible duplicate).
+    pub fn outbox_sending(&self, rows: &[(Vec<u8>, OutboxRow)]) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
-        batch.remove(&self.outbox, key.to_vec());
-        batch.insert(&self.messages, done.message_id.as_bytes(), encode(&done)?);
-        self.bump(&mut batch, row, "sent")?;
+        for (key, row) in rows {
+            let mut sending = row.clone();
+            sending.status = "sending".into();
+            batch.insert(&self.outbox, key.clone(), encode(&sending)?);
+        }
         batch.commit()?;
         self.persist()
     }
 
-    /// A retryable failure: tried again at `due`.
+    /// Records attempts, one batch and one fsync for all: a sent message leaves the outbox
+    /// for good, a retry is re-keyed to its new due time with the attempt counted, a dead one
+    /// moves to the dead letters until re-driven. Delivery counters (`sent`, `retried`,
+    /// `dead`) are updated with them.
+    pub fn outbox_record(
+        &self,
+        items: &[(Vec<u8>, OutboxRow, Delivered)],
+    ) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+        for (key, row, outcome) in items {
+            let mut next = row.clone();
+            next.attempts += 1;
+            batch.remove(&self.outbox, key.clone());
+            let metric = match outcome {
+                Delivered::Sent { at } => {
+                    next.status = "sent".into();
+                    next.uncertain = false;
+                    next.due = *at;
+                    next.last_error = None;
+                    batch.insert(&self.messages, next.message_id.as_bytes(), encode(&next)?);
+                    "sent"
+                }
+                Delivered::Retry {
+                    due,
+                    error,
+                    uncertain,
+                } => {
+                    next.status = "failed".into();
+                    next.uncertain = *uncertain;
+                    next.due = *due;
+                    next.last_error = Some(error.clone());
+                    batch.insert(
+                        &self.outbox,
+                        outbox_key(*due, &next.message_id),
+                        encode(&next)?,
+                    );
+                    "retried"
+                }
+                Delivered::Dead { at, error } => {
+                    next.status = "dead".into();
+                    next.due = *at;
+                    next.last_error = Some(error.clone());
+                    batch.insert(
+                        &self.dead_messages,
+                        next.message_id.as_bytes(),
+                        encode(&next)?,
+                    );
+                    "dead"
+                }
+            };
+            *counts
+                .entry(stat_key(&row.campaign, &row.variant, metric))
+                .or_default() += 1;
+        }
+        for (key, n) in counts {
+            let (had, sum) = self
+                .campaign_stats
+                .get(&key)?
+                .map_or((0, 0.0), |v| decode_stat(&v));
+            batch.insert(&self.campaign_stats, key, encode_stat(had + n, sum));
+        }
+        batch.commit()?;
+        self.persist()
+    }
+
+    /// One message accepted by the receiver (see [`Store::outbox_record`]).
+    pub fn outbox_sent(&self, key: &[u8], row: &OutboxRow, at: Millis) -> Result<(), StoreError> {
+        self.outbox_record(&[(key.to_vec(), row.clone(), Delivered::Sent { at })])
+    }
+
+    /// One retryable failure: tried again at `due`.
     pub fn outbox_retry(
         &self,
         key: &[u8],
@@ -74,24 +133,16 @@ impl Store {
         due: Millis,
         error: &str,
     ) -> Result<(), StoreError> {
-        let mut next = row.clone();
-        next.status = "failed".into();
-        next.attempts += 1;
-        next.due = due;
-        next.last_error = Some(error.to_string());
-        let mut batch = self.db.batch();
-        batch.remove(&self.outbox, key.to_vec());
-        batch.insert(
-            &self.outbox,
-            outbox_key(due, &next.message_id),
-            encode(&next)?,
-        );
-        self.bump(&mut batch, row, "retried")?;
-        batch.commit()?;
-        self.persist()
+        let error = error.to_string();
+        let retry = Delivered::Retry {
+            due,
+            error,
+            uncertain: false,
+        };
+        self.outbox_record(&[(key.to_vec(), row.clone(), retry)])
     }
 
-    /// Out of attempts, or a permanent failure: kept as a dead letter until re-driven.
+    /// One dead letter.
     pub fn outbox_dead(
         &self,
         key: &[u8],
@@ -99,21 +150,8 @@ impl Store {
         at: Millis,
         error: &str,
     ) -> Result<(), StoreError> {
-        let mut dead = row.clone();
-        dead.status = "dead".into();
-        dead.attempts += 1;
-        dead.due = at;
-        dead.last_error = Some(error.to_string());
-        let mut batch = self.db.batch();
-        batch.remove(&self.outbox, key.to_vec());
-        batch.insert(
-            &self.dead_messages,
-            dead.message_id.as_bytes(),
-            encode(&dead)?,
-        );
-        self.bump(&mut batch, row, "dead")?;
-        batch.commit()?;
-        self.persist()
+        let error = error.to_string();
+        self.outbox_record(&[(key.to_vec(), row.clone(), Delivered::Dead { at, error })])
     }
 
     /// Puts a dead message back in the outbox, due at `now`, with its attempts reset.

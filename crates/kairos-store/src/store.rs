@@ -806,6 +806,10 @@ pub struct OutboxRow {
     pub status: String,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The last attempt may have reached the receiver (it timed out or lost the connection
+    /// after sending): the next one is flagged as a possible duplicate.
+    #[serde(default)]
+    pub uncertain: bool,
 }
 
 /// Outbox key: due time (ordered), then the message id.

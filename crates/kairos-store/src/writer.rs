@@ -1262,6 +1262,7 @@ impl Writer {
                                 status: "scheduled".into(),
                                 attempts: 0,
                                 last_error: None,
+                                uncertain: false,
                             };
                             let bytes = serde_json::to_vec(&row)
                                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
