@@ -2,6 +2,8 @@
 //! exits, consent, caps with priorities, quiet hours (DST), A/B assignment and holdout,
 //! attribution, and independence from how promptly timers ran.
 
+mod support;
+
 use kairos_core::campaign::{
     parse_quiet_hours, parse_schedule, CampaignDef, ConversionDef, MessageStatus, MessagingDef,
     Metric, StepDef, TriggerDef, VariantDef,
@@ -11,41 +13,12 @@ use kairos_core::{
     Change, ChangeKind, CoreConfig, Definitions, Event, EventKind, Profile, ProfileId, Scoring,
     SegmentDef,
 };
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
+use support::{event, track};
 
 /// 2025-10-09T08:53:20Z: 10:53 in Berlin (CEST).
 const T0: i64 = 1_760_000_000_000;
-
-fn event(
-    i: usize,
-    kind: EventKind,
-    name: Option<&str>,
-    ts: i64,
-    props: Value,
-    traits: Value,
-) -> Event {
-    Event {
-        message_id: format!("m{i}"),
-        kind,
-        event: name.map(str::to_string),
-        name: None,
-        user_id: Some("u1".into()),
-        anonymous_id: None,
-        previous_id: None,
-        group_id: None,
-        timestamp: ts,
-        received_at: ts,
-        properties: props.as_object().cloned().unwrap_or_default(),
-        traits: traits.as_object().cloned().unwrap_or_default(),
-        context: Map::new(),
-        source: String::new(),
-    }
-}
-
-fn track(i: usize, name: &str, ts: i64, props: Value) -> Event {
-    event(i, EventKind::Track, Some(name), ts, props, json!({}))
-}
 
 /// An identify that gives an address, a time zone and the marketing subscription.
 fn identify(i: usize, ts: i64, subscribed: bool) -> Event {

@@ -1,42 +1,15 @@
 //! Model features from profile state: the built-ins, declared expressions (with windows the
 //! state keeps because the features registered them) and one-hot traits.
 
+mod support;
+
 use kairos_core::features::FeatureDefs;
 use kairos_core::time::{DAY, HOUR, MINUTE};
-use kairos_core::{CoreConfig, Definitions, Event, EventKind, Profile, ProfileId, Scoring};
-use serde_json::{json, Map, Value};
+use kairos_core::{CoreConfig, Definitions, EventKind, Profile, ProfileId, Scoring};
+use serde_json::json;
+use support::{event, track};
 
 const T0: i64 = 1_760_000_000_000;
-
-fn event(
-    i: usize,
-    kind: EventKind,
-    name: Option<&str>,
-    ts: i64,
-    props: Value,
-    traits: Value,
-) -> Event {
-    Event {
-        message_id: format!("m{i}"),
-        kind,
-        event: name.map(str::to_string),
-        name: None,
-        user_id: Some("u1".into()),
-        anonymous_id: None,
-        previous_id: None,
-        group_id: None,
-        timestamp: ts,
-        received_at: ts,
-        properties: props.as_object().cloned().unwrap_or_default(),
-        traits: traits.as_object().cloned().unwrap_or_default(),
-        context: Map::new(),
-        source: String::new(),
-    }
-}
-
-fn track(i: usize, name: &str, ts: i64, props: Value) -> Event {
-    event(i, EventKind::Track, Some(name), ts, props, json!({}))
-}
 
 fn defs() -> Definitions {
     let mut d = kairos_core::defaults::default_definitions();
