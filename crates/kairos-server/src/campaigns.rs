@@ -233,6 +233,9 @@ pub fn campaign_report(
             let mut out = json!({
                 "variant": v,
                 "sends": sends,
+                // Accepted by the channel (webhook receiver, SMTP relay), and given up on.
+                "sent": count(v, "sent"),
+                "deadLetters": count(v, "dead"),
                 "delivered": count(v, "delivered"),
                 "bounced": count(v, "bounced"),
                 "unsubscribed": count(v, "unsubscribed"),

@@ -195,6 +195,12 @@ async fn an_abandoned_cart_sends_one_rendered_message_thirty_minutes_later_and_o
             body["messageId"].as_str().unwrap()
         );
     }
+    let report = s
+        .wait_for("/v1/campaigns/cart_abandonment/report", 10, |r| {
+            r["variants"][0]["sent"].as_u64() == Some(1)
+        })
+        .await;
+    assert_eq!(report["variants"][0]["deadLetters"], 0);
     // Ada's second campaign wanted her at the same instant: suppressed by the cap, with why.
     let (_, stream) = s.admin_get("/v1/campaigns/browse_reminder/changes").await;
     let ada_decision: Vec<&Value> = stream["changes"]
