@@ -90,6 +90,9 @@ impl ApiError {
 
 impl From<kairos_store::StoreError> for ApiError {
     fn from(e: kairos_store::StoreError) -> Self {
+        if let kairos_store::StoreError::NotFound(what) = &e {
+            return Self::new(ErrorCode::NotFound, what.clone());
+        }
         tracing::error!("store error: {e}");
         Self::new(ErrorCode::StorageFailure, e.to_string())
     }

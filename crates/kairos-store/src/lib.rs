@@ -7,6 +7,7 @@
 //! oneshot channel to answer callers) or the server crate.
 
 pub mod keys;
+pub mod models;
 mod outbox;
 pub use outbox::Delivered;
 mod probe;
@@ -31,6 +32,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the writer has stopped")]
     WriterStopped,
+    /// A thing the caller named does not exist (a model version, say).
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 impl StoreError {

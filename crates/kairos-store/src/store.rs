@@ -87,6 +87,8 @@ pub struct Store {
     pub(crate) dead_messages: Keyspace,
     /// Message templates by name: JSON `{subject, html, text, updatedAt}`.
     pub(crate) templates: Keyspace,
+    /// Trained model versions (see [`crate::models`]).
+    pub(crate) models: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -141,6 +143,7 @@ impl Store {
             messages: ks("messages")?,
             dead_messages: ks("dead_messages")?,
             templates: ks("templates")?,
+            models: ks("models")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -618,7 +621,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 19] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 20] {
         [
             &self.log,
             &self.by_profile,
@@ -639,6 +642,7 @@ impl Store {
             &self.messages,
             &self.dead_messages,
             &self.templates,
+            &self.models,
         ]
     }
 

@@ -67,3 +67,43 @@ fn every_person_gives_one_example_per_cutoff_with_the_label_from_after_it() {
     assert_eq!(seen.last(), Some(&30));
     h.close();
 }
+
+#[test]
+fn model_versions_are_stored_activated_and_rolled_back_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let s = &h.store;
+    assert_eq!(s.active_model("purchase_7d").unwrap(), None);
+    let v1 = s
+        .put_model("purchase_7d", &json!({"auc": 0.71}), b"model one")
+        .unwrap();
+    let v2 = s
+        .put_model("purchase_7d", &json!({"auc": 0.74}), b"model two")
+        .unwrap();
+    assert_eq!((v1, v2), (1, 2));
+    assert!(matches!(
+        s.activate_model("purchase_7d", 9),
+        Err(kairos_store::StoreError::NotFound(_))
+    ));
+    assert_eq!(s.activate_model("purchase_7d", v1).unwrap(), None);
+    assert_eq!(s.activate_model("purchase_7d", v2).unwrap(), Some(v1));
+    h.close();
+    let h = Harness::open(dir.path());
+    let s = &h.store;
+    assert_eq!(s.active_model("purchase_7d").unwrap(), Some(2));
+    let m = s.model("purchase_7d", 2).unwrap().unwrap();
+    assert_eq!(
+        (m.meta["auc"].as_f64(), m.bytes.as_slice()),
+        (Some(0.74), &b"model two"[..])
+    );
+    assert_eq!(s.rollback_model("purchase_7d").unwrap(), Some(1));
+    assert_eq!(s.active_model("purchase_7d").unwrap(), Some(1));
+    assert_eq!(
+        s.rollback_model("purchase_7d").unwrap(),
+        None,
+        "nothing older than 1"
+    );
+    assert_eq!(s.model_versions("purchase_7d").unwrap(), vec![1, 2]);
+    assert_eq!(s.model_versions("other").unwrap(), Vec::<u64>::new());
+    h.close();
+}
