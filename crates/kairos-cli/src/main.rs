@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_scoring;
+mod examples;
 mod import;
 
 use anyhow::Context;
@@ -54,6 +55,9 @@ enum Command {
     Import(import::ImportArgs),
     /// Drive a realistic synthetic shop through the public API (or into a JSONL file).
     Simulate(kairos_sim::SimulateArgs),
+    /// Write the training table of a predictive model as CSV: features at each cut-off from
+    /// the stored history replayed through the core, the label after it (no leakage).
+    Examples(examples::ExamplesArgs),
     /// Benchmarks (see docs/PERFORMANCE.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -138,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
         Command::Import(args) => import::run(args),
         Command::Simulate(args) => rt.block_on(kairos_sim::run(args)).map(|_| ()),
+        Command::Examples(args) => examples::run(args),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
         Command::Bench(bench::BenchCommand::Backfill(a)) => bench_scoring::backfill(a),

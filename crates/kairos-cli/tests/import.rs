@@ -146,3 +146,80 @@ fn simulated_history_imports_without_a_single_rejection() {
     }
     assert!(checked > 10);
 }
+
+#[test]
+fn examples_writes_the_training_table_from_a_simulated_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = dir.path().join("shop.jsonl");
+    let (ok, out) = kairos(
+        &[
+            "simulate",
+            "--people",
+            "300",
+            "--days",
+            "30",
+            "--out",
+            events.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kairos(&["import", events.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    let table = dir.path().join("examples.csv");
+    let (ok, out) = kairos(
+        &[
+            "examples",
+            "--label",
+            "did(\"Order Completed\", within: 7d)",
+            "--every",
+            "7d",
+            "--out",
+            table.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&table).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&header[..3], &["cutoff", "profile", "label"]);
+    for f in [
+        "days_since_last_seen",
+        "orders",
+        "email_open_rate",
+        "score_engagement",
+    ] {
+        assert!(header.contains(&f), "{f} missing from {header:?}");
+    }
+    assert!(
+        !header.iter().any(|h| h.contains("__label")),
+        "the label is not a feature"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.len() > 300, "{out}");
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    let positives = rows.iter().filter(|r| r[2] == "1").count();
+    assert!(
+        positives > 0 && positives < rows.len(),
+        "{positives} of {}",
+        rows.len()
+    );
+    // Bad input: a label that does not parse is refused with where and why.
+    let (ok, out) = kairos(
+        &[
+            "examples",
+            "--label",
+            "did(",
+            "--out",
+            table.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("features.expressions.__label") && out.contains("1:5"),
+        "{out}"
+    );
+}

@@ -914,3 +914,17 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// The earliest and latest event time in the store (a scan of the per-person index).
+    pub fn event_time_range(&self) -> Result<Option<(Millis, Millis)>, StoreError> {
+        let mut range: Option<(Millis, Millis)> = None;
+        for guard in self.by_profile.iter() {
+            let key = guard.key()?;
+            if let Some((_, ts, _)) = parse_by_profile_key(&key) {
+                range = Some(range.map_or((ts, ts), |(a, b)| (a.min(ts), b.max(ts))));
+            }
+        }
+        Ok(range)
+    }
+}
