@@ -32,6 +32,9 @@ pub struct Config {
     pub messaging: Option<kairos_core::campaign::MessagingDef>,
     /// Where messages go: webhook endpoints, the SMTP relay, retries.
     pub delivery: DeliveryConfig,
+    /// What models see of a person (`[features]`, docs/features.md), applied at every start
+    /// when given.
+    pub features: Option<kairos_core::features::FeatureDefs>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -166,6 +169,7 @@ impl Default for Config {
             campaigns: BTreeMap::new(),
             messaging: None,
             delivery: DeliveryConfig::default(),
+            features: None,
         }
     }
 }
@@ -289,6 +293,9 @@ impl Config {
         }
         if let Some(m) = &self.messaging {
             defs.messaging = m.clone();
+        }
+        if let Some(f) = &self.features {
+            defs.features = f.clone();
         }
         defs
     }
@@ -496,6 +503,19 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c, defaults, "the example documents the defaults");
+    }
+
+    #[test]
+    fn features_from_the_file_go_over_the_stored_definitions() {
+        let c: Config = toml::from_str(
+            "[features]\nbuiltins = false\n[features.expressions]\nbig = \"lifetime_revenue > 1000\"\n[features.categorical]\nplan = [\"free\", \"pro\"]\n",
+        )
+        .expect("parses");
+        let d = c.definitions(None);
+        assert!(!d.features.builtins);
+        assert_eq!(d.features.expressions.len(), 1);
+        let s = kairos_core::Scoring::compile(&d, None).expect("compiles");
+        assert_eq!(s.features.names, vec!["big", "plan=free", "plan=pro"]);
     }
 
     #[test]
