@@ -8,7 +8,8 @@
 //! - explicit JSON `null` for `userId` / `anonymousId` means "absent" (Python SDKs send it);
 //! - numeric ids are accepted and turned into strings (Segment does the same);
 //! - event time is corrected for device clock skew as Segment does:
-//!   `timestamp + (receivedAt - sentAt)` when `sentAt` is known.
+//!   `timestamp + (receivedAt - sentAt)` when `sentAt` is known; an event time after
+//!   `receivedAt` (a clock ahead, with no `sentAt`) becomes `receivedAt`.
 
 use crate::event::{Event, EventKind};
 use crate::time::{parse_timestamp, Millis};
@@ -458,7 +459,11 @@ fn normalize(
         (Some(t), Some(sent)) if env.correct_skew => t.saturating_add(env.received_at - sent),
         (Some(t), _) => t,
         (None, _) => env.received_at,
-    };
+    }
+    // Nothing happened after it arrived: a device clock ahead (with no `sentAt` to correct
+    // it) would otherwise make scores, segments and campaigns decide at instants not yet
+    // reached.
+    .min(env.received_at);
     Ok(Event {
         message_id,
         kind,
@@ -588,6 +593,22 @@ mod tests {
         e.correct_skew = false;
         let d = decode_batch(&body, &e, &Limits::default()).expect("ok");
         assert_eq!(d.accepted[0].1.timestamp, 985_000);
+    }
+
+    /// Found with campaigns: events stamped hours ahead made journeys decide at instants
+    /// not yet reached.
+    #[test]
+    fn regression_an_event_from_the_future_happened_when_it_arrived() {
+        let body = serde_json::to_vec(&json!({
+            "batch": [{"type": "track", "event": "A", "userId": "u",
+                       "timestamp": crate::time::format_timestamp(5_000_000)},
+                      {"type": "track", "event": "B", "userId": "u",
+                       "timestamp": crate::time::format_timestamp(900_000)}],
+        }))
+        .expect("json");
+        let d = decode_batch(&body, &env(), &Limits::default()).expect("ok");
+        assert_eq!(d.accepted[0].1.timestamp, env().received_at);
+        assert_eq!(d.accepted[1].1.timestamp, 900_000);
     }
 
     #[test]
