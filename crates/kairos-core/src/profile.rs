@@ -249,11 +249,10 @@ impl Profile {
         out: &mut Vec<Change>,
     ) {
         let (view, messaging) = self.campaign_view(scoring);
-        let caused = out.split_off(from);
         let mut more = Vec::new();
-        messaging.after_event(&view, &cfg.vocabulary, ev, &caused, now, &mut more);
-        out.extend(caused);
-        out.extend(more);
+        let caused = out.get(from..).unwrap_or_default();
+        messaging.after_event(&view, &cfg.vocabulary, ev, caused, now, &mut more);
+        out.append(&mut more);
     }
 
     /// Runs every timer due at or before `now`, each at its own instant (segments leave
@@ -280,14 +279,13 @@ impl Profile {
                 continue;
             }
             let (view, messaging) = self.campaign_view(scoring);
-            let caused = out.split_off(from);
             let mut more = Vec::new();
-            messaging.after_changes(&view, &caused, t, &mut more);
+            let caused = out.get(from..).unwrap_or_default();
+            messaging.after_changes(&view, caused, t, &mut more);
             if messaging.wake().is_some_and(|w| w <= t) {
                 messaging.run_due(&view, t, &mut more);
             }
-            out.extend(caused);
-            out.extend(more);
+            out.append(&mut more);
         }
         out
     }
