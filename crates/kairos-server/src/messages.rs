@@ -186,14 +186,10 @@ pub fn row_context(state: &AppState, row: &OutboxRow, profile: Option<&Profile>)
     )
 }
 
-fn templates_err(e: kairos_store::StoreError) -> ApiError {
-    e.into()
-}
-
 async fn list_templates(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     blocking(&state, |s| {
-        let list = s.store.templates().map_err(templates_err)?;
+        let list = s.store.templates()?;
         Ok(Json(json!({
             "templates": list.into_iter().map(|(name, t)| json!({"name": name, "template": t})).collect::<Vec<_>>()
         })))
