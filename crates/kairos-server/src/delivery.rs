@@ -287,30 +287,14 @@ async fn hard_bounce_event(state: &Arc<AppState>, row: &OutboxRow) {
     else {
         return;
     };
-    let user = p.user_ids().into_iter().next();
-    let anon = p.ids_of(&kairos_core::IdKind::Anonymous).into_iter().next();
-    if user.is_none() && anon.is_none() {
+    let Some(ev) = crate::ingest::internal_track(
+        &p,
+        format!("bounce-{}", row.message_id),
+        "Email Bounced",
+        json!({"type": "hard", "message_id": row.message_id, "email": row.to}),
+        (state.clock)(),
+    ) else {
         return;
-    }
-    let now = (state.clock)();
-    let ev = kairos_core::Event {
-        message_id: format!("bounce-{}", row.message_id),
-        kind: kairos_core::EventKind::Track,
-        event: Some("Email Bounced".into()),
-        name: None,
-        anonymous_id: if user.is_none() { anon } else { None },
-        user_id: user,
-        previous_id: None,
-        group_id: None,
-        timestamp: now,
-        received_at: now,
-        properties: json!({"type": "hard", "message_id": row.message_id, "email": row.to})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        traits: Default::default(),
-        context: Default::default(),
-        source: "kairos".into(),
     };
     if let Err(e) = crate::ingest::submit_internal(state, vec![ev]).await {
         tracing::warn!("recording a hard bounce failed: {}", e.message);

@@ -248,3 +248,39 @@ pub async fn submit_internal(
         .map_err(|_| ApiError::new(ErrorCode::StorageFailure, "the writer stopped"))?
         .map_err(ApiError::from)
 }
+
+/// A track event Kairos records for a person it already knows (under their userId, else
+/// an anonymousId), at `now`; `None` when the profile has neither to record it under.
+pub fn internal_track(
+    p: &kairos_core::Profile,
+    message_id: String,
+    name: &str,
+    properties: serde_json::Value,
+    now: kairos_core::Millis,
+) -> Option<kairos_core::Event> {
+    let user = p.user_ids().into_iter().next();
+    let anonymous = match user {
+        Some(_) => None,
+        None => Some(
+            p.ids_of(&kairos_core::IdKind::Anonymous)
+                .into_iter()
+                .next()?,
+        ),
+    };
+    Some(kairos_core::Event {
+        message_id,
+        kind: kairos_core::EventKind::Track,
+        event: Some(name.to_string()),
+        name: None,
+        user_id: user,
+        anonymous_id: anonymous,
+        previous_id: None,
+        group_id: None,
+        timestamp: now,
+        received_at: now,
+        properties: properties.as_object().cloned().unwrap_or_default(),
+        traits: Default::default(),
+        context: Default::default(),
+        source: "kairos".into(),
+    })
+}

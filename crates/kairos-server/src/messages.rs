@@ -447,35 +447,20 @@ async fn unsubscribe(
     })
     .await?;
     let (p, list, message) = found;
-    let user = p.user_ids().into_iter().next();
-    let anon = p.ids_of(&kairos_core::IdKind::Anonymous).into_iter().next();
-    if user.is_none() && anon.is_none() {
-        return Err(ApiError::new(
+    // The same link clicked twice records one event.
+    let ev = crate::ingest::internal_track(
+        &p,
+        format!("unsubscribe-{message}-{list}"),
+        "Unsubscribed",
+        json!({"list": list, "message_id": message, "source": "unsubscribe link"}),
+        (s.clock)(),
+    )
+    .ok_or_else(|| {
+        ApiError::new(
             ErrorCode::NotFound,
             "the person has no id to record the event under",
-        ));
-    }
-    let now = (s.clock)();
-    let ev = kairos_core::Event {
-        // The same link clicked twice records one event.
-        message_id: format!("unsubscribe-{message}-{list}"),
-        kind: kairos_core::EventKind::Track,
-        event: Some("Unsubscribed".into()),
-        name: None,
-        user_id: user,
-        anonymous_id: if p.user_ids().is_empty() { anon } else { None },
-        previous_id: None,
-        group_id: None,
-        timestamp: now,
-        received_at: now,
-        properties: json!({"list": list, "message_id": message, "source": "unsubscribe link"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        traits: Map::new(),
-        context: Map::new(),
-        source: "kairos".into(),
-    };
+        )
+    })?;
     crate::ingest::submit_internal(&s, vec![ev]).await?;
     Ok(axum::response::Html(format!(
         "<!doctype html><meta charset=utf-8><title>Unsubscribed</title><p>You will no longer receive {list} emails.</p>"
