@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use kairos_core::features::LABEL_FEATURE;
-use kairos_core::time::{format_timestamp, DAY};
+use kairos_core::time::format_timestamp;
 use kairos_store::{Store, StoreOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,21 +44,13 @@ pub fn run(args: ExamplesArgs) -> anyhow::Result<()> {
     })?;
     // The definitions the server would put in force on this store (the stored ones, or the
     // built-in ones for a store that never had any), with the config's over them.
-    let mut defs = config.definitions(store.definitions()?);
-    // Replaying for features decides no messages.
-    defs.campaigns.clear();
-    defs.features
-        .expressions
-        .insert(LABEL_FEATURE.into(), args.label.clone());
-    let scoring = kairos_core::Scoring::compile(&defs, None)
-        .map_err(|e| anyhow::anyhow!("the label or the features do not compile: {e}"))?;
+    let defs = config.definitions(store.definitions()?);
+    let scoring = kairos_server::training::label_scoring(&defs, &defs.features, &args.label)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some((first, end)) = store.event_time_range()? else {
         anyhow::bail!("the store holds no events");
     };
-    let cutoffs: Vec<i64> = (0..)
-        .map(|i| first.div_euclid(DAY) * DAY + DAY + i * every)
-        .take_while(|c| c + horizon <= end)
-        .collect();
+    let cutoffs = kairos_server::training::cutoffs(first, end, every, horizon);
     if cutoffs.is_empty() {
         anyhow::bail!(
             "the history ({} to {}) is shorter than one horizon after the first day",

@@ -5,6 +5,7 @@ mod bench;
 mod bench_scoring;
 mod examples;
 mod import;
+mod train;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -58,6 +59,14 @@ enum Command {
     /// Write the training table of a predictive model as CSV: features at each cut-off from
     /// the stored history replayed through the core, the label after it (no leakage).
     Examples(examples::ExamplesArgs),
+    /// Train a predictive model on the event history (or a CSV table), evaluate it against
+    /// the rule scores, store it as a new version, write the report (JSON + HTML).
+    Train(train::TrainArgs),
+    /// Evaluate a stored model on labels that matured after its training (or a saved table
+    /// model on a table); writes the report.
+    Evaluate(train::EvaluateArgs),
+    /// List, show, activate and roll back model versions.
+    Models(train::ModelsArgs),
     /// Benchmarks (see docs/PERFORMANCE.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -143,6 +152,9 @@ fn main() -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Simulate(args) => rt.block_on(kairos_sim::run(args)).map(|_| ()),
         Command::Examples(args) => examples::run(args),
+        Command::Train(args) => train::train(args),
+        Command::Evaluate(args) => train::evaluate(args),
+        Command::Models(args) => train::models(args, &rt),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
         Command::Bench(bench::BenchCommand::Backfill(a)) => bench_scoring::backfill(a),

@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod event;
 pub mod features;
 pub mod identity;
+pub mod predict;
 pub mod profile;
 pub mod rules_env;
 pub mod scoring;

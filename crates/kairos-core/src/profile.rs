@@ -3,6 +3,7 @@
 use crate::campaign::{Messaging, View};
 use crate::event::Event;
 use crate::identity::{IdKey, IdKind, ProfileId};
+use crate::predict::Prediction;
 use crate::scoring::{Change, Derived, Scoring, Trigger};
 use crate::state::ProfileState;
 use crate::time::Millis;
@@ -21,7 +22,7 @@ pub struct CoreConfig {
 }
 
 /// Bumped when the encoding changes; state can always be rebuilt from events.
-const ENCODING_VERSION: u8 = 3;
+const ENCODING_VERSION: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +43,18 @@ pub struct Profile {
     /// Campaign journeys and recent sends. Not derived from events alone (a message once
     /// sent stays sent), so replays keep it.
     pub messaging: Messaging,
+    /// The active models' predictions after the latest event or replay.
+    pub predictions: Vec<Prediction>,
+}
+
+/// The encoding of version 3, before predictions: decoded and given none.
+#[derive(Deserialize)]
+struct ProfileV3 {
+    id: ProfileId,
+    identifiers: BTreeSet<IdKey>,
+    state: ProfileState,
+    derived: Derived,
+    messaging: Messaging,
 }
 
 /// Why a profile was (re)evaluated, for the timeline.
@@ -73,6 +86,7 @@ impl Profile {
             state: ProfileState::default(),
             derived: Derived::default(),
             messaging: Messaging::default(),
+            predictions: Vec::new(),
         }
     }
 
@@ -98,6 +112,7 @@ impl Profile {
             state,
             derived,
             messaging,
+            predictions: _,
         } = self;
         let view = View {
             profile_id: id.0,
@@ -164,6 +179,18 @@ impl Profile {
             Some((&ENCODING_VERSION, body)) => {
                 postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
             }
+            Some((&3, body)) => {
+                let v3: ProfileV3 =
+                    postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+                Ok(Profile {
+                    id: v3.id,
+                    identifiers: v3.identifiers,
+                    state: v3.state,
+                    derived: v3.derived,
+                    messaging: v3.messaging,
+                    predictions: Vec::new(),
+                })
+            }
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),
         }
@@ -195,6 +222,35 @@ impl Profile {
     /// are run first, at their own instants, so the records do not depend on how promptly
     /// the host ran them. Returns what changed.
     pub fn apply(
+        &mut self,
+        ev: &Event,
+        cfg: &CoreConfig,
+        scoring: &Scoring,
+        now: Millis,
+    ) -> Vec<Change> {
+        let out = self.apply_event(ev, cfg, scoring, now);
+        self.predict(scoring, now.max(ev.timestamp));
+        out
+    }
+
+    /// Recomputes the active models' predictions at `now` (none when no model is active).
+    pub fn predict(&mut self, scoring: &Scoring, now: Millis) {
+        let models = scoring.models();
+        if models.is_empty() {
+            self.predictions.clear();
+            return;
+        }
+        let features = scoring.features.extract(self, scoring, now);
+        let scores: Vec<f64> = self
+            .derived
+            .scores_at(scoring, now)
+            .iter()
+            .map(|s| s.value)
+            .collect();
+        self.predictions = models.predict(self.id, &features, &scores, now);
+    }
+
+    fn apply_event(
         &mut self,
         ev: &Event,
         cfg: &CoreConfig,
@@ -375,6 +431,8 @@ impl Profile {
                 &mut out,
             );
         }
+        let at = events.last().map_or(now, |e| now.max(e.timestamp));
+        self.predict(scoring, at);
         out
     }
 
@@ -382,6 +440,19 @@ impl Profile {
     pub fn view_scored(&self, scoring: &Scoring, now: Millis) -> Value {
         let mut v = self.view(now);
         v["derived"] = self.derived.view(scoring, now);
+        v["predictions"] = self
+            .predictions
+            .iter()
+            .map(|p| {
+                json!({
+                    "model": p.model,
+                    "version": p.version,
+                    "probability": p.probability,
+                    "hybrid": p.hybrid,
+                    "at": crate::time::format_timestamp(p.at),
+                })
+            })
+            .collect();
         v
     }
 

@@ -127,7 +127,7 @@ fn invalid(path: String, message: impl Into<String>) -> DefinitionError {
 }
 
 /// Score names are identifiers (`score.purchase_intent`); segment names may also hold `-`.
-fn check_name(path: String, name: &str, allow_dash: bool) -> Result<(), DefinitionError> {
+pub fn check_name(path: String, name: &str, allow_dash: bool) -> Result<(), DefinitionError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -234,6 +234,9 @@ pub struct Scoring {
     series: crate::rules_env::SeriesPlan,
     pub campaigns: crate::campaign::Campaigns,
     pub features: crate::features::FeatureSet,
+    /// Predictive models in force, bound to `features`. Swapped as models are activated,
+    /// without recompiling or re-evaluating anything else.
+    models: std::sync::RwLock<std::sync::Arc<crate::predict::ModelSet>>,
 }
 
 impl Default for Scoring {
@@ -244,6 +247,43 @@ impl Default for Scoring {
 }
 
 impl Scoring {
+    /// The models in force.
+    pub fn models(&self) -> std::sync::Arc<crate::predict::ModelSet> {
+        match self.models.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Binds `models` to this scoring's features and puts them in force; returns why any
+    /// model could not be bound.
+    pub fn set_models(&self, models: Vec<crate::predict::ServedModel>) -> Vec<String> {
+        let scores: Vec<(String, f64)> = self
+            .scores
+            .iter()
+            .map(|s| {
+                let top = if s.max.is_finite() && s.max > 0.0 {
+                    s.max
+                } else {
+                    100.0
+                };
+                (s.name.clone(), top)
+            })
+            .collect();
+        let (set, problems) = crate::predict::ModelSet::bind(models, &self.features, &scores);
+        let set = std::sync::Arc::new(set);
+        match self.models.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+        problems
+    }
+
+    /// The models in force as they were given (to carry them over to new definitions).
+    pub fn served_models(&self) -> Vec<crate::predict::ServedModel> {
+        self.models().models().cloned().collect()
+    }
+
     /// Checks and compiles definitions. `known_events` (names seen so far) turns rules that
     /// name other events into warnings.
     pub fn compile(
@@ -428,6 +468,7 @@ impl Scoring {
             aggregates,
             campaigns,
             features,
+            models: Default::default(),
         })
     }
 

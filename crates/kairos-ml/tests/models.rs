@@ -184,7 +184,8 @@ fn caravan() -> Option<Dataset> {
     let out = std::process::Command::new(python)
         .args([
             "-c",
-            "import ISLP, os; print(os.path.join(os.path.dirname(ISLP.__file__), 'data', 'Caravan.csv'))",
+            // Located without importing it: `islp` is installed without its dependencies.
+            "import importlib.util, os; s = importlib.util.find_spec('ISLP'); print(os.path.join(s.submodule_search_locations[0], 'data', 'Caravan.csv'))",
         ])
         .output()
         .expect("runs python");

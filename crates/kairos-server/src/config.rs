@@ -35,6 +35,11 @@ pub struct Config {
     /// What models see of a person (`[features]`, docs/features.md), applied at every start
     /// when given.
     pub features: Option<kairos_core::features::FeatureDefs>,
+    /// Predictive models and how `kairos train` builds them (`[models.purchase_7d]`,
+    /// docs/models.md). The built-in `purchase_7d` when none are given.
+    pub models: BTreeMap<String, crate::training::ModelSpec>,
+    /// Monitoring and online learning of served models (`[predictions]`).
+    pub predictions: crate::models::PredictionConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -170,6 +175,8 @@ impl Default for Config {
             messaging: None,
             delivery: DeliveryConfig::default(),
             features: None,
+            models: crate::training::default_models(),
+            predictions: Default::default(),
         }
     }
 }

@@ -16,8 +16,10 @@ pub mod delivery;
 pub mod error;
 pub mod ingest;
 pub mod messages;
+pub mod models;
 pub mod openapi;
 pub mod scoring;
+pub mod training;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub definitions_lock: tokio::sync::Mutex<()>,
     /// Webhook endpoints and the SMTP relay messages go through.
     pub channels: Arc<channels::Channels>,
+    /// Predictive models served by the writer, their monitoring and training jobs.
+    pub models: models::Models,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +148,15 @@ impl Kairos {
                 metrics,
                 definitions_lock: tokio::sync::Mutex::new(()),
                 channels: Arc::new(channels),
+                models: models::Models::default(),
             }),
             writer: Some(writer),
+        })
+        .inspect(|k| {
+            // The active version of every stored model serves from the first event.
+            for problem in k.state.models.load(&k.state) {
+                tracing::warn!("{problem}");
+            }
         })
     }
 
@@ -164,6 +175,7 @@ impl Kairos {
             tokio::spawn(maintenance(self.state.clone())),
             tokio::spawn(delivery::run_schedules(self.state.clone())),
             tokio::spawn(campaigns::run_auto_winner(self.state.clone())),
+            tokio::spawn(models::run_monitor(self.state.clone())),
         ];
         if self.state.config.delivery.enabled {
             let channels = self.state.channels.clone();
@@ -262,6 +274,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api.layer(cors))
         .merge(admin::routes())
         .merge(scoring::routes())
+        .merge(models::routes())
         .merge(campaigns::routes())
         .merge(messages::routes())
         .route("/health", get(health))

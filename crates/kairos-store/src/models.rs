@@ -9,6 +9,8 @@ use crate::StoreError;
 use serde_json::Value;
 
 const ACTIVE_PREFIX: &str = "active:";
+const STATUS_PREFIX: &str = "model_status:";
+const ONLINE_PREFIX: &str = "model_online:";
 
 /// One stored version of a model.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,5 +107,72 @@ impl Store {
         };
         self.activate_model(name, older)?;
         Ok(Some(older))
+    }
+
+    /// Names of every stored model, sorted.
+    pub fn model_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        for guard in self.models.iter() {
+            let k = guard.key()?;
+            let Some(name) = k.len().checked_sub(9).and_then(|n| k.get(..n)) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            if out.last() != Some(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops serving model `name`; returns the version that was active.
+    pub fn deactivate_model(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let previous = self.active_model(name)?;
+        self.meta
+            .remove(format!("{ACTIVE_PREFIX}{name}").as_bytes())?;
+        self.persist()?;
+        Ok(previous)
+    }
+
+    /// Saves the monitoring status of a served model (drift, matured-label metrics), so a
+    /// scheduled `kairos train --if-drifted` can read it.
+    pub fn put_model_status(&self, name: &str, status: &Value) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.meta
+            .insert(format!("{STATUS_PREFIX}{name}").as_bytes(), v)?;
+        self.persist()
+    }
+
+    pub fn model_status(&self, name: &str) -> Result<Option<Value>, StoreError> {
+        match self.meta.get(format!("{STATUS_PREFIX}{name}").as_bytes())? {
+            Some(v) => {
+                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("model status: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Saves the state an online learner reached on top of `version` (it keeps learning
+    /// from maturing labels between retrains; a restart resumes from here).
+    pub fn put_model_online(
+        &self,
+        name: &str,
+        version: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut key = format!("{ONLINE_PREFIX}{name}").into_bytes();
+        key.push(0);
+        key.extend_from_slice(&version.to_be_bytes());
+        self.meta.insert(key, bytes)?;
+        self.persist()
+    }
+
+    pub fn model_online(&self, name: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut key = format!("{ONLINE_PREFIX}{name}").into_bytes();
+        key.push(0);
+        key.extend_from_slice(&version.to_be_bytes());
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
     }
 }

@@ -165,7 +165,15 @@ impl Store {
         }
     }
 
+    /// Puts new definitions in force, with the models in force carried over (re-bound to
+    /// the new features; a model they no longer feed is dropped, with a warning).
     pub(crate) fn set_scoring(&self, s: Arc<Scoring>) {
+        let models = self.scoring().served_models();
+        if !models.is_empty() {
+            for problem in s.set_models(models) {
+                tracing::warn!("{problem}");
+            }
+        }
         match self.scoring.write() {
             Ok(mut g) => *g = s,
             Err(p) => *p.into_inner() = s,
@@ -868,6 +876,8 @@ pub struct Counts {
     pub dead_letters: u64,
 }
 
+use kairos_core::features::Example;
+
 impl Store {
     /// Training examples over every stored person (see [`kairos_core::features::examples`]):
     /// each history replayed through the core with `scoring` (which carries the label rule),
@@ -881,7 +891,7 @@ impl Store {
         horizon: Millis,
         data_end: Millis,
         mut progress: impl FnMut(u64),
-    ) -> Result<Vec<(ProfileId, kairos_core::features::Example)>, StoreError> {
+    ) -> Result<Vec<(ProfileId, Example)>, StoreError> {
         let mut out = Vec::new();
         let mut after = None;
         let mut done = 0u64;
@@ -890,28 +900,72 @@ impl Store {
             let Some(last) = page.last().map(|p| p.id) else {
                 break;
             };
-            for p in page {
-                let mut events: Vec<Event> = self
-                    .profile_events(p.id, None, usize::MAX)?
-                    .into_iter()
-                    .map(|s| s.event)
-                    .collect();
-                for ex in kairos_core::features::examples(
-                    &mut events,
-                    cfg,
-                    scoring,
-                    cutoffs,
-                    horizon,
-                    data_end,
-                ) {
-                    out.push((p.id, ex));
-                }
-                done += 1;
+            // People replay independently: share each page out among the cores.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let chunk = page.len().div_ceil(threads).max(1);
+            let parts: Vec<Result<Vec<(ProfileId, Example)>, StoreError>> =
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = page
+                        .chunks(chunk)
+                        .map(|people| {
+                            s.spawn(move || {
+                                let mut out = Vec::new();
+                                for p in people {
+                                    for ex in self.person_examples(
+                                        p.id, scoring, cfg, cutoffs, horizon, data_end,
+                                    )? {
+                                        out.push((p.id, ex));
+                                    }
+                                }
+                                Ok(out)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(StoreError::Corrupt("a replay thread panicked".into()))
+                            })
+                        })
+                        .collect()
+                });
+            for part in parts {
+                out.extend(part?);
             }
+            done += page.len() as u64;
             progress(done);
             after = Some(last);
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// One person's training examples (see [`Store::training_examples`]): how labels that
+    /// matured in the live stream are taken, by the same code as training sets.
+    pub fn person_examples(
+        &self,
+        id: ProfileId,
+        scoring: &Scoring,
+        cfg: &kairos_core::CoreConfig,
+        cutoffs: &[Millis],
+        horizon: Millis,
+        data_end: Millis,
+    ) -> Result<Vec<kairos_core::features::Example>, StoreError> {
+        let mut events: Vec<Event> = self
+            .profile_events(id, None, usize::MAX)?
+            .into_iter()
+            .map(|s| s.event)
+            .collect();
+        Ok(kairos_core::features::examples(
+            &mut events,
+            cfg,
+            scoring,
+            cutoffs,
+            horizon,
+            data_end,
+        ))
     }
 }
 
