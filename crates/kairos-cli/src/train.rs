@@ -403,8 +403,12 @@ pub struct ModelsArgs {
     server: Option<String>,
     #[arg(long, env = "KAIROS_ADMIN_TOKEN", global = true)]
     admin_token: Option<String>,
-    #[command(flatten)]
-    config: crate::ConfigArgs,
+    /// TOML configuration file.
+    #[arg(long, env = "KAIROS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory of a stopped server.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -457,7 +461,10 @@ pub fn models(args: ModelsArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let config = crate::load_config(&args.config)?;
+    let config = crate::load_config(&crate::ConfigArgs {
+        config: args.config.clone(),
+        data_dir: args.data_dir.clone(),
+    })?;
     let store = open_store(&config.data_dir)?;
     match args.command {
         ModelsCommand::List => {

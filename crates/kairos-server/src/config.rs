@@ -513,6 +513,27 @@ mod tests {
     }
 
     #[test]
+    fn model_specs_parse_from_toml_and_unknown_keys_are_named() {
+        let c: Config = toml::from_str(
+            "[models.churn]\nlabel = 'not did(\"Session Started\", within: 30d)'\nhorizon = \"30d\"\nlearner = \"logistic\"\ncalibration = \"isotonic\"\ntiers = { medium = 0.3, high = 0.6 }\ngbdt = { rounds = 50 }\n",
+        )
+        .expect("parses");
+        let m = &c.models["churn"];
+        assert_eq!(m.learner, kairos_ml::model::Kind::Logistic);
+        assert_eq!(m.calibration, kairos_ml::calibrate::Method::Isotonic);
+        assert_eq!(m.gbdt.rounds, 50);
+        assert_eq!(m.every, "3d", "unset keys keep their defaults");
+        assert!(
+            !c.models.contains_key("purchase_7d"),
+            "given models replace the built-in"
+        );
+        let err = toml::from_str::<Config>("[models.churn]\nlabl = \"x\"\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("labl"), "{err}");
+    }
+
+    #[test]
     fn features_from_the_file_go_over_the_stored_definitions() {
         let c: Config = toml::from_str(
             "[features]\nbuiltins = false\n[features.expressions]\nbig = \"lifetime_revenue > 1000\"\n[features.categorical]\nplan = [\"free\", \"pro\"]\n",

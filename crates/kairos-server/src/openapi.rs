@@ -270,6 +270,82 @@ pub fn document() -> Value {
         json!({"get": {"summary": "The signed link in every marketing message: a confirmation page (a GET changes nothing: mail scanners fetch links) whose button POSTs", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}},
                "post": {"summary": "Unsubscribe from that list at once; also RFC 8058 one-click (List-Unsubscribe-Post)", "parameters": [{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "An HTML confirmation"}}}}),
     );
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let post = |summary: &str, body: Option<Value>, ok: &str| {
+        let mut op = json!({"summary": summary, "security": [{"adminToken": []}], "parameters": [name.clone()],
+            "responses": {"200": {"description": ok}, "404": {"description": "No such model or version"}}});
+        if let Some(b) = body {
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": b}}});
+        }
+        json!({"post": op})
+    };
+    paths.insert(
+        "/v1/models".into(),
+        admin_get(
+            "Every model: versions, the active one, headline metrics",
+            json!([]),
+        ),
+    );
+    paths.insert(
+        "/v1/models/{name}".into(),
+        admin_get("A model's versions (label, learner, metrics against the rule scores) and its monitoring status", json!([name.clone()])),
+    );
+    for (path, what) in [
+        ("/v1/models/{name}/versions/{version}/report", "The evaluation report of a version (JSON: metrics, deciles, calibration, curves, importance, folds)"),
+        ("/v1/models/{name}/versions/{version}/report.html", "The same report as a page with ROC, precision-recall, calibration and gains plots"),
+    ] {
+        paths.insert(
+            path.into(),
+            admin_get(what, json!([name.clone(), {"name": "version", "in": "path", "required": true, "schema": {"type": "integer"}}])),
+        );
+    }
+    paths.insert(
+        "/v1/models/{name}/activate".into(),
+        post("Serve this version from the next event on, without a restart", Some(json!({"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}})), "Active"),
+    );
+    paths.insert(
+        "/v1/models/{name}/rollback".into(),
+        post(
+            "Serve the version before the active one",
+            None,
+            "Rolled back",
+        ),
+    );
+    paths.insert(
+        "/v1/models/{name}/deactivate".into(),
+        post("Stop serving the model", None, "Not served"),
+    );
+    let mut train = post(
+        "Train a new version on the stored history in the background (the body is a model spec: label, horizon, every, learner, calibration, tiers, hybrid, test_share, cv_folds, gbdt, logistic, ftrl; empty = the configured one)",
+        Some(json!({"$ref": "#/components/schemas/ModelSpec"})),
+        "",
+    );
+    train["post"]["parameters"] =
+        json!([name.clone(), {"name": "activate", "in": "query", "schema": {"type": "boolean"}}]);
+    train["post"]["responses"] =
+        json!({"202": {"description": "Started; follow /v1/models/{name}/training"}});
+    paths.insert("/v1/models/{name}/train".into(), train);
+    paths.insert(
+        "/v1/models/{name}/training".into(),
+        admin_get("Progress of the training this server runs: running (people replayed of total), done (version, metrics) or failed (why)", json!([name.clone()])),
+    );
+    paths.insert(
+        "/v1/models/{name}/monitoring".into(),
+        admin_get("Drift of the served version (population stability of each feature and of the score) and its AUC on labels that matured since activation", json!([name.clone()])),
+    );
+    paths.insert(
+        "/v1/models/monitor".into(),
+        json!({"post": {"summary": "Run a monitoring round now: collect matured labels, update online learners, measure drift", "security": [{"adminToken": []}], "responses": {"200": {"description": "Each served model's status"}}}}),
+    );
+    paths.insert(
+        "/v1/profiles/{id}/predictions".into(),
+        admin_get(
+            "Each served model's probability for this person now, tier, hybrid score, and the top feature contributions (TreeSHAP, or coefficient x value)",
+            json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "top", "in": "query", "schema": {"type": "integer", "description": "contributions to list; 0 = all"}}]),
+        ),
+    );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {
@@ -332,6 +408,16 @@ pub fn document() -> Value {
                     "quiet_hours": {"type": "string", "examples": ["21:00-08:00"]}, "default_timezone": {"type": "string"}}},
                 "Template": {"type": "object", "required": ["subject"], "additionalProperties": false, "properties": {
                     "subject": {"type": "string"}, "html": {"type": "string"}, "text": {"type": "string"}, "description": {"type": "string"}}},
+                "ModelSpec": {"type": "object", "properties": {
+                    "label": {"type": "string", "description": "rule true when the outcome happened within the horizon, e.g. did(\"Order Completed\", within: 7d)"},
+                    "horizon": {"type": "string", "description": "duration, e.g. 7d"},
+                    "every": {"type": "string", "description": "cut-off spacing, e.g. 3d"},
+                    "learner": {"type": "string", "enum": ["gbdt", "logistic", "ftrl"]},
+                    "calibration": {"type": "string", "enum": ["platt", "isotonic", "none"]},
+                    "tiers": {"type": "object", "properties": {"medium": {"type": "number"}, "high": {"type": "number"}}},
+                    "hybrid": {"type": "object", "properties": {"score": {"type": "string"}, "score_weight": {"type": "number"}, "model_weight": {"type": "number"}}},
+                    "test_share": {"type": "number"}, "cv_folds": {"type": "integer"},
+                    "gbdt": {"type": "object"}, "logistic": {"type": "object"}, "ftrl": {"type": "object"}}},
                 "Error": {"type": "object", "properties": {"success": {"const": false}, "error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
             }

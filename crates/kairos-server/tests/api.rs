@@ -479,6 +479,18 @@ async fn openapi_describes_every_route() {
         "/v1/outbox/dead/{id}/redrive",
         "/v1/messages/{id}",
         "/v1/unsubscribe",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/v1/models/{name}/versions/{version}/report",
+        "/v1/models/{name}/versions/{version}/report.html",
+        "/v1/models/{name}/activate",
+        "/v1/models/{name}/rollback",
+        "/v1/models/{name}/deactivate",
+        "/v1/models/{name}/train",
+        "/v1/models/{name}/training",
+        "/v1/models/{name}/monitoring",
+        "/v1/models/monitor",
+        "/v1/profiles/{id}/predictions",
         "/health",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
