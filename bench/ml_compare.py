@@ -5,10 +5,10 @@ Same arrays, same folds, same machine, same run, same thread count:
   (a) synthetic: 1,000,000 x 50 rows with a nonlinear signal, 80/20 split;
   (b) Caravan (CoIL 2000, from the `islp` package): 5,822 x 85, stratified 5-fold CV.
 
-    python3 -m venv .venv && .venv/bin/pip install lightgbm scikit-learn numpy pandas
-    .venv/bin/pip install --no-deps islp
-    cargo build --release -p kairos-ml --example compare
-    .venv/bin/python bench/ml_compare.py [--rows 1000000] [--threads 2] [--out results.json]
+    bench/ml_compare.sh [--rows 1000000] [--threads 2]
+
+(which installs LightGBM, scikit-learn, numpy, pandas and islp into bench/.venv, builds
+the Kairos side and runs this script).
 
 Timing is training only (binning included for all three GBDTs; file reading excluded).
 """
@@ -64,9 +64,10 @@ def synthetic(rows, cols, seed=7):
 def caravan():
     import numpy as np
     import pandas as pd
-    import ISLP
+    import importlib.util
 
-    path = os.path.join(os.path.dirname(ISLP.__file__), "data", "Caravan.csv")
+    spec = importlib.util.find_spec("ISLP")
+    path = os.path.join(spec.submodule_search_locations[0], "data", "Caravan.csv")
     df = pd.read_csv(path)
     y = (df.pop("Purchase") == "Yes").astype(np.uint8).to_numpy()
     x = df.to_numpy(dtype=np.float32)

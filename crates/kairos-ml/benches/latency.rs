@@ -1,0 +1,80 @@
+//! Serving latency percentiles, one call timed at a time: a prediction and a TreeSHAP
+//! explanation from a forest of 200 trees of depth 6 over 50 features (the serving
+//! shape), beside a logistic model on the same rows as the floor.
+//!
+//! `cargo bench -p kairos-ml --bench latency`
+
+use hdrhistogram::Histogram;
+use kairos_ml::data::Dataset;
+use kairos_ml::gbdt::{self, Params};
+use kairos_ml::{linear, shap};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn synthetic(rows: usize, cols: usize, seed: u64) -> Dataset {
+    let mut s = seed;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut d = Dataset::with_names((0..cols).map(|j| format!("f{j}")).collect());
+    let mut x = vec![0f32; cols];
+    for _ in 0..rows {
+        for v in x.iter_mut() {
+            *v = next() as f32 * 2.0 - 1.0;
+        }
+        let m = 2.0 * (x[0] * x[1]) as f64 + (3.0 * x[2] as f64).sin() + (x[3] as f64).powi(2)
+            - 0.5;
+        let label = next() < 1.0 / (1.0 + (-2.0 * m).exp());
+        d.push(&x, label).expect("row");
+    }
+    d
+}
+
+fn measure(name: &str, n: usize, mut f: impl FnMut(usize)) {
+    // Warm caches and branch predictors first.
+    for i in 0..n / 10 {
+        f(i);
+    }
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..n {
+        let t = Instant::now();
+        f(i);
+        let _ = h.record(t.elapsed().as_nanos() as u64);
+    }
+    println!(
+        "{name:<28} n={n:<7} p50 {:>7.2} us  p99 {:>7.2} us  p99.9 {:>7.2} us  max {:>8.2} us",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    );
+}
+
+fn main() {
+    let data = synthetic(50_000, 50, 42);
+    let params = Params {
+        rounds: 200,
+        max_depth: 6,
+        max_leaves: 64,
+        min_data_in_leaf: 5,
+        ..Params::default()
+    };
+    let (forest, _) = gbdt::train(&data, None, &params).expect("trains");
+    let depth = forest.trees.iter().map(|t| t.depth()).max().unwrap_or(0);
+    println!("forest: {} trees, max depth {depth}, 50 features", forest.trees.len());
+    let lin = linear::train(&data, &linear::Params::default()).expect("fits");
+    let rows: Vec<&[f32]> = (0..10_000).map(|i| data.row(i)).collect();
+    let k = rows.len();
+    measure("gbdt 200x6 predict", 200_000, |i| {
+        black_box(forest.predict_proba(black_box(rows[i % k])));
+    });
+    measure("gbdt 200x6 TreeSHAP explain", 20_000, |i| {
+        black_box(shap::contributions(&forest, black_box(rows[i % k])));
+    });
+    measure("logistic 50 predict", 200_000, |i| {
+        black_box(lin.predict_proba(black_box(rows[i % k])));
+    });
+}
