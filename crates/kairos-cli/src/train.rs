@@ -61,6 +61,12 @@ pub struct TrainArgs {
     /// Where reports go (default: `<data-dir>/reports`, or next to the table).
     #[arg(long)]
     report_dir: Option<PathBuf>,
+    /// Train in this running server (e.g. http://127.0.0.1:8080) instead of on a stopped
+    /// store: for scheduled retraining with `--if-drifted`.
+    #[arg(long, env = "KAIROS_SERVER")]
+    server: Option<String>,
+    #[arg(long, env = "KAIROS_ADMIN_TOKEN")]
+    admin_token: Option<String>,
     #[command(flatten)]
     config: crate::ConfigArgs,
 }
@@ -136,6 +142,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(k) = args.cv {
         spec.cv_folds = k;
     }
+    if let Some(server) = &args.server {
+        return train_remote(&args, server, &name, &spec, &config);
+    }
     let store = open_store(&config.data_dir)?;
     if args.if_drifted {
         let active = store.active_model(&name)?;
@@ -198,6 +207,92 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Training through a running server's API: the same pipeline, run beside ingest.
+fn train_remote(
+    args: &TrainArgs,
+    server: &str,
+    name: &str,
+    spec: &ModelSpec,
+    config: &kairos_server::Config,
+) -> anyhow::Result<()> {
+    let token = args
+        .admin_token
+        .clone()
+        .context("--admin-token (or KAIROS_ADMIN_TOKEN) is needed with --server")?;
+    let base = server.trim_end_matches('/').to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let get = |path: String| {
+            let req = client.get(format!("{base}{path}")).bearer_auth(&token);
+            async move {
+                let r = req.send().await?;
+                let status = r.status();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                Ok::<_, anyhow::Error>((status, v))
+            }
+        };
+        let (status, m) = get(format!("/v1/models/{name}/monitoring")).await?;
+        let served = status.is_success();
+        if args.if_drifted {
+            if !served {
+                println!("model {name}: none is served; training");
+            } else if m["drifted"] == true {
+                println!("model {name} v{} has drifted (score PSI {:.3}); training", m["version"], m["score_psi"].as_f64().unwrap_or(0.0));
+            } else {
+                println!(
+                    "model {name} v{} has not drifted (score PSI {:.3}, threshold {}); nothing to do",
+                    m["version"],
+                    m["score_psi"].as_f64().unwrap_or(0.0),
+                    m["psi_threshold"]
+                );
+                return Ok(());
+            }
+        }
+        let activate = args.activate || (args.if_drifted && served);
+        let r = client
+            .post(format!("{base}/v1/models/{name}/train?activate={activate}"))
+            .bearer_auth(&token)
+            .json(spec)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            bail!("{status}: {}", v["error"]["message"]);
+        }
+        let bar = progress_bar();
+        let done = loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let (_, t) = get(format!("/v1/models/{name}/training")).await?;
+            if t["state"] != "running" {
+                break t;
+            }
+            bar.set_length(t["total"].as_u64().unwrap_or(0));
+            bar.set_position(t["done"].as_u64().unwrap_or(0));
+        };
+        bar.finish_and_clear();
+        if done["state"] != "done" {
+            bail!("training failed: {}", done["error"]);
+        }
+        let version = done["version"].as_u64().unwrap_or(0);
+        let (_, report) = get(format!("/v1/models/{name}/versions/{version}/report")).await?;
+        let report: Report = serde_json::from_value(report)?;
+        let dir = args
+            .report_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("reports"));
+        save_report(&report, &dir, &format!("{name}-v{version}"))?;
+        println!(
+            "model {name} version {version} stored in the server{}",
+            if done["activated"] == true { " and serving" } else { "" }
+        );
+        Ok(())
+    })
 }
 
 /// A plain table: 80/20 stratified holdout (and k-fold CV on request), regularised

@@ -4,6 +4,8 @@
 //! reports must be written, versions must activate and roll back, and a plain CSV table
 //! (here the one `kairos examples` writes) must train and evaluate too.
 
+mod support;
+
 use kairos_ml::report::Report;
 use std::path::Path;
 use std::process::Command;
@@ -214,4 +216,37 @@ fn train_evaluate_and_manage_models_on_a_simulated_history() {
         &data,
     );
     assert!(!ok && out.contains("no column `nope`"), "{out}");
+
+    // Scheduled retraining against a running server (which holds the store).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(support::Server::start(&data));
+    let remote = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "purchase_7d",
+            "--server",
+            &server.base,
+            "--admin-token",
+            support::ADMIN,
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        kairos(&args, &data)
+    };
+    let (ok, out) = remote(&["--if-drifted"]);
+    assert!(ok && out.contains("has not drifted"), "{out}");
+    let (ok, out) = remote(&["--every", "5d"]);
+    assert!(
+        ok && out.contains("version 3 stored in the server"),
+        "{out}"
+    );
+    assert!(reports.join("purchase_7d-v3.html").exists());
+    let (ok, out) = kairos(&["train", "--model", "purchase_7d"], &data);
+    assert!(
+        !ok && out.contains("is a server running"),
+        "the store is the server's: {out}"
+    );
+    drop(server);
 }

@@ -25,8 +25,8 @@ fn synthetic(rows: usize, cols: usize, seed: u64) -> Dataset {
         for v in x.iter_mut() {
             *v = next() as f32 * 2.0 - 1.0;
         }
-        let m = 2.0 * (x[0] * x[1]) as f64 + (3.0 * x[2] as f64).sin() + (x[3] as f64).powi(2)
-            - 0.5;
+        let m =
+            2.0 * (x[0] * x[1]) as f64 + (3.0 * x[2] as f64).sin() + (x[3] as f64).powi(2) - 0.5;
         let label = next() < 1.0 / (1.0 + (-2.0 * m).exp());
         d.push(&x, label).expect("row");
     }
@@ -64,7 +64,10 @@ fn main() {
     };
     let (forest, _) = gbdt::train(&data, None, &params).expect("trains");
     let depth = forest.trees.iter().map(|t| t.depth()).max().unwrap_or(0);
-    println!("forest: {} trees, max depth {depth}, 50 features", forest.trees.len());
+    println!(
+        "forest: {} trees, max depth {depth}, 50 features",
+        forest.trees.len()
+    );
     let lin = linear::train(&data, &linear::Params::default()).expect("fits");
     let rows: Vec<&[f32]> = (0..10_000).map(|i| data.row(i)).collect();
     let k = rows.len();
