@@ -1,6 +1,8 @@
 //! The core state machine with and without scoring: simulated shop events folded into
-//! profiles, with no definitions (the baseline) and with 10 scores and 20 segments (the
-//! built-in ones plus typical extras). Results in docs/PERFORMANCE.md.
+//! profiles, with no definitions (the baseline), with 10 scores and 20 segments (the
+//! built-in ones plus typical extras), and with those plus a served model (200 trees of
+//! depth 6 over the built-in features: features extracted and a prediction made on every
+//! event). Results in docs/PERFORMANCE.md.
 //!
 //! `cargo bench -p kairos-core --bench fold`
 
@@ -129,6 +131,45 @@ fn definitions() -> Definitions {
     d
 }
 
+/// A gradient-boosted forest of the serving shape over `width` features.
+struct Forest(kairos_ml::gbdt::Forest);
+
+impl kairos_core::predict::Predictor for Forest {
+    fn predict(&self, _: ProfileId, _: kairos_core::Millis, inputs: &[f32]) -> f64 {
+        self.0.predict_proba(inputs)
+    }
+}
+
+fn served_model(scoring: &Scoring) -> kairos_core::predict::ServedModel {
+    let width = scoring.features.len();
+    let mut rng = Rng(7);
+    let mut d = kairos_ml::Dataset::with_names(scoring.features.names.clone());
+    for _ in 0..20_000 {
+        let x: Vec<f32> = (0..width).map(|_| rng.below(1000) as f32 / 100.0).collect();
+        let label = x[0] + x[1] * x[2] / 10.0 > 10.0 + rng.below(500) as f32 / 100.0;
+        d.push(&x, label).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let params = kairos_ml::gbdt::Params {
+        rounds: 200,
+        max_depth: 6,
+        max_leaves: 64,
+        min_data_in_leaf: 5,
+        ..Default::default()
+    };
+    let (forest, _) = kairos_ml::gbdt::train(&d, None, &params).unwrap_or_else(|e| panic!("{e}"));
+    kairos_core::predict::ServedModel {
+        name: "purchase_7d".into(),
+        version: 1,
+        features: scoring.features.names.clone(),
+        predictor: std::sync::Arc::new(Forest(forest)),
+        hybrid: Some(kairos_core::predict::Hybrid {
+            score: "purchase_intent".into(),
+            score_weight: 0.5,
+            model_weight: 0.5,
+        }),
+    }
+}
+
 fn fold(c: &mut Criterion) {
     let events = events();
     let cfg = CoreConfig::default();
@@ -136,12 +177,16 @@ fn fold(c: &mut Criterion) {
     assert_eq!((defs.scores.len(), defs.segments.len()), (10, 20));
     let scored = Scoring::compile(&defs, None).unwrap_or_else(|e| panic!("{e}"));
     let none = Scoring::default();
+    let with_model = Scoring::compile(&defs, None).unwrap_or_else(|e| panic!("{e}"));
+    let problems = with_model.set_models(vec![served_model(&with_model)]);
+    assert!(problems.is_empty(), "{problems:?}");
     let mut group = c.benchmark_group("fold");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(10);
     for (label, scoring) in [
         ("no definitions", &none),
         ("10 scores + 20 segments", &scored),
+        ("10 scores + 20 segments + GBDT 200x6", &with_model),
     ] {
         group.bench_function(label, |b| {
             b.iter_batched(
