@@ -40,6 +40,16 @@ fn half() -> f64 {
     0.5
 }
 
+impl Hybrid {
+    /// The blend for a rule score `score` (of which `top` is the maximum) and a model
+    /// probability `p`, on 0-100.
+    pub fn value(&self, score: f64, top: f64, p: f64) -> f64 {
+        let s = (score / top).clamp(0.0, 1.0);
+        let total = (self.score_weight + self.model_weight).max(f64::MIN_POSITIVE);
+        100.0 * (self.score_weight * s + self.model_weight * p) / total
+    }
+}
+
 /// A model to serve.
 #[derive(Clone)]
 pub struct ServedModel {
@@ -157,9 +167,7 @@ impl ModelSet {
                 );
                 let probability = b.model.predictor.predict(profile, at, &inputs);
                 let hybrid = b.model.hybrid.as_ref().zip(b.score).map(|(h, (i, top))| {
-                    let s = (scores.get(i).copied().unwrap_or(0.0) / top).clamp(0.0, 1.0);
-                    let total = (h.score_weight + h.model_weight).max(f64::MIN_POSITIVE);
-                    100.0 * (h.score_weight * s + h.model_weight * probability) / total
+                    h.value(scores.get(i).copied().unwrap_or(0.0), top, probability)
                 });
                 Prediction {
                     model: b.model.name.clone(),
@@ -170,5 +178,83 @@ impl ModelSet {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::{Definitions, Scoring};
+
+    struct Sum;
+    impl Predictor for Sum {
+        fn predict(&self, _: ProfileId, _: Millis, inputs: &[f32]) -> f64 {
+            (inputs.iter().map(|&v| v as f64).sum::<f64>() / 100.0).clamp(0.0, 1.0)
+        }
+    }
+
+    fn served(features: &[&str], hybrid: Option<Hybrid>) -> ServedModel {
+        ServedModel {
+            name: "m".into(),
+            version: 3,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            predictor: Arc::new(Sum),
+            hybrid,
+        }
+    }
+
+    #[test]
+    fn models_bind_by_feature_name_and_say_what_is_missing() {
+        let scoring = Scoring::compile(&crate::defaults::default_definitions(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Columns in the model's own order, not the feature set's.
+        let problems = scoring.set_models(vec![served(&["orders", "events_total"], None)]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut x = vec![0f32; scoring.features.len()];
+        let at = |n: &str| {
+            scoring
+                .features
+                .names
+                .iter()
+                .position(|f| f == n)
+                .unwrap_or(0)
+        };
+        x[at("orders")] = 10.0;
+        x[at("events_total")] = 30.0;
+        let p = scoring.models().predict(ProfileId(1), &x, &[], 0);
+        assert_eq!(p.len(), 1);
+        assert!((p[0].probability - 0.4).abs() < 1e-9);
+        let problems = scoring.set_models(vec![served(&["orders", "shoe_size"], None)]);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("shoe_size"), "{problems:?}");
+        assert!(
+            scoring.models().is_empty(),
+            "an unbound model is not served"
+        );
+        let empty =
+            Scoring::compile(&Definitions::default(), None).unwrap_or_else(|e| panic!("{e}"));
+        let h = Hybrid {
+            score: "purchase_intent".into(),
+            score_weight: 0.5,
+            model_weight: 0.5,
+        };
+        let problems = empty.set_models(vec![served(&[], Some(h))]);
+        assert!(problems[0].contains("purchase_intent"), "{problems:?}");
+    }
+
+    #[test]
+    fn hybrid_blends_on_a_0_to_100_scale() {
+        let h = Hybrid {
+            score: "s".into(),
+            score_weight: 1.0,
+            model_weight: 3.0,
+        };
+        assert!((h.value(50.0, 100.0, 0.2) - 100.0 * (0.5 + 0.6) / 4.0).abs() < 1e-9);
+        assert_eq!(
+            h.value(500.0, 100.0, 1.0),
+            100.0,
+            "the score is capped at its top"
+        );
+        assert_eq!(h.value(-5.0, 100.0, 0.0), 0.0);
     }
 }

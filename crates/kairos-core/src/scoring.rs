@@ -186,6 +186,15 @@ pub struct CompiledScore {
 }
 
 impl CompiledScore {
+    /// The value that counts as the top of the scale: the `max` clamp, else 100.
+    pub fn top(&self) -> f64 {
+        if self.max.is_finite() && self.max > 0.0 {
+            self.max
+        } else {
+            100.0
+        }
+    }
+
     pub fn clamp(&self, raw: f64) -> f64 {
         raw.clamp(self.min, self.max)
     }
@@ -261,14 +270,7 @@ impl Scoring {
         let scores: Vec<(String, f64)> = self
             .scores
             .iter()
-            .map(|s| {
-                let top = if s.max.is_finite() && s.max > 0.0 {
-                    s.max
-                } else {
-                    100.0
-                };
-                (s.name.clone(), top)
-            })
+            .map(|s| (s.name.clone(), s.top()))
             .collect();
         let (set, problems) = crate::predict::ModelSet::bind(models, &self.features, &scores);
         let set = std::sync::Arc::new(set);

@@ -885,12 +885,9 @@ async fn profile_predictions(
             let e = model.explain(&x, top);
             let hybrid = a.hybrid.as_ref().and_then(|h| {
                 let i = scoring.scores.iter().position(|c| c.name == h.score)?;
-                let c = &scoring.scores[i];
-                let top = if c.max.is_finite() && c.max > 0.0 { c.max } else { 100.0 };
-                let sv = (scores.get(i).copied().unwrap_or(0.0) / top).clamp(0.0, 1.0);
-                let total = (h.score_weight + h.model_weight).max(f64::MIN_POSITIVE);
+                let score = scores.get(i).copied().unwrap_or(0.0);
                 Some(json!({
-                    "value": 100.0 * (h.score_weight * sv + h.model_weight * e.probability) / total,
+                    "value": h.value(score, scoring.scores[i].top(), e.probability),
                     "score": h.score,
                     "score_value": scores.get(i),
                     "score_weight": h.score_weight,
