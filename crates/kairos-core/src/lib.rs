@@ -17,6 +17,7 @@ pub mod profile;
 pub mod rules_env;
 pub mod scoring;
 pub mod segment;
+pub mod sendtime;
 pub mod state;
 pub mod time;
 pub mod vecmap;

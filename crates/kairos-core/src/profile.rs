@@ -5,6 +5,7 @@ use crate::event::Event;
 use crate::identity::{IdKey, IdKind, ProfileId};
 use crate::predict::Prediction;
 use crate::scoring::{Change, Derived, Scoring, Trigger};
+use crate::sendtime::Engagement;
 use crate::state::ProfileState;
 use crate::time::Millis;
 use crate::vocab::Vocabulary;
@@ -22,7 +23,7 @@ pub struct CoreConfig {
 }
 
 /// Bumped when the encoding changes; state can always be rebuilt from events.
-const ENCODING_VERSION: u8 = 4;
+const ENCODING_VERSION: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,6 +46,20 @@ pub struct Profile {
     pub messaging: Messaging,
     /// The active models' predictions after the latest event or replay.
     pub predictions: Vec<Prediction>,
+    /// When the person engages, by local hour of week (send-time optimization).
+    pub engagement: Engagement,
+}
+
+/// The encoding of version 4, before engagement hours: decoded and rebuilt from nothing
+/// (the next replay of the person's history fills it).
+#[derive(Deserialize)]
+struct ProfileV4 {
+    id: ProfileId,
+    identifiers: BTreeSet<IdKey>,
+    state: ProfileState,
+    derived: Derived,
+    messaging: Messaging,
+    predictions: Vec<Prediction>,
 }
 
 /// The encoding of version 3, before predictions: decoded and given none.
@@ -87,6 +102,7 @@ impl Profile {
             derived: Derived::default(),
             messaging: Messaging::default(),
             predictions: Vec::new(),
+            engagement: Engagement::default(),
         }
     }
 
@@ -113,6 +129,7 @@ impl Profile {
             derived,
             messaging,
             predictions: _,
+            engagement: _,
         } = self;
         let view = View {
             profile_id: id.0,
@@ -189,6 +206,20 @@ impl Profile {
                     derived: v3.derived,
                     messaging: v3.messaging,
                     predictions: Vec::new(),
+                    engagement: Engagement::default(),
+                })
+            }
+            Some((&4, body)) => {
+                let v4: ProfileV4 =
+                    postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+                Ok(Profile {
+                    id: v4.id,
+                    identifiers: v4.identifiers,
+                    state: v4.state,
+                    derived: v4.derived,
+                    messaging: v4.messaging,
+                    predictions: v4.predictions,
+                    engagement: Engagement::default(),
                 })
             }
             Some((&v, _)) => Err(DecodeError::Version(v)),
@@ -259,6 +290,7 @@ impl Profile {
     ) -> Vec<Change> {
         let now = now.max(ev.timestamp);
         let campaigns = !scoring.campaigns.is_empty() || !self.messaging.is_empty();
+        self.engagement.record(ev, self.state.timezone().as_deref());
         let mut out = if scoring.is_empty() && !campaigns {
             Vec::new()
         } else {
@@ -402,10 +434,16 @@ impl Profile {
             replay_version: scoring.replay_version,
             ..Derived::default()
         };
+        self.engagement = Engagement::default();
         for ev in events.iter() {
             self.state.apply(ev, &cfg.vocabulary);
             self.state.apply_aggregates(ev, &scoring.aggregates);
             fresh.score_event(&self.state, ev, scoring);
+        }
+        // Engagement hours in the zone known at the end, like the rest of the replay.
+        let tz = self.state.timezone();
+        for ev in events.iter() {
+            self.engagement.record(ev, tz.as_deref());
         }
         let mut tiers: Vec<(String, Option<String>)> = Vec::new();
         for name in fresh.scores.keys() {
