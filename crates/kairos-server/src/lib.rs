@@ -19,6 +19,7 @@ pub mod messages;
 pub mod models;
 pub mod openapi;
 pub mod scoring;
+pub mod sendtime;
 pub mod training;
 
 use axum::routing::{get, post};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub channels: Arc<channels::Channels>,
     /// Predictive models served by the writer, their monitoring and training jobs.
     pub models: models::Models,
+    /// Engagement-hour priors for send-time optimization.
+    pub send_time: sendtime::SendTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,7 @@ impl Kairos {
                 definitions_lock: tokio::sync::Mutex::new(()),
                 channels: Arc::new(channels),
                 models: models::Models::default(),
+                send_time: sendtime::SendTime::default(),
             }),
             writer: Some(writer),
         })
@@ -176,6 +180,7 @@ impl Kairos {
             tokio::spawn(delivery::run_schedules(self.state.clone())),
             tokio::spawn(campaigns::run_auto_winner(self.state.clone())),
             tokio::spawn(models::run_monitor(self.state.clone())),
+            tokio::spawn(sendtime::run_priors(self.state.clone())),
         ];
         if self.state.config.delivery.enabled {
             let channels = self.state.channels.clone();
@@ -275,6 +280,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin::routes())
         .merge(scoring::routes())
         .merge(models::routes())
+        .merge(sendtime::routes())
         .merge(campaigns::routes())
         .merge(messages::routes())
         .route("/health", get(health))
