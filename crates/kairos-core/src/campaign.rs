@@ -37,7 +37,7 @@ use crate::event::Event;
 use crate::rules_env::ProfileEnv;
 use crate::scoring::{Change, ChangeKind, DefinitionError, Derived, Scoring};
 use crate::state::{Json, ProfileState};
-use crate::time::{format_timestamp, time_zone, Millis, DAY, MINUTE};
+use crate::time::{format_timestamp, time_zone, Millis, DAY, HOUR, MINUTE};
 use crate::vecmap::VecMap;
 use crate::vocab::Vocabulary;
 use kairos_rules::{compile, parse_duration, Aggregates, Program, Schema};
@@ -84,6 +84,14 @@ pub struct CampaignDef {
     pub winner: Option<String>,
     /// Let the server set `winner` once the report finds one.
     pub auto_winner: bool,
+    /// `"optimal"`: each message goes at the person's best moment within `send_within`
+    /// of when it would have gone (send-time optimization, docs/campaigns.md).
+    pub send_at: Option<String>,
+    /// The deadline for `send_at = "optimal"` (default 24h).
+    pub send_within: Option<String>,
+    /// Share of optimised sends that go at a random moment in the window instead, so the
+    /// model keeps learning about hours it would not pick (default 0.1).
+    pub explore: Option<f64>,
 }
 
 impl Default for CampaignDef {
@@ -108,6 +116,9 @@ impl Default for CampaignDef {
             conversion: None,
             winner: None,
             auto_winner: false,
+            send_at: None,
+            send_within: None,
+            explore: None,
         }
     }
 }
@@ -458,6 +469,8 @@ pub struct CompiledCampaign {
     pub conversion: Option<(String, Millis)>,
     pub winner: Option<String>,
     pub auto_winner: bool,
+    /// Send-time optimization: (window, exploration share).
+    pub optimal: Option<(Millis, f64)>,
 }
 
 /// Compiled campaigns and messaging rules.
@@ -815,7 +828,31 @@ fn compile_one(
         CompiledTrigger::Event(p) => p.event_guard(),
         _ => None,
     };
+    let optimal = match def.send_at.as_deref() {
+        None | Some("now") => None,
+        Some("optimal") => {
+            let within = match &def.send_within {
+                Some(w) => duration("send_within", w)?,
+                None => DAY,
+            };
+            if !(HOUR..=7 * DAY).contains(&within) {
+                return Err(invalid("send_within", "must be from 1h to 7d".into()));
+            }
+            let explore = def.explore.unwrap_or(0.1);
+            if !(0.0..=1.0).contains(&explore) {
+                return Err(invalid("explore", "must be a share from 0 to 1".into()));
+            }
+            Some((within, explore))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "send_at",
+                format!("`{other}` is not `optimal` or `now`"),
+            ))
+        }
+    };
     Ok(CompiledCampaign {
+        optimal,
         guard,
         name: name.to_string(),
         description: def.description.clone(),
@@ -994,6 +1031,7 @@ pub struct View<'a> {
     pub derived: &'a Derived,
     pub scoring: &'a Scoring,
     pub identifiers: &'a std::collections::BTreeSet<crate::identity::IdKey>,
+    pub engagement: &'a crate::sendtime::Engagement,
 }
 
 /// The address campaigns send to: the `email` trait, else a known address identifier.
@@ -1064,6 +1102,73 @@ fn xxh(parts: &[&[u8]]) -> u64 {
 }
 
 /// A uniform number in [0, 1) from a stable hash of (person, campaign).
+/// The moment in `[now, now + within)` to send step `j` of `c`: the person's best hour
+/// by the send-time model (outside quiet hours), or for an `explore` share of journeys a
+/// random hour, so the model sees responses at hours it would not choose.
+fn optimal_moment(
+    view: &View<'_>,
+    c: &CompiledCampaign,
+    j: &Journey,
+    now: Millis,
+    within: Millis,
+    explore: f64,
+) -> Option<(Millis, String)> {
+    let campaigns = &view.scoring.campaigns;
+    let tz_name = view
+        .state
+        .timezone()
+        .unwrap_or_else(|| campaigns.default_timezone.clone());
+    let tz = time_zone(&tz_name)?;
+    let priors = view.scoring.send_time_priors();
+    let prior = priors.prior(view.derived.primary.as_deref());
+    let quiet = if c.quiet_hours {
+        campaigns.quiet_hours
+    } else {
+        None
+    };
+    let slots: Vec<crate::sendtime::Slot> =
+        crate::sendtime::slots(view.engagement, &prior, Some(&tz_name), now, within)
+            .into_iter()
+            .filter(|s| quiet.is_none_or(|q| q.deferral(s.at, &tz).is_none()))
+            .collect();
+    if slots.is_empty() {
+        return None;
+    }
+    let u = {
+        let h = xxh(&[
+            &view.profile_id.to_be_bytes(),
+            &j.id.to_be_bytes(),
+            &[j.step as u8],
+            b"explore",
+        ]);
+        (h >> 11) as f64 / (1u64 << 53) as f64
+    };
+    if u < explore {
+        let k = ((u / explore.max(f64::MIN_POSITIVE)) * slots.len() as f64) as usize;
+        let s = &slots[k.min(slots.len() - 1)];
+        return Some((
+            s.at,
+            format!(
+                "send-time exploration ({:.0}% of sends go at a random hour): {}",
+                explore * 100.0,
+                format_timestamp(s.at)
+            ),
+        ));
+    }
+    let best = slots
+        .iter()
+        .reduce(|a, b| if b.share > a.share + 1e-12 { b } else { a })?;
+    Some((
+        best.at,
+        format!(
+            "send-time optimization: best hour within {} in {tz_name} is {} ({:.1}x an average hour)",
+            crate::time::format_duration(within),
+            format_timestamp(best.at),
+            best.lift
+        ),
+    ))
+}
+
 fn assignment(profile: u64, campaign: &str) -> f64 {
     let h = xxh(&[&profile.to_be_bytes(), campaign.as_bytes(), b"assign"]);
     (h >> 11) as f64 / (1u64 << 53) as f64
@@ -1373,6 +1478,18 @@ impl Messaging {
                     format!("exit: {}", exit.source),
                 ));
                 return false;
+            }
+        }
+        // Send-time optimization: the first time a step comes due, move it to the
+        // person's best moment in the window (then it goes without asking again).
+        if let (Some((within, explore)), false) = (c.optimal, j.deferred) {
+            if let Some((at, why)) = optimal_moment(view, c, j, now, within, explore) {
+                if at > now + 60_000 {
+                    j.due = at;
+                    j.deferred = true;
+                    out.push(change(MessageStatus::Deferred { until: at }, why));
+                    return true;
+                }
             }
         }
         match self.blocked(view, c, now) {

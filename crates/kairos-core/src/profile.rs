@@ -129,7 +129,7 @@ impl Profile {
             derived,
             messaging,
             predictions: _,
-            engagement: _,
+            engagement,
         } = self;
         let view = View {
             profile_id: id.0,
@@ -137,6 +137,7 @@ impl Profile {
             derived,
             scoring,
             identifiers,
+            engagement,
         };
         (view, messaging)
     }

@@ -246,6 +246,8 @@ pub struct Scoring {
     /// Predictive models in force, bound to `features`. Swapped as models are activated,
     /// without recompiling or re-evaluating anything else.
     models: std::sync::RwLock<std::sync::Arc<crate::predict::ModelSet>>,
+    /// Engagement-hour priors for send-time optimization, set by the host.
+    send_time_priors: std::sync::RwLock<std::sync::Arc<crate::sendtime::Priors>>,
 }
 
 impl Default for Scoring {
@@ -279,6 +281,21 @@ impl Scoring {
             Err(p) => *p.into_inner() = set,
         }
         problems
+    }
+
+    /// The send-time priors in force (uniform until the host computes them).
+    pub fn send_time_priors(&self) -> std::sync::Arc<crate::sendtime::Priors> {
+        match self.send_time_priors.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set_send_time_priors(&self, p: std::sync::Arc<crate::sendtime::Priors>) {
+        match self.send_time_priors.write() {
+            Ok(mut g) => *g = p,
+            Err(e) => *e.into_inner() = p,
+        }
     }
 
     /// The models in force as they were given (to carry them over to new definitions).
@@ -471,6 +488,7 @@ impl Scoring {
             campaigns,
             features,
             models: Default::default(),
+            send_time_priors: Default::default(),
         })
     }
 

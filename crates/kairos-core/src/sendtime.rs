@@ -279,6 +279,7 @@ pub fn advise(
     // Beta(1, 3) prior on the open rate: about 25% until the person's own numbers count.
     let open_rate =
         (e.human_opens as f64 + 1.0) / (delivered.max(e.human_opens as u64) as f64 + 4.0);
+    let candidates = candidate_slots(&p, &zone, open_rate, now, within);
     let slot = |at: Millis| -> Option<Slot> {
         let h = hour_of_week(at, &zone)?;
         let share = p[h as usize];
@@ -290,17 +291,6 @@ pub fn advise(
             probability: (open_rate * share * HOURS as f64).min(1.0),
         })
     };
-    // Candidates: now, then each following full hour (zones with half-hour offsets start
-    // their local hours off the UTC hour: step through local hour starts).
-    let mut candidates: Vec<Slot> = Vec::new();
-    let end = now + within.max(1);
-    let mut t = now;
-    while t < end && candidates.len() < 24 * 31 {
-        if let Some(s) = slot(t) {
-            candidates.push(s);
-        }
-        t = next_local_hour(t, &zone);
-    }
     let best = candidates
         .iter()
         .cloned()
@@ -328,6 +318,48 @@ pub fn advise(
         open_rate,
         time_zone: zone_name.to_string(),
     }
+}
+
+/// Candidate moments in `[now, now + within)`: now, then the start of each following
+/// local hour (zones with half-hour offsets start their hours off the UTC hour).
+fn candidate_slots(
+    p: &[f64; HOURS],
+    zone: &jiff::tz::TimeZone,
+    open_rate: f64,
+    now: Millis,
+    within: Millis,
+) -> Vec<Slot> {
+    let mut out = Vec::new();
+    let end = now + within.max(1);
+    let mut t = now;
+    while t < end && out.len() < 24 * 31 {
+        if let Some(h) = hour_of_week(t, zone) {
+            let share = p[h as usize];
+            out.push(Slot {
+                at: t,
+                local_hour_of_week: h,
+                share,
+                lift: share * HOURS as f64,
+                probability: (open_rate * share * HOURS as f64).min(1.0),
+            });
+        }
+        t = next_local_hour(t, zone);
+    }
+    out
+}
+
+/// Every candidate moment in the window with the person's posterior share, for callers
+/// that filter them (quiet hours) before choosing.
+pub fn slots(
+    e: &Engagement,
+    prior: &[f64; HOURS],
+    tz: Option<&str>,
+    now: Millis,
+    within: Millis,
+) -> Vec<Slot> {
+    let zone = tz.and_then(time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let (p, _, _) = posterior(e, prior, now);
+    candidate_slots(&p, &zone, 1.0, now, within)
 }
 
 /// The start of the next local hour after `t`.

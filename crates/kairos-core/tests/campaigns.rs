@@ -951,3 +951,115 @@ fn wait_until_sends_as_soon_as_its_rule_holds_or_when_the_time_limit_runs_out() 
         Some(("queued", T0 + MINUTE + 2 * HOUR))
     );
 }
+
+/// Ada (Berlin) clicks emails around 20:00 local for weeks; a campaign with
+/// `send_at = "optimal"` holds her message for her evening instead of sending at once.
+fn evening_reader(r: &mut Run) {
+    r.apply(&identify(1, T0 - 40 * DAY, true));
+    for d in 1..30 {
+        // T0 is 10:53 CEST; 20:10 local is T0 + 9h17m.
+        let at = T0 - d * DAY + 9 * HOUR + 17 * MINUTE;
+        r.apply(&track(100 + d as usize, "Email Clicked", at, json!({})));
+    }
+    r.changes.clear();
+}
+
+#[test]
+fn send_time_optimization_holds_a_message_for_the_persons_best_hour() {
+    let campaign = CampaignDef {
+        send_at: Some("optimal".into()),
+        send_within: Some("24h".into()),
+        explore: Some(0.0),
+        ..cart_campaign()
+    };
+    let d = definitions(vec![("cart_abandonment", campaign)]);
+    let mut r = Run::new(&d);
+    evening_reader(&mut r);
+    r.apply(&track(
+        2,
+        "Added to Cart",
+        T0,
+        json!({"product_id": "sku-1", "price": 80}),
+    ));
+    r.tick(T0 + 31 * MINUTE);
+    let m = messages(&r.changes);
+    let deferred = m
+        .iter()
+        .find(|x| x.1 == "deferred")
+        .expect("held for later");
+    assert!(deferred.3.contains("send-time optimization"), "{m:?}");
+    // 20:00 local (CEST = UTC+2) the same day: 18:00Z.
+    let evening = kairos_core::time::parse_timestamp("2025-10-09T18:00:00Z").unwrap_or(0);
+    assert_eq!(r.profile.timer(), Some(evening), "{m:?}");
+    assert!(queued(&r.changes).is_empty());
+    r.tick(evening);
+    assert_eq!(
+        queued(&r.changes).len(),
+        1,
+        "sent at her hour, not re-optimised"
+    );
+
+    // Quiet hours cover her evening: the best hour outside them is chosen instead.
+    let mut d2 = d.clone();
+    d2.messaging = MessagingDef {
+        quiet_hours: "19:00-08:00".into(),
+        ..MessagingDef::default()
+    };
+    let mut r = Run::new(&d2);
+    evening_reader(&mut r);
+    r.apply(&track(
+        2,
+        "Added to Cart",
+        T0,
+        json!({"product_id": "sku-1", "price": 80}),
+    ));
+    r.tick(T0 + 31 * MINUTE);
+    // Every allowed hour is as good as another (no priors yet): the first, now.
+    assert_eq!(queued(&r.changes).len(), 1, "{:?}", messages(&r.changes));
+    assert!(!messages(&r.changes).iter().any(|m| m.1 == "deferred"));
+}
+
+#[test]
+fn send_time_exploration_sends_a_share_at_random_hours() {
+    let campaign = CampaignDef {
+        send_at: Some("optimal".into()),
+        explore: Some(1.0),
+        ..cart_campaign()
+    };
+    let d = definitions(vec![("cart_abandonment", campaign)]);
+    let mut r = Run::new(&d);
+    evening_reader(&mut r);
+    r.apply(&track(
+        2,
+        "Added to Cart",
+        T0,
+        json!({"product_id": "sku-1", "price": 80}),
+    ));
+    r.tick(T0 + 31 * MINUTE);
+    let m = messages(&r.changes);
+    assert!(
+        m.iter()
+            .any(|x| x.1 == "deferred" && x.3.contains("exploration"))
+            || queued(&r.changes).len() == 1,
+        "{m:?}"
+    );
+    let bad = CampaignDef {
+        send_at: Some("asap".into()),
+        ..cart_campaign()
+    };
+    let err = Scoring::compile(&definitions(vec![("c", bad)]), None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("send_at") && err.contains("asap"), "{err}");
+    let bad = CampaignDef {
+        send_at: Some("optimal".into()),
+        send_within: Some("30d".into()),
+        ..cart_campaign()
+    };
+    let err = Scoring::compile(&definitions(vec![("c", bad)]), None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("send_within"), "{err}");
+}

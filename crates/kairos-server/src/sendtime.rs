@@ -50,6 +50,11 @@ impl SendTime {
         }
         let priors = b.build();
         let people = priors.people;
+        // Campaigns with `send_at = "optimal"` decide inside the writer with these.
+        state
+            .store
+            .scoring()
+            .set_send_time_priors(Arc::new(priors.clone()));
         *self.priors.write().unwrap_or_else(|p| p.into_inner()) = Arc::new((priors, now));
         Ok(people)
     }

@@ -168,7 +168,9 @@ impl Store {
     /// Puts new definitions in force, with the models in force carried over (re-bound to
     /// the new features; a model they no longer feed is dropped, with a warning).
     pub(crate) fn set_scoring(&self, s: Arc<Scoring>) {
-        let models = self.scoring().served_models();
+        let old = self.scoring();
+        s.set_send_time_priors(old.send_time_priors());
+        let models = old.served_models();
         if !models.is_empty() {
             for problem in s.set_models(models) {
                 tracing::warn!("{problem}");
