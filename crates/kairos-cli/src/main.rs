@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_scoring;
+mod evaluate_sendtime;
 mod examples;
 mod import;
 mod train;
@@ -63,8 +64,9 @@ enum Command {
     /// the rule scores, store it as a new version, write the report (JSON + HTML).
     Train(train::TrainArgs),
     /// Evaluate a stored model on labels that matured after its training (or a saved table
-    /// model on a table); writes the report.
-    Evaluate(train::EvaluateArgs),
+    /// model on a table); writes the report. `kairos evaluate send-time` scores the
+    /// send-time model against a simulator's ground truth.
+    Evaluate(train::EvaluateCommand),
     /// List, show, activate and roll back model versions.
     Models(train::ModelsArgs),
     /// Benchmarks (see docs/PERFORMANCE.md).
@@ -153,7 +155,11 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => rt.block_on(kairos_sim::run(args)).map(|_| ()),
         Command::Examples(args) => examples::run(args),
         Command::Train(args) => train::train(args),
-        Command::Evaluate(args) => train::evaluate(args),
+        Command::Evaluate(train::EvaluateCommand {
+            what: Some(train::EvaluateWhat::SendTime(a)),
+            ..
+        }) => evaluate_sendtime::run(a),
+        Command::Evaluate(c) => train::evaluate(c.model),
         Command::Models(args) => train::models(args, &rt),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),

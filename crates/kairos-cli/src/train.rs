@@ -390,6 +390,21 @@ fn stem(p: &Path) -> String {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvaluateCommand {
+    #[command(subcommand)]
+    pub what: Option<EvaluateWhat>,
+    #[command(flatten)]
+    pub model: EvaluateArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum EvaluateWhat {
+    /// The send-time model against a simulator's ground truth.
+    SendTime(crate::evaluate_sendtime::SendTimeArgs),
+}
+
+#[derive(clap::Args)]
 pub struct EvaluateArgs {
     /// A stored model: evaluated on labels that matured after its training data.
     #[arg(long)]
