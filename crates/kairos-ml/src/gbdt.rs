@@ -179,13 +179,98 @@ pub struct Forest {
     pub gain_importance: Vec<f64>,
     /// Split count per feature.
     pub split_importance: Vec<u64>,
+    /// The serving layout, built on first use.
+    #[serde(skip)]
+    compact: std::sync::OnceLock<Compact>,
+}
+
+/// Every tree's nodes in one array of 16-byte nodes (a 200 x depth-6 forest is 400 KB and
+/// stays in L2), leaf values apart: the walk touches only what it compares.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Compact {
+    /// (feature, or `LEAF`; threshold; left; right), children as absolute indices; the
+    /// missing-value direction in the top bit of `left`.
+    nodes: Vec<(u32, f32, u32, u32)>,
+    values: Vec<f64>,
+    roots: Vec<u32>,
+}
+
+const DEFAULT_LEFT: u32 = 1 << 31;
+
+impl Compact {
+    fn new(trees: &[Tree]) -> Self {
+        let mut c = Compact::default();
+        for t in trees {
+            let base = c.nodes.len() as u32;
+            c.roots.push(base);
+            for n in &t.nodes {
+                let flag = if n.default_left { DEFAULT_LEFT } else { 0 };
+                c.nodes.push((
+                    n.feature,
+                    n.threshold,
+                    (base + n.left) | flag,
+                    base + n.right,
+                ));
+                c.values.push(n.value);
+            }
+        }
+        c
+    }
+
+    #[inline]
+    fn margin(&self, x: &[f32]) -> f64 {
+        let mut sum = 0.0;
+        for &root in &self.roots {
+            let mut i = root as usize;
+            loop {
+                let (f, thr, left, right) = self.nodes[i];
+                if f == LEAF {
+                    sum += self.values[i];
+                    break;
+                }
+                let v = x[f as usize];
+                let go_left = if v.is_nan() {
+                    left & DEFAULT_LEFT != 0
+                } else {
+                    v <= thr
+                };
+                i = if go_left {
+                    (left & !DEFAULT_LEFT) as usize
+                } else {
+                    right as usize
+                };
+            }
+        }
+        sum
+    }
 }
 
 impl Forest {
+    pub fn new(
+        base: f64,
+        trees: Vec<Tree>,
+        n_features: usize,
+        gain_importance: Vec<f64>,
+        split_importance: Vec<u64>,
+    ) -> Self {
+        Self {
+            base,
+            trees,
+            n_features,
+            gain_importance,
+            split_importance,
+            compact: Default::default(),
+        }
+    }
+
     /// The margin (log-odds) for one row of `n_features` values.
     #[inline]
     pub fn margin(&self, x: &[f32]) -> f64 {
-        self.base + self.trees.iter().map(|t| t.predict(x)).sum::<f64>()
+        self.base
+            + self
+                .compact
+                .get_or_init(|| Compact::new(&self.trees))
+                .margin(x)
     }
 
     pub fn predict_proba(&self, x: &[f32]) -> f64 {
@@ -427,13 +512,7 @@ pub fn train(
     // per histogram update.
     let mut gh = vec![[0f64; 2]; n];
     let mut valid_margin: Vec<f64> = valid.map_or(Vec::new(), |v| vec![base; v.rows()]);
-    let mut forest = Forest {
-        base,
-        trees: Vec::new(),
-        n_features: f,
-        gain_importance: vec![0.0; f],
-        split_importance: vec![0; f],
-    };
+    let mut forest = Forest::new(base, Vec::new(), f, vec![0.0; f], vec![0; f]);
     let mut log = TrainLog::default();
     let mut best = (f64::INFINITY, 0usize);
     let mut rng = params.seed.max(1);

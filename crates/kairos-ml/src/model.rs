@@ -168,6 +168,9 @@ pub struct Model {
     /// Training distribution of each feature and of the probability, for drift (PSI).
     pub feature_baselines: Vec<Baseline>,
     pub score_baseline: Baseline,
+    /// Precomputed TreeSHAP tables, built on the first explanation.
+    #[serde(skip)]
+    explainer: std::sync::OnceLock<Option<crate::shap::Explainer>>,
 }
 
 /// What the fit did besides the model.
@@ -261,6 +264,7 @@ impl Model {
                 edges: Vec::new(),
                 shares: Vec::new(),
             },
+            explainer: Default::default(),
         };
         let train_probs: Vec<f64> = (0..train.rows())
             .map(|i| model.predict(train.row(i)))
@@ -296,10 +300,16 @@ impl Model {
     /// when 0).
     pub fn explain(&self, x: &[f32], top: usize) -> Explanation {
         let (base_margin, phi) = match &self.learner {
-            Learner::Gbdt(f) => (
-                crate::shap::expected_value(f),
-                crate::shap::contributions(f, x),
-            ),
+            Learner::Gbdt(f) => match self
+                .explainer
+                .get_or_init(|| crate::shap::Explainer::new(f))
+            {
+                Some(fast) => (fast.expected_value, fast.contributions(x)),
+                None => (
+                    crate::shap::expected_value(f),
+                    crate::shap::contributions(f, x),
+                ),
+            },
             Learner::Logistic(l) => (l.intercept, l.contributions(x)),
             Learner::Ftrl(f) => {
                 let w = f.weights();
