@@ -306,6 +306,9 @@ struct FastLeaf {
 
 const MAX_FAST_DEPTH: usize = 16;
 
+/// A split on the way to a leaf: (node, went left, feature, cover fraction of the child).
+type PathStep = (usize, bool, u32, f64);
+
 impl Explainer {
     /// Precomputes the tables; `None` when a leaf has more than 16 distinct features on
     /// its path (the tables would be too large: use [`contributions`]).
@@ -369,7 +372,7 @@ impl FastTree {
         }
         let mut leaves = Vec::new();
         // Depth-first with the path so far: (node, went left, feature, cover fraction).
-        let mut stack: Vec<(usize, Vec<(usize, bool, u32, f64)>)> = vec![(0, Vec::new())];
+        let mut stack: Vec<(usize, Vec<PathStep>)> = vec![(0, Vec::new())];
         while let Some((i, path)) = stack.pop() {
             let n = &t.nodes[i];
             if n.is_leaf() {

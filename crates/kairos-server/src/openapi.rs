@@ -346,6 +346,19 @@ pub fn document() -> Value {
             json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "top", "in": "query", "schema": {"type": "integer", "description": "contributions to list; 0 = all"}}]),
         ),
     );
+    paths.insert(
+        "/v1/profiles/{id}/send-time".into(),
+        admin_get(
+            "The best moment to reach this person within the window (and the runner-up), with the expected engagement probability and how much of the estimate is their own history vs the prior",
+            json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "within", "in": "query", "schema": {"type": "string", "description": "1h to 30d; default 24h"}}]),
+        ),
+    );
+    let mut priors = admin_get(
+        "The population's and each segment's engagement hours (the priors)",
+        json!([]),
+    );
+    priors["post"] = json!({"summary": "Recompute the priors now (they refresh every 10 minutes)", "security": [{"adminToken": []}], "responses": {"200": {"description": "The new priors"}}});
+    paths.insert("/v1/send-time/priors".into(), priors);
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {

@@ -491,6 +491,8 @@ async fn openapi_describes_every_route() {
         "/v1/models/{name}/monitoring",
         "/v1/models/monitor",
         "/v1/profiles/{id}/predictions",
+        "/v1/profiles/{id}/send-time",
+        "/v1/send-time/priors",
         "/health",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
