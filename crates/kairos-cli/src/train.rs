@@ -349,15 +349,9 @@ fn train_table(args: &TrainArgs, table: &Path) -> anyhow::Result<()> {
             let (tr, te) = (data.subset(&f.train), data.subset(&f.test));
             let (m, _) = Model::fit(&spec, &tr)?;
             let e = Evaluation::new("fold", &m.predict_dataset(&te), &te.y, m.threshold);
-            report.folds.push(FoldResult {
-                fold: i as u32 + 1,
-                train_rows: tr.rows() as u64,
-                test_rows: te.rows() as u64,
-                auc: e.auc,
-                pr_auc: e.pr_auc,
-                log_loss: e.log_loss,
-                brier: e.brier,
-            });
+            report
+                .folds
+                .push(FoldResult::new(i as u32 + 1, tr.rows(), te.rows(), &e));
         }
     }
     report.data = DataSummary {

@@ -8,22 +8,7 @@ mod support;
 
 use kairos_ml::report::Report;
 use std::path::Path;
-use std::process::Command;
-
-fn kairos(args: &[&str], data_dir: &Path) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
-    cmd.args(args);
-    if args[0] != "simulate" {
-        cmd.arg("--data-dir").arg(data_dir);
-    }
-    let out = cmd.env("KAIROS_LOG", "warn").output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::kairos;
 
 fn report(path: &Path) -> Report {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()

@@ -3,22 +3,9 @@
 //! and whose email went out at random times: the model's hour must beat a fixed 10:00 and
 //! the population's best hour, in hit rate and in expected open rate.
 
-use std::process::Command;
+mod support;
 
-fn kairos(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
-    cmd.args(args);
-    if args[0] != "simulate" {
-        cmd.arg("--data-dir").arg(data_dir);
-    }
-    let out = cmd.env("KAIROS_LOG", "warn").output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::kairos;
 
 #[test]
 fn the_send_time_model_beats_a_fixed_hour_and_the_populations_hour() {

@@ -125,3 +125,20 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// Runs `kairos ARGS` (with `--data-dir` after every command but `simulate`); returns
+/// whether it succeeded and everything it printed.
+pub fn kairos(args: &[&str], data_dir: &Path) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
+    cmd.args(args);
+    if args[0] != "simulate" {
+        cmd.arg("--data-dir").arg(data_dir);
+    }
+    let out = cmd.env("KAIROS_LOG", "warn").output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

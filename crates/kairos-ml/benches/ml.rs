@@ -5,33 +5,10 @@
 //! `cargo bench -p kairos-ml --bench ml`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kairos_ml::data::Dataset;
+use kairos_ml::data::synthetic;
 use kairos_ml::gbdt::{self, Params};
 use kairos_ml::{linear, shap};
 use std::hint::black_box;
-
-/// Rows with a nonlinear signal in the first features and noise in the rest.
-fn synthetic(rows: usize, cols: usize, seed: u64) -> Dataset {
-    let mut s = seed;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut d = Dataset::with_names((0..cols).map(|j| format!("f{j}")).collect());
-    let mut x = vec![0f32; cols];
-    for _ in 0..rows {
-        for v in x.iter_mut() {
-            *v = next() as f32 * 2.0 - 1.0;
-        }
-        let m =
-            2.0 * (x[0] * x[1]) as f64 + (3.0 * x[2] as f64).sin() + (x[3] as f64).powi(2) - 0.5;
-        let label = next() < 1.0 / (1.0 + (-2.0 * m).exp());
-        d.push(&x, label).expect("row");
-    }
-    d
-}
 
 fn serving(c: &mut Criterion) {
     let data = synthetic(50_000, 50, 42);

@@ -195,6 +195,32 @@ impl Dataset {
     }
 }
 
+/// Rows with a nonlinear signal in the first four features (an interaction, a sine, a
+/// square) and noise in the rest, labels drawn from it: for benchmarks and tests that need
+/// data with known structure. Deterministic in `seed`.
+pub fn synthetic(rows: usize, cols: usize, seed: u64) -> Dataset {
+    let mut s = seed.max(1);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut d = Dataset::with_names((0..cols).map(|j| format!("f{j}")).collect());
+    let mut x = vec![0f32; cols];
+    for _ in 0..rows {
+        for v in x.iter_mut() {
+            *v = next() as f32 * 2.0 - 1.0;
+        }
+        let f = |j: usize| x.get(j).copied().unwrap_or(0.0) as f64;
+        let m = 2.0 * f(0) * f(1) + (3.0 * f(2)).sin() + f(3).powi(2) - 0.5;
+        let label = next() < 1.0 / (1.0 + (-2.0 * m).exp());
+        d.x.extend_from_slice(&x);
+        d.y.push(if label { 1.0 } else { 0.0 });
+    }
+    d
+}
+
 fn is_missing(v: &str) -> bool {
     v.is_empty()
         || matches!(

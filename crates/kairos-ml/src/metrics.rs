@@ -14,6 +14,28 @@ fn order_desc(scores: &[f64]) -> Vec<usize> {
     idx
 }
 
+/// `idx` (by descending score) in groups of tied scores: (score, positives, negatives).
+fn tied_groups<'a>(
+    idx: &'a [usize],
+    scores: &'a [f64],
+    y: &'a [f32],
+) -> impl Iterator<Item = (f64, f64, f64)> + 'a {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let s = scores[*idx.get(i)?];
+        let (mut p, mut n) = (0.0, 0.0);
+        while i < idx.len() && scores[idx[i]] == s {
+            if y[idx[i]] > 0.5 {
+                p += 1.0
+            } else {
+                n += 1.0
+            }
+            i += 1;
+        }
+        Some((s, p, n))
+    })
+}
+
 /// Area under the ROC curve; 0.5 when only one class is present.
 pub fn auc(scores: &[f64], y: &[f32]) -> f64 {
     let idx = order_desc(scores);
@@ -22,22 +44,10 @@ pub fn auc(scores: &[f64], y: &[f32]) -> f64 {
     if pos == 0.0 || neg == 0.0 {
         return 0.5;
     }
-    // Walk groups of tied scores from the top; each negative in a group beats the
-    // positives already seen and ties half with the positives in its own group.
+    // Each negative beats the positives already seen and ties half with its own group's.
     let mut seen_pos = 0.0;
     let mut area = 0.0;
-    let mut i = 0;
-    while i < idx.len() {
-        let s = scores[idx[i]];
-        let (mut gp, mut gn) = (0.0, 0.0);
-        while i < idx.len() && scores[idx[i]] == s {
-            if y[idx[i]] > 0.5 {
-                gp += 1.0
-            } else {
-                gn += 1.0
-            }
-            i += 1;
-        }
+    for (_, gp, gn) in tied_groups(&idx, scores, y) {
         area += gn * (seen_pos + gp / 2.0);
         seen_pos += gp;
     }
@@ -53,17 +63,9 @@ pub fn average_precision(scores: &[f64], y: &[f32]) -> f64 {
         return 0.0;
     }
     let (mut tp, mut fp, mut ap, mut last_recall) = (0.0, 0.0, 0.0, 0.0);
-    let mut i = 0;
-    while i < idx.len() {
-        let s = scores[idx[i]];
-        while i < idx.len() && scores[idx[i]] == s {
-            if y[idx[i]] > 0.5 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
+    for (_, gp, gn) in tied_groups(&idx, scores, y) {
+        tp += gp;
+        fp += gn;
         let recall = tp / pos;
         ap += (recall - last_recall) * tp / (tp + fp);
         last_recall = recall;
@@ -156,17 +158,9 @@ pub fn best_f1_threshold(scores: &[f64], y: &[f32]) -> f64 {
     let pos = y.iter().filter(|&&v| v > 0.5).count() as f64;
     let (mut tp, mut fp) = (0.0, 0.0);
     let (mut best, mut best_t) = (-1.0, 0.5);
-    let mut i = 0;
-    while i < idx.len() {
-        let s = scores[idx[i]];
-        while i < idx.len() && scores[idx[i]] == s {
-            if y[idx[i]] > 0.5 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
+    for (s, gp, gn) in tied_groups(&idx, scores, y) {
+        tp += gp;
+        fp += gn;
         let f1 = if tp == 0.0 {
             0.0
         } else {
@@ -300,17 +294,9 @@ fn curve(
     let neg = y.len() as f64 - pos;
     let mut all = vec![point(0.0, 0.0, pos, neg)];
     let (mut tp, mut fp) = (0.0, 0.0);
-    let mut i = 0;
-    while i < idx.len() {
-        let s = scores[idx[i]];
-        while i < idx.len() && scores[idx[i]] == s {
-            if y[idx[i]] > 0.5 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
+    for (_, gp, gn) in tied_groups(&idx, scores, y) {
+        tp += gp;
+        fp += gn;
         all.push(point(tp, fp, pos, neg));
     }
     if all.len() <= max_points.max(2) {

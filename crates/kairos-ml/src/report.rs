@@ -38,6 +38,20 @@ pub struct FoldResult {
     pub brier: f64,
 }
 
+impl FoldResult {
+    pub fn new(fold: u32, train_rows: usize, test_rows: usize, e: &Evaluation) -> Self {
+        Self {
+            fold,
+            train_rows: train_rows as u64,
+            test_rows: test_rows as u64,
+            auc: e.auc,
+            pr_auc: e.pr_auc,
+            log_loss: e.log_loss,
+            brier: e.brier,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub model: String,

@@ -294,15 +294,9 @@ pub fn train(
             }
             let (m, _) = Model::fit(&train_spec, &tr)?;
             let e = Evaluation::new("fold", &m.predict_dataset(&te), &te.y, m.threshold);
-            report.folds.push(FoldResult {
-                fold: k as u32 + 1,
-                train_rows: tr.rows() as u64,
-                test_rows: te.rows() as u64,
-                auc: e.auc,
-                pr_auc: e.pr_auc,
-                log_loss: e.log_loss,
-                brier: e.brier,
-            });
+            report
+                .folds
+                .push(FoldResult::new(k as u32 + 1, tr.rows(), te.rows(), &e));
         }
     }
     report.notes.push(
