@@ -359,6 +359,14 @@ pub fn document() -> Value {
     );
     priors["post"] = json!({"summary": "Recompute the priors now (they refresh every 10 minutes)", "security": [{"adminToken": []}], "responses": {"200": {"description": "The new priors"}}});
     paths.insert("/v1/send-time/priors".into(), priors);
+    paths.insert(
+        "/v1/send-time/receptive".into(),
+        admin_get(
+            "The micro-audience receptive now: people (in a segment, or anyone) whose current local hour is at least min_lift times an average hour for them; paged",
+            json!([{"name": "segment", "in": "query", "schema": {"type": "string"}}, {"name": "min_lift", "in": "query", "schema": {"type": "number"}},
+                   {"name": "limit", "in": "query", "schema": {"type": "integer"}}, {"name": "after", "in": "query", "schema": {"type": "string"}}]),
+        ),
+    );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
-use kairos_core::sendtime::{advise, Priors, PriorsBuilder, Slot};
+use kairos_core::sendtime::{advise, posterior, slots, Priors, PriorsBuilder, Slot};
 use kairos_core::time::{format_timestamp, DAY, HOUR};
 use kairos_core::Millis;
 use serde::Deserialize;
@@ -77,6 +77,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/profiles/{id}/send-time", get(send_time))
         .route("/v1/send-time/priors", get(priors).post(refresh_priors))
+        .route("/v1/send-time/receptive", get(receptive))
 }
 
 #[derive(Deserialize)]
@@ -193,4 +194,106 @@ async fn priors(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiE
         "population_top_hours": peak(&p.0.population),
         "segments": p.0.segments.iter().map(|(k, v)| (k.clone(), peak(v))).collect::<serde_json::Map<String, Value>>(),
     })))
+}
+
+#[derive(Deserialize)]
+struct ReceptiveQuery {
+    segment: Option<String>,
+    /// How much better than an average hour the current one must be (default 2).
+    min_lift: Option<f64>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// The micro-audience of people receptive now: those (in `segment`, or anyone) for whom
+/// the current hour is at least `min_lift` times an average hour. Paged over the segment
+/// (or all profiles) by Kairos id; `scanned` says how far the page looked.
+async fn receptive(
+    State(state): S,
+    headers: HeaderMap,
+    Query(q): Query<ReceptiveQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let min_lift = q.min_lift.unwrap_or(2.0);
+    if !(min_lift > 0.0 && min_lift <= 168.0) {
+        return Err(
+            ApiError::new(ErrorCode::InvalidParameter, "min_lift: must be in (0, 168]")
+                .field("min_lift"),
+        );
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<kairos_core::ProfileId>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "after: expected a Kairos id (p_...)",
+            )
+            .field("after")
+        })?),
+    };
+    blocking(&state, move |s| {
+        let scoring = s.store.scoring();
+        if let Some(seg) = &q.segment {
+            if !scoring.segments.iter().any(|x| &x.name == seg) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no segment named {seg:?}"),
+                ));
+            }
+        }
+        let now = (s.clock)();
+        let priors = s.send_time.priors();
+        // Look at up to ten pages' worth of people for one page of receptive ones.
+        let budget = limit * 10;
+        let ids: Vec<kairos_core::ProfileId> = match &q.segment {
+            Some(seg) => s
+                .store
+                .segment_members(seg, after, budget)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+            None => s
+                .store
+                .profiles_after(after, budget)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect(),
+        };
+        let mut people = Vec::new();
+        let mut last = None;
+        for id in ids {
+            last = Some(id);
+            let Some(p) = s.store.profile(id)? else {
+                continue;
+            };
+            let prior = priors.0.prior(p.derived.primary.as_deref());
+            let tz = p.state.timezone();
+            let Some(here) = slots(&p.engagement, &prior, tz.as_deref(), now, 1)
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            if here.lift >= min_lift {
+                let (_, personal_share, _) = posterior(&p.engagement, &prior, now);
+                people.push(json!({
+                    "id": p.id.to_string(),
+                    "lift": here.lift,
+                    "local": slot_json(&here)["local"],
+                    "personal_share": personal_share,
+                }));
+                if people.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(Json(json!({
+            "now": format_timestamp(now),
+            "min_lift": min_lift,
+            "people": people,
+            "next": last.map(|id| id.to_string()),
+        })))
+    })
+    .await
 }

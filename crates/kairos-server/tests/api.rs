@@ -493,6 +493,7 @@ async fn openapi_describes_every_route() {
         "/v1/profiles/{id}/predictions",
         "/v1/profiles/{id}/send-time",
         "/v1/send-time/priors",
+        "/v1/send-time/receptive",
         "/health",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");

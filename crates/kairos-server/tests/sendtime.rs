@@ -104,6 +104,24 @@ async fn best_moment_is_the_persons_own_hour_or_the_populations() {
         .unwrap()
         .contains("population"));
 
+    // The micro-audience receptive now (12:00Z = 21:00 in Tokyo): Ada, not the morning
+    // readers, whose hour was four hours ago.
+    let (st, r) = s.admin_get("/v1/send-time/receptive?min_lift=3").await;
+    assert_eq!(st, 200, "{r}");
+    let ids: Vec<String> = r["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    let (_, ada) = s.admin_get("/v1/profiles/ada").await;
+    assert_eq!(ids, vec![ada["id"].as_str().unwrap().to_string()], "{r}");
+    assert!(r["people"][0]["local"].as_str().unwrap().ends_with("21:00"));
+    let (st, b) = s.admin_get("/v1/send-time/receptive?segment=nope").await;
+    assert_eq!(st, 404, "{b}");
+    let (st, b) = s.admin_get("/v1/send-time/receptive?min_lift=0").await;
+    assert_eq!((st, b["error"]["field"].clone()), (400, json!("min_lift")));
+
     let (st, b) = s.admin_get("/v1/profiles/ada/send-time?within=90d").await;
     assert_eq!(st, 400);
     assert_eq!(b["error"]["field"], "within");
