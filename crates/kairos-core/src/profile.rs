@@ -22,8 +22,9 @@ pub struct CoreConfig {
     pub vocabulary: Vocabulary,
 }
 
-/// Bumped when the encoding changes; state can always be rebuilt from events.
-const ENCODING_VERSION: u8 = 5;
+/// Bumped when the encoding changes. Version 6 added `log_heads`; the store refuses data
+/// directories written before it (their events cannot be found from the profile).
+const ENCODING_VERSION: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,28 +49,10 @@ pub struct Profile {
     pub predictions: Vec<Prediction>,
     /// When the person engages, by local hour of week (send-time optimization).
     pub engagement: Engagement,
-}
-
-/// The encoding of version 4, before engagement hours: decoded and rebuilt from nothing
-/// (the next replay of the person's history fills it).
-#[derive(Deserialize)]
-struct ProfileV4 {
-    id: ProfileId,
-    identifiers: BTreeSet<IdKey>,
-    state: ProfileState,
-    derived: Derived,
-    messaging: Messaging,
-    predictions: Vec<Prediction>,
-}
-
-/// The encoding of version 3, before predictions: decoded and given none.
-#[derive(Deserialize)]
-struct ProfileV3 {
-    id: ProfileId,
-    identifiers: BTreeSet<IdKey>,
-    state: ProfileState,
-    derived: Derived,
-    messaging: Messaging,
+    /// Where the store finds this person's events: the arrival seq of the newest event of
+    /// each chain of events (one per person merged in). Opaque to the core; the store links
+    /// each stored event to the person's previous one.
+    pub log_heads: Vec<u64>,
 }
 
 /// Why a profile was (re)evaluated, for the timeline.
@@ -103,6 +86,7 @@ impl Profile {
             messaging: Messaging::default(),
             predictions: Vec::new(),
             engagement: Engagement::default(),
+            log_heads: Vec::new(),
         }
     }
 
@@ -130,6 +114,7 @@ impl Profile {
             messaging,
             predictions: _,
             engagement,
+            log_heads: _,
         } = self;
         let view = View {
             profile_id: id.0,
@@ -196,32 +181,6 @@ impl Profile {
         match bytes.split_first() {
             Some((&ENCODING_VERSION, body)) => {
                 postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }
-            Some((&3, body)) => {
-                let v3: ProfileV3 =
-                    postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-                Ok(Profile {
-                    id: v3.id,
-                    identifiers: v3.identifiers,
-                    state: v3.state,
-                    derived: v3.derived,
-                    messaging: v3.messaging,
-                    predictions: Vec::new(),
-                    engagement: Engagement::default(),
-                })
-            }
-            Some((&4, body)) => {
-                let v4: ProfileV4 =
-                    postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-                Ok(Profile {
-                    id: v4.id,
-                    identifiers: v4.identifiers,
-                    state: v4.state,
-                    derived: v4.derived,
-                    messaging: v4.messaging,
-                    predictions: v4.predictions,
-                    engagement: Engagement::default(),
-                })
             }
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),

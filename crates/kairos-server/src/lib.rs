@@ -226,15 +226,18 @@ async fn maintenance(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let s = state.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            s.store
-                .prune_dedupe((s.clock)(), s.config.ingest.dedupe_retention_days)
-        })
-        .await;
+        let asked = state
+            .ingest
+            .prune_dedupe((state.clock)(), state.config.ingest.dedupe_retention_days);
+        let res = match asked {
+            Ok(rx) => rx
+                .await
+                .unwrap_or(Err(kairos_store::StoreError::WriterStopped)),
+            Err(e) => Err(e),
+        };
         match res {
-            Ok(Ok(n)) if n > 0 => tracing::info!("pruned {n} dedupe keys past retention"),
-            Ok(Err(e)) => tracing::warn!("dedupe pruning failed: {e}"),
+            Ok(n) if n > 0 => tracing::info!("pruned {n} dedupe keys past retention"),
+            Err(e) => tracing::warn!("dedupe pruning failed: {e}"),
             _ => {}
         }
     }

@@ -2,9 +2,9 @@
 //!
 //! | keyspace     | key                                   | value                        |
 //! |--------------|---------------------------------------|------------------------------|
-//! | `log`        | arrival seq (u64)                     | event (JSON)                 |
-//! | `by_profile` | profile (u64), event time (i64), seq  | empty                        |
+//! | `events`     | arrival seq of the chunk's first event (u64) | chunk of events ([`crate::events`]) |
 //! | `dedupe`     | messageId                             | arrival day (u32), seq (u64) |
+//! | `dedupe_recent` | seq of the group's first new event (u64) | the group's new messageIds ([`crate::dedupe`]) |
 //! | `profiles`   | profile (u64)                         | encoded [`Profile`]          |
 //! | `identity`   | identifier index key                  | profile (u64)                |
 //! | `redirects`  | old profile (u64)                     | new profile (u64)            |
@@ -38,23 +38,6 @@ pub(crate) fn time_bits(t: Millis) -> u64 {
 
 fn time_from_bits(b: u64) -> Millis {
     (b ^ (1 << 63)) as i64
-}
-
-pub fn by_profile_key(p: ProfileId, ts: Millis, seq: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&p.0.to_be_bytes());
-    k[8..16].copy_from_slice(&time_bits(ts).to_be_bytes());
-    k[16..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// (profile, event time, seq) of a `by_profile` key.
-pub fn parse_by_profile_key(k: &[u8]) -> Option<(ProfileId, Millis, u64)> {
-    Some((
-        ProfileId(read_u64(k.get(..8)?)?),
-        time_from_bits(read_u64(k.get(8..16)?)?),
-        read_u64(k.get(16..24)?)?,
-    ))
 }
 
 /// Due time then profile, so a range scan up to now yields every due timer.
@@ -113,11 +96,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn by_profile_keys_sort_by_time_including_before_1970() {
+    fn timer_keys_sort_by_time_including_before_1970() {
         let p = ProfileId(7);
-        let a = by_profile_key(p, -5, 9);
-        let b = by_profile_key(p, 3, 1);
+        let a = timer_key(-5, p);
+        let b = timer_key(3, ProfileId(1));
         assert!(a < b);
-        assert_eq!(parse_by_profile_key(&a), Some((p, -5, 9)));
+        assert_eq!(parse_timer_key(&a), Some((-5, p)));
     }
 }

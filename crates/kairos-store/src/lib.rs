@@ -6,6 +6,8 @@
 //! `kairos-core`, which it calls. It must never depend on HTTP, async runtimes (beyond a
 //! oneshot channel to answer callers) or the server crate.
 
+mod dedupe;
+pub mod events;
 pub mod keys;
 pub mod models;
 mod outbox;
@@ -32,6 +34,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the writer has stopped")]
     WriterStopped,
+    /// The data directory was written in a format this version does not read.
+    #[error("unsupported store format: {0}")]
+    Format(String),
     /// A thing the caller named does not exist (a model version, say).
     #[error("not found: {0}")]
     NotFound(String),

@@ -1,5 +1,6 @@
 //! The embedded store: opening, reads, and the maintenance that does not belong to the writer.
 
+use crate::events::{Chunk, NO_PREV};
 use crate::keys::*;
 use crate::StoreError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -63,9 +64,12 @@ pub struct StoredEvent {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Database,
-    pub(crate) log: Keyspace,
-    pub(crate) by_profile: Keyspace,
+    /// Events in chunks by the seq of their first event (see [`crate::events`]).
+    pub(crate) events: Keyspace,
     pub(crate) dedupe: Keyspace,
+    /// MessageIds accepted since their last bulk move into `dedupe`, one record per group
+    /// (see [`crate::dedupe`]).
+    pub(crate) dedupe_recent: Keyspace,
     pub(crate) profiles: Keyspace,
     pub(crate) identity: Keyspace,
     pub(crate) redirects: Keyspace,
@@ -110,6 +114,15 @@ impl Store {
             .cache_size(opts.cache_bytes)
             .manual_journal_persist(true)
             .open()?;
+        // Stores written before the chunked event log kept one key per event and a
+        // per-person index; their profiles do not say where their events are.
+        if db.keyspace_exists("by_profile") || db.keyspace_exists("log") {
+            return Err(StoreError::Format(format!(
+                "{} was written by an earlier Kairos (one key per event); export its events \
+                 with that version (GET /v1/events) and import them into a new data directory",
+                path.display()
+            )));
+        }
         let compression = opts.compression;
         let ks = |name: &str| -> Result<Keyspace, StoreError> {
             Ok(db.keyspace(name, || {
@@ -124,9 +137,9 @@ impl Store {
             })?)
         };
         let store = Self {
-            log: ks("log")?,
-            by_profile: ks("by_profile")?,
+            events: ks("events")?,
             dedupe: ks("dedupe")?,
+            dedupe_recent: ks("dedupe_recent")?,
             profiles: ks("profiles")?,
             identity: ks("identity")?,
             redirects: ks("redirects")?,
@@ -374,11 +387,108 @@ impl Store {
             .map(ProfileId))
     }
 
-    pub fn event_by_seq(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        match self.log.get(u64_key(seq))? {
-            Some(bytes) => Ok(Some(decode_event(&bytes)?)),
+    /// The chunk holding `seq`: (seq of its first event, bytes).
+    pub(crate) fn chunk_of(&self, seq: u64) -> Result<Option<(u64, fjall::Slice)>, StoreError> {
+        match self.events.range(..=u64_key(seq)).next_back() {
+            Some(g) => {
+                let (k, v) = g.into_inner()?;
+                Ok(Some((
+                    read_u64(&k).ok_or(StoreError::corrupt("chunk key"))?,
+                    v,
+                )))
+            }
             None => Ok(None),
         }
+    }
+
+    /// (prev, event time, event JSON) of the event `seq`, reusing `cached` when it holds
+    /// the chunk; `None` when there is no such event. The payload is empty once erased.
+    pub(crate) fn record(
+        &self,
+        seq: u64,
+        cached: &mut Option<(u64, fjall::Slice)>,
+    ) -> Result<Option<(u64, Millis, fjall::Slice)>, StoreError> {
+        let hit = |c: &(u64, fjall::Slice)| -> Result<bool, StoreError> {
+            Ok(seq >= c.0 && seq - c.0 < Chunk::parse(&c.1)?.len() as u64)
+        };
+        let reuse = match cached {
+            Some(c) => hit(c)?,
+            None => false,
+        };
+        if !reuse {
+            *cached = self.chunk_of(seq)?;
+        }
+        let Some((first, bytes)) = cached.as_ref() else {
+            return Ok(None);
+        };
+        let chunk = Chunk::parse(bytes)?;
+        let Some(r) = chunk.record((seq - first) as usize) else {
+            return Ok(None);
+        };
+        Ok(Some((r.prev, r.time, fjall::Slice::from(r.payload))))
+    }
+
+    pub fn event_by_seq(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        match self.record(seq, &mut None)? {
+            Some((_, _, p)) if !p.is_empty() => Ok(Some(decode_event(&p)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Visits every event on the chains starting at `heads` (newest first within a chain):
+    /// `unwritten` answers for events the store does not hold yet (the writer's pending
+    /// batches). `visit` gets (seq, event time, event JSON).
+    pub(crate) fn walk_events(
+        &self,
+        heads: &[u64],
+        mut unwritten: impl FnMut(u64) -> Option<(u64, Millis, fjall::Slice)>,
+        mut visit: impl FnMut(u64, Millis, &fjall::Slice) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut cached = None;
+        let mut steps = 0u64;
+        for &head in heads {
+            let mut seq = head;
+            while seq != NO_PREV {
+                let (prev, time, payload) = match unwritten(seq) {
+                    Some(r) => r,
+                    None => self.record(seq, &mut cached)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("a profile names missing event {seq}"))
+                    })?,
+                };
+                if payload.is_empty() {
+                    return Err(StoreError::Corrupt(format!(
+                        "a profile names erased event {seq}"
+                    )));
+                }
+                visit(seq, time, &payload)?;
+                // Links point back in arrival order; anything else is a corrupt chain.
+                if prev >= seq {
+                    return Err(StoreError::corrupt("event chain"));
+                }
+                seq = prev;
+                steps += 1;
+                if steps > 1 << 40 {
+                    return Err(StoreError::corrupt("event chain"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (event time, seq) of every stored event of a profile, in that order.
+    pub(crate) fn event_keys(&self, p: &Profile) -> Result<Vec<(Millis, u64)>, StoreError> {
+        let mut keys = Vec::new();
+        self.walk_events(
+            &p.log_heads,
+            |_| None,
+            |seq, t, _| {
+                keys.push((t, seq));
+                Ok(())
+            },
+        )?;
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// A profile's events in event-time order, starting after `after` = (time, seq).
@@ -388,39 +498,22 @@ impl Store {
         after: Option<(Millis, u64)>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = match after {
-            Some((ts, seq)) => by_profile_key(id, ts, seq.saturating_add(1)).to_vec(),
-            None => u64_key(id.0).to_vec(),
+        let Some(p) = self.profile(id)? else {
+            return Ok(Vec::new());
         };
-        let end = u64_key(id.0.wrapping_add(1));
         let mut out = Vec::new();
-        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if id.0 == u64::MAX {
-            Box::new(self.by_profile.range(start..))
-        } else {
-            Box::new(self.by_profile.range(start..end.to_vec()))
-        };
-        for guard in iter {
-            let key = guard.key()?;
-            let Some((_, _, seq)) = parse_by_profile_key(&key) else {
-                continue;
-            };
-            if let Some(event) = self.event_by_seq(seq)? {
-                out.push(StoredEvent { seq, event });
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Index entries (time, seq) of one profile.
-    pub(crate) fn profile_index(&self, id: ProfileId) -> Result<Vec<(Millis, u64)>, StoreError> {
-        let mut out = Vec::new();
-        for guard in self.by_profile.prefix(u64_key(id.0)) {
-            let key = guard.key()?;
-            if let Some((_, ts, seq)) = parse_by_profile_key(&key) {
-                out.push((ts, seq));
+        let mut cached = None;
+        for (_, seq) in self
+            .event_keys(&p)?
+            .into_iter()
+            .filter(|k| after.is_none_or(|a| *k > a))
+            .take(limit)
+        {
+            if let Some((_, _, payload)) = self.record(seq, &mut cached)? {
+                out.push(StoredEvent {
+                    seq,
+                    event: decode_event(&payload)?,
+                });
             }
         }
         Ok(out)
@@ -429,15 +522,29 @@ impl Store {
     /// Events in arrival order with seq > `after` (export, replay, audits).
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.log.range(u64_key(after.saturating_add(1))..) {
+        let from = after.saturating_add(1);
+        let start = match self.chunk_of(from)? {
+            Some((first, _)) => first,
+            None => 0,
+        };
+        for guard in self.events.range(u64_key(start)..) {
             let (k, v) = guard.into_inner()?;
-            let seq = read_u64(&k).ok_or(StoreError::corrupt("log key"))?;
-            out.push(StoredEvent {
-                seq,
-                event: decode_event(&v)?,
-            });
-            if out.len() >= limit {
-                break;
+            let first = read_u64(&k).ok_or(StoreError::corrupt("chunk key"))?;
+            let chunk = Chunk::parse(&v)?;
+            for i in 0..chunk.len() {
+                let seq = first + i as u64;
+                match chunk.record(i) {
+                    Some(r) if seq >= from && !r.payload.is_empty() => {
+                        out.push(StoredEvent {
+                            seq,
+                            event: decode_event(r.payload)?,
+                        });
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(out)
@@ -458,7 +565,8 @@ impl Store {
         Ok(out)
     }
 
-    pub fn is_duplicate(&self, message_id: &str) -> Result<bool, StoreError> {
+    /// Whether `dedupe` holds the messageId; the writer's recent ones are not there yet.
+    pub(crate) fn is_duplicate(&self, message_id: &str) -> Result<bool, StoreError> {
         Ok(self.dedupe.contains_key(message_id.as_bytes())?)
     }
 
@@ -483,7 +591,8 @@ impl Store {
     /// Approximate counts, cheap to compute.
     pub fn approximate_counts(&self) -> Counts {
         Counts {
-            events: self.log.approximate_len() as u64,
+            // Arrival seqs handed out (erased events included): cheap, and close.
+            events: self.last_seqs().map_or(0, |(e, _)| e),
             profiles: self.profiles.approximate_len() as u64,
             dead_letters: self.dead.approximate_len() as u64,
         }
@@ -498,17 +607,25 @@ impl Store {
     }
 
     pub(crate) fn last_seqs(&self) -> Result<(u64, u64), StoreError> {
-        let last = |ks: &Keyspace| -> Result<u64, StoreError> {
-            match ks.last_key_value() {
-                Some(g) => Ok(read_u64(&g.key()?).unwrap_or(0)),
-                None => Ok(0),
+        let last_event = match self.events.last_key_value() {
+            Some(g) => {
+                let (k, v) = g.into_inner()?;
+                let first = read_u64(&k).ok_or(StoreError::corrupt("chunk key"))?;
+                first + Chunk::parse(&v)?.len() as u64 - 1
             }
+            None => 0,
         };
-        Ok((last(&self.log)?, last(&self.dead)?))
+        let last_dead = match self.dead.last_key_value() {
+            Some(g) => read_u64(&g.key()?).unwrap_or(0),
+            None => 0,
+        };
+        Ok((last_event, last_dead))
     }
 
     /// Removes dedupe entries older than `retention_days` before `now`. Returns how many.
-    pub fn prune_dedupe(&self, now: Millis, retention_days: u32) -> Result<u64, StoreError> {
+    /// The writer calls it ([`crate::Ingestor::prune_dedupe`]) after moving its recent
+    /// entries here.
+    pub(crate) fn prune_dedupe(&self, now: Millis, retention_days: u32) -> Result<u64, StoreError> {
         let today = day_of(now);
         let cutoff = today.saturating_sub(retention_days);
         let mut batch = self.db.batch();
@@ -633,9 +750,9 @@ impl Store {
 
     pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 20] {
         [
-            &self.log,
-            &self.by_profile,
+            &self.events,
             &self.dedupe,
+            &self.dedupe_recent,
             &self.profiles,
             &self.identity,
             &self.redirects,
@@ -972,13 +1089,18 @@ impl Store {
 }
 
 impl Store {
-    /// The earliest and latest event time in the store (a scan of the per-person index).
+    /// The earliest and latest event time in the store (a scan of the event log that reads
+    /// only record headers).
     pub fn event_time_range(&self) -> Result<Option<(Millis, Millis)>, StoreError> {
         let mut range: Option<(Millis, Millis)> = None;
-        for guard in self.by_profile.iter() {
-            let key = guard.key()?;
-            if let Some((_, ts, _)) = parse_by_profile_key(&key) {
-                range = Some(range.map_or((ts, ts), |(a, b)| (a.min(ts), b.max(ts))));
+        for guard in self.events.iter() {
+            let v = guard.value()?;
+            let chunk = Chunk::parse(&v)?;
+            for r in (0..chunk.len()).filter_map(|i| chunk.record(i)) {
+                if !r.payload.is_empty() {
+                    let t = r.time;
+                    range = Some(range.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+                }
             }
         }
         Ok(range)

@@ -2,7 +2,8 @@
 //!
 //! A group is everything queued while the previous group was being committed (up to a cap).
 //! For each event the writer dedupes the messageId, resolves identity, folds the event into
-//! the profile, and appends it; then all changed profiles, events, index entries, dedupe keys
+//! the profile, and appends it to the event log (chunks, each event linked to the person's
+//! previous one: `crate::events`); then all changed profiles, event chunks, dedupe keys
 //! and dead letters of the group are committed in one batch with one fsync, and only then is
 //! every submission of the group answered. So an acknowledged event is durable, and a
 //! request is never answered before the events of requests that arrived earlier.
@@ -14,7 +15,7 @@
 //! pages, erasures or definitions (they read the store), before evicting cached profiles,
 //! and when idle. Merges, replays and timers read a person's events and redirects while
 //! they may still be unwritten: what the pending batch and the group in flight write
-//! (events, index entries, redirects, identity and dedupe keys) stays readable in memory
+//! (events, redirects, identity and dedupe keys) stays readable in memory
 //! (`Unwritten`) until it is committed. The committer answers the group's requests once the fsync
 //! returned. When a commit fails, the group planned on top of it fails as well and the
 //! writer forgets its caches, as after any failed group.
@@ -22,6 +23,7 @@
 //! Most dedupe checks and identity lookups are for keys that do not exist (a new event, a
 //! new person); in-memory key filters (`crate::probe`) rule those out without a store read.
 
+use crate::events::{Chunk, ChunkBuilder, NO_PREV};
 use crate::keys::*;
 use crate::store::{
     day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, DEFINITIONS_KEY,
@@ -69,6 +71,9 @@ pub struct WriterOptions {
     /// rebuilt from the store (at least; see `probe`), so that memory stays bounded by
     /// what is stored.
     pub key_filter_rebuild_after: usize,
+    /// Accepted messageIds kept in memory (and in one record per group) before they are
+    /// moved into the dedupe index in bulk (see `crate::dedupe`).
+    pub dedupe_ingest_after: usize,
 }
 
 /// Milliseconds since the epoch, from the system or from a test.
@@ -106,6 +111,7 @@ impl Default for WriterOptions {
             timer_interval: Duration::from_millis(25),
             clock: Clock::system(),
             key_filter_rebuild_after: crate::probe::REBUILD_AFTER_MIN,
+            dedupe_ingest_after: crate::dedupe::INGEST_AFTER,
         }
     }
 }
@@ -192,6 +198,12 @@ enum Command {
     Define {
         scoring: Arc<Scoring>,
         reply: Reply<()>,
+    },
+    /// Forget messageIds that arrived more than `days` before `now`.
+    PruneDedupe {
+        now: Millis,
+        days: u32,
+        reply: Reply<u64>,
     },
 }
 
@@ -437,6 +449,24 @@ impl Ingestor {
         Ok(rx)
     }
 
+    /// Forgets messageIds that arrived more than `retention_days` before `now` (so their
+    /// events would be accepted again); answers with how many.
+    pub fn prune_dedupe(
+        &self,
+        now: Millis,
+        retention_days: u32,
+    ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.internal
+            .send(Command::PruneDedupe {
+                now,
+                days: retention_days,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(rx)
+    }
+
     pub fn queue_len(&self) -> usize {
         self.tx.len()
     }
@@ -458,11 +488,8 @@ impl Ingestor {
 #[derive(Default)]
 struct Unwritten {
     ids: HashMap<Vec<u8>, ProfileId>,
-    dedupe: HashSet<String>,
-    /// `by_profile` entries added, per profile: (time, seq).
-    index: HashMap<ProfileId, Vec<(Millis, u64)>>,
-    /// Encoded events by seq.
-    log: HashMap<u64, fjall::Slice>,
+    /// Events by seq: (previous event of the person, event time, JSON).
+    log: HashMap<u64, (u64, Millis, fjall::Slice)>,
     /// `redirected` entries added: new id -> the old ids that now redirect to it.
     redirected: HashMap<u64, Vec<u64>>,
     /// `redirects` entries added: old id -> new id.
@@ -552,6 +579,10 @@ struct Writer {
     cache: HashMap<ProfileId, Profile>,
     dirty: HashSet<ProfileId>,
     batch: OwnedWriteBatch,
+    /// The chunk of events being filled; it goes into the batch when full or with it.
+    chunk: Option<ChunkBuilder>,
+    /// MessageIds accepted and not yet in the `dedupe` keyspace (see `crate::dedupe`).
+    recent: crate::dedupe::Recent,
     /// What the pending batch writes, readable before it is committed.
     pending: Unwritten,
     /// The same for the group the committer holds.
@@ -617,6 +648,8 @@ impl Writer {
             next_change,
             written_next_change: next_change,
             batch: store.db.batch(),
+            chunk: None,
+            recent: crate::dedupe::Recent::load(&store.dedupe_recent)?,
             suppress_active: store.has_suppressions(),
             store,
             opts,
@@ -700,6 +733,14 @@ impl Writer {
         let pipelined = group
             .iter()
             .all(|c| matches!(c, Command::Ingest(_) | Command::Tick { .. }));
+        let mut pruned: Vec<(Reply<u64>, u64)> = Vec::new();
+        if self.recent.len() >= self.opts.dedupe_ingest_after {
+            // Nothing of this group is planned yet: once the group in flight is committed,
+            // every recent messageId is in a committed group record.
+            if let Err(e) = self.ingest_recent() {
+                tracing::error!("moving recent messageIds into the dedupe index: {e}");
+            }
+        }
         let mut scheduled: Vec<(Reply<usize>, usize)> = Vec::new();
         if !pipelined {
             // A failure was answered by the committer and reset the caches; this group
@@ -709,10 +750,7 @@ impl Writer {
         if self.dedupe_probe.wants_rebuild() || self.id_probe.wants_rebuild() {
             // A rescan must find every key recorded so far: commit what is in flight first
             // (nothing of this group is planned yet).
-            if self.settle().is_ok()
-                && self.pending.dedupe.is_empty()
-                && self.pending.ids.is_empty()
-            {
+            if self.settle().is_ok() && self.pending.ids.is_empty() {
                 for probe in [&mut self.dedupe_probe, &mut self.id_probe] {
                     if probe.wants_rebuild() {
                         probe.rebuild();
@@ -793,6 +831,12 @@ impl Writer {
                         self.store.set_scoring(scoring);
                         defined.push(reply);
                     }
+                    Command::PruneDedupe { now, days, reply } => {
+                        self.flush()?;
+                        self.ingest_recent()?;
+                        let n = self.store.prune_dedupe(now, days)?;
+                        pruned.push((reply, n));
+                    }
                     Command::Hold(_) => {}
                 }
             }
@@ -834,6 +878,9 @@ impl Writer {
                 for reply in defined {
                     let _ = reply.send(Ok(()));
                 }
+                for (reply, n) in pruned {
+                    let _ = reply.send(Ok(n));
+                }
             }
             Err(e) => {
                 tracing::error!("group failed: {e}");
@@ -849,6 +896,9 @@ impl Writer {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in defined {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (reply, _) in pruned {
                     let _ = reply.send(Err(e.clone()));
                 }
                 // Definitions that did not commit are not in force either.
@@ -915,6 +965,18 @@ impl Writer {
         self.pending = Unwritten::default();
         self.inflight_writes = Unwritten::default();
         self.batch = self.store.db.batch();
+        self.chunk = None;
+        // What the failed groups accepted is not recorded: keep only the committed records.
+        self.recent = crate::dedupe::Recent::load(&self.store.dedupe_recent).unwrap_or_default();
+    }
+
+    /// Moves the recent messageIds into the `dedupe` keyspace (sorted, in bulk).
+    fn ingest_recent(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        let s = &self.store;
+        let n = self.recent.ingest(&s.db, &s.dedupe, &s.dedupe_recent)?;
+        metrics::counter!("kairos_dedupe_ingested_total").increment(n as u64);
+        Ok(())
     }
 
     fn ingest(&mut self, sub: &Submission) -> Result<Outcome, StoreError> {
@@ -984,15 +1046,14 @@ impl Writer {
     }
 
     fn ingest_event(&mut self, ev: &Event, encoded: &[u8]) -> Result<Verdict, StoreError> {
-        if self.pending.dedupe.contains(&ev.message_id)
-            || self.inflight_writes.dedupe.contains(&ev.message_id)
+        if self.recent.contains(&ev.message_id)
             || (self.dedupe_probe.may_contain(ev.message_id.as_bytes())
                 && self.store.is_duplicate(&ev.message_id)?)
         {
             return Ok(Verdict::Duplicate);
         }
-        let traits = self.opts.core.identity_traits.clone();
-        let ids = event_identifiers(ev, &traits);
+        let traits = &self.opts.core.identity_traits;
+        let ids = event_identifiers(ev, traits);
         if self.suppress_active {
             for k in &ids {
                 if self.store.is_suppressed(k)? {
@@ -1000,6 +1061,23 @@ impl Writer {
                 }
             }
         }
+        // Most events come from someone known under every identifier they carry: then the
+        // rules link and merge nothing (rules 3 and 4 of `identity`), and planning, with its
+        // lookups of each found profile's userIds, is skipped. Aliases always plan.
+        if ev.kind != EventKind::Alias {
+            if let Some(id) = self.sole_profile(&ids)? {
+                self.load(id)?;
+                self.dirty.remove(&id);
+                let profile = self
+                    .cache
+                    .remove(&id)
+                    .ok_or_else(|| StoreError::corrupt("cache"))?;
+                debug_assert_eq!(canonical_id(&profile.identifiers), Some(id));
+                let old_timer = profile.timer();
+                return self.append_and_fold(ev, encoded, profile, false, old_timer);
+            }
+        }
+        let traits = self.opts.core.identity_traits.clone();
         // Look up every identifier the rules may ask about, then plan without IO.
         let mut candidates = ids.clone();
         if let Some(user) = &ev.user_id {
@@ -1074,32 +1152,29 @@ impl Writer {
                     self.dirty.insert(*m);
                 }
             }
-            // Their campaign journeys and sends come along (sends count toward caps).
-            for m in &plan.merge {
-                if Some(*m) != plan.target {
-                    let messaging = self.load(*m)?.messaging.clone();
-                    profile.absorb_messaging(messaging);
+        }
+        // Every merged person's campaign journeys and sends come along (sends count toward
+        // caps), and their events: their chains join the profile's. This includes a merged
+        // profile that is the home (holds the final id) while the event found no target.
+        for m in &plan.merge {
+            if Some(*m) != plan.target {
+                let merged = self.load(*m)?;
+                let (messaging, heads) = (merged.messaging.clone(), merged.log_heads.clone());
+                profile.absorb_messaging(messaging);
+                for h in heads {
+                    if !profile.log_heads.contains(&h) {
+                        profile.log_heads.push(h);
+                    }
                 }
             }
-            for s in &sources {
-                self.move_profile(*s, final_id)?;
-            }
+        }
+        for s in &sources {
+            self.move_profile(*s, final_id)?;
         }
         profile.id = final_id;
-        let replay = if !plan.merge.is_empty() {
+        if !plan.merge.is_empty() {
             metrics::counter!("kairos_profile_merges_total").increment(plan.merge.len() as u64);
-            Some("merge")
-        } else if profile.needs_replay(ev, &self.scoring) {
-            Some(
-                if profile.derived.replay_version != self.scoring.replay_version {
-                    "definitions changed"
-                } else {
-                    "late event"
-                },
-            )
-        } else {
-            None
-        };
+        }
         let mut old_timer = profile.timer();
         if let Some(old_id) = plan.target.filter(|t| *t != final_id) {
             // The person's derived index entries move to the new id with them.
@@ -1128,29 +1203,58 @@ impl Writer {
             self.pending.ids.insert(key, final_id);
         }
 
-        // Append the event and fold it in.
+        self.append_and_fold(ev, encoded, profile, !plan.merge.is_empty(), old_timer)
+    }
+
+    /// The profile every identifier of an event points at, when they all point at one.
+    fn sole_profile(&mut self, ids: &[IdKey]) -> Result<Option<ProfileId>, StoreError> {
+        let mut sole = None;
+        for k in ids {
+            match self.lookup(k)? {
+                Some(id) if sole.is_none_or(|s| s == id) => sole = Some(id),
+                _ => return Ok(None),
+            }
+        }
+        Ok(sole)
+    }
+
+    /// Appends the event to `profile` (taken out of the cache, its identity settled), folds
+    /// it in or replays the person's history, writes the effects, and caches the profile.
+    fn append_and_fold(
+        &mut self,
+        ev: &Event,
+        encoded: &[u8],
+        mut profile: Profile,
+        merged: bool,
+        old_timer: Option<Millis>,
+    ) -> Result<Verdict, StoreError> {
+        let final_id = profile.id;
+        let replay = if merged {
+            Some("merge")
+        } else if profile.needs_replay(ev, &self.scoring) {
+            Some(
+                if profile.derived.replay_version != self.scoring.replay_version {
+                    "definitions changed"
+                } else {
+                    "late event"
+                },
+            )
+        } else {
+            None
+        };
+        // Append the event, linked to the person's previous one, and fold it in.
         let seq = self.next_seq;
         self.next_seq += 1;
-        let bytes = fjall::Slice::from(encoded);
-        self.batch
-            .insert(&self.store.log, u64_key(seq), bytes.clone());
-        self.pending.log.insert(seq, bytes);
-        self.batch.insert(
-            &self.store.by_profile,
-            by_profile_key(final_id, ev.timestamp, seq),
-            [],
-        );
-        self.pending
-            .index
-            .entry(final_id)
-            .or_default()
-            .push((ev.timestamp, seq));
-        self.batch.insert(
-            &self.store.dedupe,
-            ev.message_id.as_bytes(),
-            dedupe_value(day_of(ev.received_at), seq),
-        );
-        self.pending.dedupe.insert(ev.message_id.clone());
+        let prev = match profile.log_heads.first_mut() {
+            Some(head) => std::mem::replace(head, seq),
+            None => {
+                profile.log_heads.push(seq);
+                NO_PREV
+            }
+        };
+        self.append_event(seq, prev, ev.timestamp, encoded);
+        self.recent
+            .insert(&ev.message_id, day_of(ev.received_at), seq);
         self.dedupe_probe.insert(ev.message_id.as_bytes());
         if let Some(name) = ev.activity_name() {
             if !self.known_events.contains(name) {
@@ -1164,7 +1268,7 @@ impl Writer {
         let now = ev.received_at;
         let changes = match replay {
             Some(why) => {
-                let mut events = self.history(final_id)?;
+                let mut events = self.history(&profile.log_heads)?;
                 metrics::counter!("kairos_profile_replays_total", "why" => why).increment(1);
                 profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
             }
@@ -1176,33 +1280,44 @@ impl Writer {
         Ok(Verdict::Accepted)
     }
 
-    /// (time, seq) of every event of a profile, the unwritten ones included.
-    fn event_keys(&self, id: ProfileId) -> Result<Vec<(Millis, u64)>, StoreError> {
-        let mut keys = self.store.profile_index(id)?;
-        for w in [&self.pending, &self.inflight_writes] {
-            keys.extend(w.index.get(&id).into_iter().flatten().copied());
+    /// Puts an event into the open chunk, starting a new chunk when it is full.
+    fn append_event(&mut self, seq: u64, prev: u64, time: Millis, encoded: &[u8]) {
+        if self
+            .chunk
+            .as_ref()
+            .is_some_and(|c| c.is_full() || c.next_seq() != seq)
+        {
+            self.seal_chunk();
         }
-        // The committer may have made the in-flight entries readable meanwhile.
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+        self.chunk
+            .get_or_insert_with(|| ChunkBuilder::new(seq))
+            .push(prev, time, encoded);
+        self.pending
+            .log
+            .insert(seq, (prev, time, fjall::Slice::from(encoded)));
     }
 
-    /// Every event of a profile in event-time order, the unwritten ones included.
-    fn history(&self, id: ProfileId) -> Result<Vec<Event>, StoreError> {
-        let mut events = Vec::new();
-        for (_, seq) in self.event_keys(id)? {
-            let unwritten = [&self.pending, &self.inflight_writes]
-                .into_iter()
-                .find_map(|w| w.log.get(&seq));
-            let event = match unwritten {
-                Some(bytes) => decode_event(bytes)?,
-                None => self.store.event_by_seq(seq)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("index names missing event {seq}"))
-                })?,
-            };
-            events.push(event);
+    /// Moves the open chunk into the batch.
+    fn seal_chunk(&mut self) {
+        if let Some(c) = self.chunk.take() {
+            let key = u64_key(c.first);
+            self.batch.insert(&self.store.events, key, c.finish());
         }
+    }
+
+    /// Every event on the chains at `heads` (a profile's), unwritten ones included, in any
+    /// order ([`Profile::rebuild`] sorts them).
+    fn history(&self, heads: &[u64]) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        let unwritten = |seq: u64| {
+            [&self.pending, &self.inflight_writes]
+                .into_iter()
+                .find_map(|w| w.log.get(&seq).cloned())
+        };
+        self.store.walk_events(heads, unwritten, |_, _, payload| {
+            events.push(decode_event(payload)?);
+            Ok(())
+        })?;
         Ok(events)
     }
 
@@ -1433,8 +1548,7 @@ impl Writer {
         let changes = if profile.derived.replay_version != self.scoring.replay_version
             && !self.scoring.is_empty()
         {
-            self.flush()?;
-            let mut events = self.history(pid)?;
+            let mut events = self.history(&profile.log_heads)?;
             profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
         } else if profile.derived.version != self.scoring.version {
             match &self.delta {
@@ -1470,7 +1584,8 @@ impl Writer {
         }
     }
 
-    /// Moves profile `from` (its events, redirects and record) under `to`.
+    /// Moves profile `from` (its redirects and record) under `to`; its events come along
+    /// through its log heads, which the caller adds to the merged profile.
     fn move_profile(&mut self, from: ProfileId, to: ProfileId) -> Result<(), StoreError> {
         // A merged-in person's memberships end with their id; the merged profile's own are
         // computed by the replay that follows.
@@ -1481,18 +1596,7 @@ impl Writer {
         if let Some(p) = source {
             self.forget_derived(from, &p);
         }
-        let keys = self.event_keys(from)?;
         let s = &self.store;
-        for &(ts, seq) in &keys {
-            self.batch
-                .remove(&s.by_profile, by_profile_key(from, ts, seq));
-            self.batch
-                .insert(&s.by_profile, by_profile_key(to, ts, seq), []);
-        }
-        for w in [&mut self.pending, &mut self.inflight_writes] {
-            w.index.remove(&from);
-        }
-        self.pending.index.entry(to).or_default().extend(keys);
         // Anything that redirected to `from` now redirects to `to`: chains stay one hop.
         let mut olds = Vec::new();
         for guard in s.redirected.prefix(u64_key(from.0)) {
@@ -1541,6 +1645,10 @@ impl Writer {
 
     /// The pending batch with every changed profile added.
     fn take_batch(&mut self) -> OwnedWriteBatch {
+        self.seal_chunk();
+        if let Some((key, record)) = self.recent.take_record() {
+            self.batch.insert(&self.store.dedupe_recent, key, record);
+        }
         let mut batch = std::mem::replace(&mut self.batch, self.store.db.batch());
         if self.next_change != self.written_next_change {
             batch.insert(&self.store.meta, NEXT_CHANGE_KEY, u64_key(self.next_change));
@@ -1575,16 +1683,40 @@ impl Writer {
             identifiers: 0,
             dead_letters: 0,
         };
-        for (ts, seq) in s.profile_index(id)? {
-            if let Some(bytes) = s.log.get(u64_key(seq))? {
-                let ev = decode_event(&bytes)?;
-                self.batch.remove(&s.dedupe, ev.message_id.as_bytes());
-            }
-            self.batch.remove(&s.log, u64_key(seq));
-            self.batch
-                .remove(&s.by_profile, by_profile_key(id, ts, seq));
-            erased.events += 1;
+        // Their events: dedupe keys go, and each chunk holding any is rewritten without them.
+        let mut seqs = HashSet::default();
+        let mut message_ids = Vec::new();
+        s.walk_events(
+            &profile.log_heads,
+            |_| None,
+            |seq, _, payload| {
+                seqs.insert(seq);
+                message_ids.push(decode_event(payload)?.message_id);
+                Ok(())
+            },
+        )?;
+        for m in &message_ids {
+            self.batch.remove(&s.dedupe, m.as_bytes());
         }
+        let batch = &mut self.batch;
+        self.recent
+            .erase(&message_ids, &s.dedupe_recent, |key, value| match value {
+                Some(v) => batch.insert(&s.dedupe_recent, key, v),
+                None => batch.remove(&s.dedupe_recent, key),
+            })?;
+        let mut chunks: Vec<u64> = Vec::new();
+        let mut ordered: Vec<u64> = seqs.iter().copied().collect();
+        ordered.sort_unstable();
+        for seq in ordered {
+            if let Some((first, bytes)) = s.chunk_of(seq)? {
+                if chunks.last() != Some(&first) {
+                    let rewritten = Chunk::parse(&bytes)?.without(first, |q| seqs.contains(&q));
+                    self.batch.insert(&s.events, u64_key(first), rewritten);
+                    chunks.push(first);
+                }
+            }
+        }
+        erased.events = seqs.len();
         for k in &profile.identifiers {
             self.id_cache.remove(&k.index_key());
             self.batch.remove(&s.identity, k.index_key());
@@ -1658,6 +1790,7 @@ fn group_size(cmd: &Command) -> usize {
         Command::Tick { due, .. } => due.len().max(1),
         Command::Schedule { profiles, .. } => profiles.len().max(1),
         Command::Erase { .. }
+        | Command::PruneDedupe { .. }
         | Command::Hold(_)
         | Command::Define { .. }
         | Command::BackfillDone(_) => 1,

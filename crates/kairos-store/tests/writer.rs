@@ -222,6 +222,99 @@ fn alias_merges_two_users_and_replays_in_event_time_order() {
 }
 
 #[test]
+fn chained_merges_keep_every_event_of_everyone_merged_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    // Two anonymous browsing sessions, a user, then everything joined in two steps; the
+    // events of each land in different chunks and groups.
+    h.send(vec![
+        ev(EventKind::Track, "a1-1", None, Some("a1"), 1_000),
+        ev(EventKind::Track, "a2-1", None, Some("a2"), 1_500),
+    ]);
+    h.send(vec![ev(EventKind::Track, "a1-2", None, Some("a1"), 2_000)]);
+    h.send(vec![ev(
+        EventKind::Track,
+        "old-1",
+        Some("old"),
+        None,
+        2_500,
+    )]);
+    h.send(vec![identify(
+        "id-1",
+        Some("new"),
+        Some("a1"),
+        3_000,
+        json!({}),
+    )]);
+    h.send(vec![
+        identify("id-2", Some("new"), Some("a2"), 3_500, json!({})),
+        alias("al-1", "new", "old", 4_000),
+        ev(EventKind::Track, "new-1", Some("new"), None, 500),
+    ]);
+    let expect = [
+        "new-1", "a1-1", "a2-1", "a1-2", "old-1", "id-1", "id-2", "al-1",
+    ];
+    let check = |h: &Harness| {
+        let p = h.profile_of(&IdKey::user("new")).unwrap();
+        for k in [
+            IdKey::anonymous("a1"),
+            IdKey::anonymous("a2"),
+            IdKey::user("old"),
+        ] {
+            assert_eq!(h.profile_of(&k).unwrap().id, p.id);
+        }
+        assert_eq!(p.state.event_count, expect.len() as u64);
+        let got: Vec<String> = h
+            .store
+            .profile_events(p.id, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.message_id)
+            .collect();
+        assert_eq!(got, expect, "every event once, in event-time order");
+        // Paging continues after the last (time, seq) seen.
+        let first = h.store.profile_events(p.id, None, 3).unwrap();
+        let last = first.last().unwrap();
+        let rest = h
+            .store
+            .profile_events(p.id, Some((last.event.timestamp, last.seq)), 100)
+            .unwrap();
+        assert_eq!(first.len() + rest.len(), expect.len());
+        assert_eq!(rest[0].event.message_id, expect[3]);
+    };
+    check(&h);
+    h.close();
+    let h = Harness::open(dir.path());
+    check(&h);
+    // A late event replays the whole merged history from the chains.
+    h.send(vec![ev(EventKind::Track, "late", Some("new"), None, 100)]);
+    let p = h.profile_of(&IdKey::user("new")).unwrap();
+    assert_eq!(p.state.event_count, expect.len() as u64 + 1);
+    h.close();
+}
+
+#[test]
+fn regression_a_data_directory_of_the_per_event_key_format_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let ks = db
+            .keyspace("by_profile", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        ks.insert([1u8; 24], []).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = kairos_store::Store::open(dir.path(), &Default::default())
+        .err()
+        .expect("an old data directory must not open");
+    assert!(
+        matches!(err, kairos_store::StoreError::Format(_)),
+        "got {err}"
+    );
+    assert!(err.to_string().contains("earlier Kairos"), "got {err}");
+}
+
+#[test]
 fn regression_shared_device_keeps_two_known_users_apart() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::open(dir.path());
@@ -318,6 +411,12 @@ fn erasure_leaves_no_byte_naming_the_person_and_suppresses_late_events() {
         })
         .unwrap();
     assert!(hits.is_empty(), "still stored: {hits:?}");
+    // The other person's event shared the erased ones' chunk and is still there.
+    let other = h.profile_of(&IdKey::user("someone-else")).unwrap();
+    let kept = h.store.profile_events(other.id, None, 10).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].event.message_id, "m3");
+    assert_eq!(h.store.log_after(0, 100).unwrap().len(), 1);
     // Late event for the erased person is dropped, others still flow.
     let out = h.send(vec![
         ev(
@@ -466,6 +565,54 @@ proptest! {
 }
 
 #[test]
+fn duplicates_are_found_before_during_and_after_recent_message_ids_move_to_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = || kairos_store::WriterOptions {
+        dedupe_ingest_after: 250,
+        ..kairos_store::WriterOptions::default()
+    };
+    let opts = kairos_store::StoreOptions::default();
+    let h = Harness::open_full(dir.path(), &opts, writer());
+    let events = numbered_tracks(1_000, 50);
+    // Sent in groups of 100: the recent ones move to the index four times.
+    for chunk in events.chunks(100) {
+        assert_eq!(h.send(chunk.to_vec()).accepted, 100);
+        let out = h.send(chunk.to_vec());
+        assert_eq!((out.accepted, out.duplicates), (0, 100));
+    }
+    h.close();
+    // After a restart, both the moved ones and the recent ones left in group records.
+    let h = Harness::open_full(dir.path(), &opts, writer());
+    for (i, chunk) in events.chunks(100).enumerate() {
+        let out = h.send(chunk.to_vec());
+        assert_eq!((out.accepted, out.duplicates), (0, 100), "chunk {i}");
+    }
+    // Erasing a person forgets their messageIds, moved or recent: the same events are
+    // accepted again (no suppression kept).
+    let u7 = h.profile_of(&IdKey::user("u7")).unwrap();
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| e.user_id.as_deref() == Some("u7"))
+        .cloned()
+        .collect();
+    assert_eq!(mine.len(), 20);
+    h.ingest
+        .erase(u7.id, false, 10_000)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let out = h.send(mine.clone());
+    assert_eq!((out.accepted, out.duplicates), (20, 0));
+    h.close();
+    let h = Harness::open_full(dir.path(), &opts, writer());
+    let out = h.send(mine);
+    assert_eq!((out.accepted, out.duplicates), (0, 20));
+    h.close();
+}
+
+#[test]
 fn dedupe_keys_expire_after_the_retention_window() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::open(dir.path());
@@ -476,7 +623,8 @@ fn dedupe_keys_expire_after_the_retention_window() {
     recent.received_at = 125 * day;
     h.send(vec![old.clone(), recent.clone()]);
     // 30-day retention at day 140: the day-100 key goes, the day-125 key stays.
-    assert_eq!(h.store.prune_dedupe(140 * day, 30).unwrap(), 1);
+    let pruned = h.ingest.prune_dedupe(140 * day, 30).unwrap();
+    assert_eq!(pruned.blocking_recv().unwrap().unwrap(), 1);
     let out = h.send(vec![old, recent]);
     assert_eq!((out.accepted, out.duplicates), (1, 1));
     h.close();
