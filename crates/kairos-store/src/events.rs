@@ -64,6 +64,17 @@ impl ChunkBuilder {
         self.offsets.push(self.body.len() as u32);
     }
 
+    /// Record `seq` if this chunk holds it: (prev, time, payload).
+    pub(crate) fn get(&self, seq: u64) -> Option<(u64, Millis, &[u8])> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let rec = self
+            .body
+            .get(*self.offsets.get(i)? as usize..*self.offsets.get(i + 1)? as usize)?;
+        let prev = u64::from_be_bytes(rec.get(..8)?.try_into().ok()?);
+        let time = i64::from_be_bytes(rec.get(8..16)?.try_into().ok()?);
+        Some((prev, time, rec.get(RECORD_HEADER..)?))
+    }
+
     pub(crate) fn finish(self) -> Vec<u8> {
         let count = self.len();
         let mut out = Vec::with_capacity(3 + self.offsets.len() * 4 + self.body.len());
@@ -168,6 +179,8 @@ mod tests {
         b.push(10, 7, b"");
         b.push(3, i64::MAX, b"{\"b\":2}");
         assert_eq!(b.next_seq(), 13);
+        assert_eq!(b.get(12), Some((3, i64::MAX, &b"{\"b\":2}"[..])));
+        assert_eq!((b.get(9), b.get(13)), (None, None));
         let bytes = b.finish();
         let c = Chunk::parse(&bytes).expect("parses");
         assert_eq!(c.len(), 3);

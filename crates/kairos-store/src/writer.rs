@@ -488,8 +488,8 @@ impl Ingestor {
 #[derive(Default)]
 struct Unwritten {
     ids: HashMap<Vec<u8>, ProfileId>,
-    /// Events by seq: (previous event of the person, event time, JSON).
-    log: HashMap<u64, (u64, Millis, fjall::Slice)>,
+    /// Sealed event chunks by the seq of their first event.
+    chunks: std::collections::BTreeMap<u64, fjall::Slice>,
     /// `redirected` entries added: new id -> the old ids that now redirect to it.
     redirected: HashMap<u64, Vec<u64>>,
     /// `redirects` entries added: old id -> new id.
@@ -1292,16 +1292,16 @@ impl Writer {
         self.chunk
             .get_or_insert_with(|| ChunkBuilder::new(seq))
             .push(prev, time, encoded);
-        self.pending
-            .log
-            .insert(seq, (prev, time, fjall::Slice::from(encoded)));
     }
 
     /// Moves the open chunk into the batch.
     fn seal_chunk(&mut self) {
         if let Some(c) = self.chunk.take() {
-            let key = u64_key(c.first);
-            self.batch.insert(&self.store.events, key, c.finish());
+            let first = c.first;
+            let bytes = fjall::Slice::from(c.finish());
+            self.batch
+                .insert(&self.store.events, u64_key(first), bytes.clone());
+            self.pending.chunks.insert(first, bytes);
         }
     }
 
@@ -1310,9 +1310,16 @@ impl Writer {
     fn history(&self, heads: &[u64]) -> Result<Vec<Event>, StoreError> {
         let mut events = Vec::new();
         let unwritten = |seq: u64| {
+            if let Some((prev, time, payload)) = self.chunk.as_ref().and_then(|c| c.get(seq)) {
+                return Some((prev, time, fjall::Slice::from(payload)));
+            }
             [&self.pending, &self.inflight_writes]
                 .into_iter()
-                .find_map(|w| w.log.get(&seq).cloned())
+                .find_map(|w| {
+                    let (first, bytes) = w.chunks.range(..=seq).next_back()?;
+                    let r = Chunk::parse(bytes).ok()?.record((seq - first) as usize)?;
+                    Some((r.prev, r.time, fjall::Slice::from(r.payload)))
+                })
         };
         self.store.walk_events(heads, unwritten, |_, _, payload| {
             events.push(decode_event(payload)?);
