@@ -1339,7 +1339,17 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let s = &self.store;
         let mut stats: Vec<(String, String, &'static str, f64)> = Vec::new();
-        if old_timer != new_timer {
+        // The index only needs an entry at or before each person's timer: a timer that moved
+        // later (every event of someone active pushes "active in the last 15 minutes" on)
+        // keeps its earlier entry, which fires, finds nothing due and is replaced then (see
+        // `tick`). Rewriting the entry on every event was two of the three store keys an
+        // event cost.
+        let earlier = match (old_timer, new_timer) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => new < old,
+        };
+        if earlier {
             if let Some(t) = old_timer {
                 self.batch.remove(&s.timers, timer_key(t, id));
             }
@@ -1488,10 +1498,15 @@ impl Writer {
                 continue;
             };
             let pid = profile.id;
-            if profile.timer() == Some(at) {
-                let changes = profile.catch_up(&self.scoring, now);
-                self.record_effects(pid, None, profile.timer(), &changes)?;
-                self.dirty.insert(pid);
+            match profile.timer() {
+                Some(t) if t == at => {
+                    let changes = profile.catch_up(&self.scoring, now);
+                    self.record_effects(pid, None, profile.timer(), &changes)?;
+                    self.dirty.insert(pid);
+                }
+                // An entry left behind when the timer moved later: the real one goes in.
+                Some(t) => self.batch.insert(&self.store.timers, timer_key(t, pid), []),
+                None => {}
             }
             self.cache.insert(pid, profile);
         }
@@ -1754,6 +1769,14 @@ impl Writer {
                         .remove(&s.stream_changes, named_key(&stream, seq));
                 }
                 self.batch.remove(&s.timeline, key);
+            }
+        }
+        // Timer entries left behind at earlier instants (see `record_effects`), under this id
+        // or one merged into it: a scan, as erasures are rare.
+        for guard in s.timers.iter() {
+            let key = guard.key()?;
+            if parse_timer_key(&key).is_some_and(|(_, p)| ids.contains(&p)) {
+                self.batch.remove(&s.timers, key);
             }
         }
         // Messages queued, sent or dead for them hold their address.

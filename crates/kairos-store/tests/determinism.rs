@@ -178,3 +178,58 @@ fn the_same_log_gives_the_same_records_whatever_the_batching_and_timer_lateness(
         assert_eq!(x, y);
     }
 }
+
+/// Timers that moved later keep their earlier index entry (one store key less per event);
+/// that entry must fire as a no-op and the person still leave on time.
+#[test]
+fn regression_a_timer_pushed_later_by_new_activity_fires_at_the_new_instant_only() {
+    let run = start();
+    let track_at = |id: &str, t: i64| {
+        let mut e = ev(kairos_core::EventKind::Track, id, Some("ada"), None, t);
+        e.received_at = t;
+        e
+    };
+    let member = |run: &Run| {
+        let p = run.h.profile_of(&kairos_core::IdKey::user("ada")).unwrap();
+        let member = p
+            .derived
+            .segments
+            .iter()
+            .any(|(s, _)| s == "active_shoppers");
+        member
+    };
+    run.h.send(vec![track_at("a1", T0)]);
+    assert!(member(&run));
+    // Active again ten minutes later: "active in the last 15 minutes" now ends at T0 + 25m.
+    run.now.store(T0 + 10 * MIN, Ordering::SeqCst);
+    run.h.send(vec![track_at("a2", T0 + 10 * MIN)]);
+    // Past the first instant (T0 + 15m): the entry left there fires and changes nothing.
+    let wait_for = |run: &Run, until: i64| {
+        run.now.store(until, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while run
+            .h
+            .store
+            .next_timer()
+            .unwrap()
+            .is_some_and(|(t, _)| t <= until)
+        {
+            assert!(std::time::Instant::now() < deadline, "timers did not drain");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(&run, T0 + 20 * MIN);
+    assert!(member(&run), "still active at T0 + 20m");
+    wait_for(&run, T0 + 26 * MIN);
+    assert!(!member(&run), "left at T0 + 25m with no new event");
+    let (records, _) = run.finish(T0 + 26 * MIN);
+    let exits: Vec<_> = records
+        .iter()
+        .filter(|c| c["segment"] == "active_shoppers" && c["type"] == "exit")
+        .collect();
+    assert_eq!(exits.len(), 1, "{records:?}");
+    assert_eq!(
+        exits[0]["at"],
+        kairos_core::time::format_timestamp(T0 + 25 * MIN)
+    );
+}
