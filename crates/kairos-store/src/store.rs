@@ -89,6 +89,8 @@ pub struct Store {
     pub(crate) templates: Keyspace,
     /// Trained model versions (see [`crate::models`]).
     pub(crate) models: Keyspace,
+    /// Product catalog items by id, as JSON (see [`crate::catalog`]).
+    pub(crate) catalog: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -144,6 +146,7 @@ impl Store {
             dead_messages: ks("dead_messages")?,
             templates: ks("templates")?,
             models: ks("models")?,
+            catalog: ks("catalog")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -631,7 +634,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 20] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 21] {
         [
             &self.log,
             &self.by_profile,
@@ -653,6 +656,7 @@ impl Store {
             &self.dead_messages,
             &self.templates,
             &self.models,
+            &self.catalog,
         ]
     }
 
