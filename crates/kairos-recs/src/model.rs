@@ -132,10 +132,7 @@ impl RecsConfig {
         ];
         for (field, ok) in checks {
             if !ok {
-                return Err(RecsError::invalid(
-                    format!("recommendations.{field}"),
-                    "is out of range",
-                ));
+                return Err(RecsError::invalid(field, "is out of range"));
             }
         }
         for (field, v) in [
@@ -144,10 +141,7 @@ impl RecsConfig {
             ("popularity_weight", self.popularity_weight),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
-                return Err(RecsError::invalid(
-                    format!("recommendations.{field}"),
-                    "must be a number >= 0",
-                ));
+                return Err(RecsError::invalid(field, "must be a number >= 0"));
             }
         }
         Ok(())
@@ -1089,10 +1083,7 @@ mod tests {
         };
         assert_eq!(
             bad.validate(),
-            Err(RecsError::invalid(
-                "recommendations.diversity",
-                "is out of range"
-            ))
+            Err(RecsError::invalid("diversity", "is out of range"))
         );
         assert!(RecsConfig::default().validate().is_ok());
     }
