@@ -636,15 +636,8 @@ impl Snapshot {
             Method::Content => (0.0, 1.0, 0.0),
             Method::Popularity => (0.0, 0.0, 1.0),
         };
-        #[derive(Clone, Copy)]
-        struct Cand {
-            score: f32,
-            best: f32,
-            seed: u32,
-            source: u8,
-        }
-        const CONTENT: u8 = u8::MAX;
         let mut cands: FxHashMap<u32, Cand> = FxHashMap::default();
+        cands.reserve(seeds.len() * 64);
         let total_w: f32 = seeds.iter().map(|s| s.1).sum::<f32>().max(1e-12);
         let mut add = |j: u32, contrib: f32, seed: u32, source: u8| {
             let c = cands.entry(j).or_insert(Cand {
@@ -660,6 +653,8 @@ impl Snapshot {
                 c.source = source;
             }
         };
+        // Many seeds: each one's best neighbours are enough (bounds the work per request).
+        let per_seed = if seeds.len() > 5 { 20 } else { usize::MAX };
         if req.method != Method::Popularity {
             for &(s, w) in &seeds {
                 let cold =
@@ -669,7 +664,7 @@ impl Snapshot {
                     _ => (cf_w, ct_w),
                 };
                 if a > 0.0 {
-                    for (j, sim, src) in self.cf.of(s) {
+                    for (j, sim, src) in self.cf.of(s).take(per_seed) {
                         let f = if context == Context::Cart && src == Kind::View as u8 {
                             0.5
                         } else {
@@ -680,75 +675,104 @@ impl Snapshot {
                 }
                 if b > 0.0 {
                     let f = if context == Context::Cart { 0.5 } else { 1.0 };
-                    for (j, sim, _) in self.content.of(s) {
+                    for (j, sim, _) in self.content.of(s).take(per_seed) {
                         add(j, w * b * sim * f, s, CONTENT);
                     }
                 }
             }
         }
-        let mut scored: Vec<(u32, f32, Reason)> = Vec::with_capacity(cands.len());
+        let mut scored: Vec<Pick> = Vec::with_capacity(cands.len());
         for (j, c) in cands {
             if excluded.contains(&j) || !self.recommendable(j) {
                 continue;
             }
-            let with = self.id(c.seed).to_string();
-            let reason = match c.source {
-                CONTENT => Reason::Similar { to: with },
-                2 => Reason::CoPurchase { with },
-                1 => Reason::CoCart { with },
-                _ => Reason::CoView { with },
-            };
-            let score = c.score + pop_w * self.popularity[j as usize];
-            scored.push((j, score, reason));
+            scored.push(Pick {
+                item: j,
+                score: c.score + pop_w * self.popularity[j as usize],
+                seed: c.seed,
+                source: c.source,
+            });
         }
         if req.method == Method::Popularity {
             for &j in &self.popular {
                 if !excluded.contains(&j) {
-                    scored.push((j, self.popularity[j as usize], Reason::Popular));
+                    scored.push(Pick {
+                        item: j,
+                        score: self.popularity[j as usize],
+                        seed: j,
+                        source: POPULAR,
+                    });
                 }
                 if scored.len() >= n * 20 {
                     break;
                 }
             }
         }
-        self.rank(&mut scored);
-        scored.truncate((n * 20).max(100));
+        let scored = self.best(scored, (n * 20).max(100));
         let mut out = self.diversify(scored, n);
         if req.method == Method::Hybrid && out.len() < n {
             self.fill(&mut out, &seeds, &excluded, n);
         }
         out.into_iter()
-            .map(|(j, score, reason)| Recommendation {
-                item: self.entries[j as usize].item.clone(),
-                score,
-                reason,
+            .map(|p| Recommendation {
+                item: self.entries[p.item as usize].item.clone(),
+                score: p.score,
+                reason: self.reason(&p),
             })
             .collect()
     }
 
-    fn rank(&self, v: &mut [(u32, f32, Reason)]) {
-        v.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
-                .then_with(|| self.id(a.0).cmp(self.id(b.0)))
-        });
+    fn reason(&self, p: &Pick) -> Reason {
+        let with = || self.id(p.seed).to_string();
+        match p.source {
+            CONTENT => Reason::Similar { to: with() },
+            POPULAR => Reason::Popular,
+            TRENDING => Reason::Trending,
+            POPULAR_IN_CATEGORY => Reason::PopularInCategory {
+                category: self
+                    .categories
+                    .get(self.entries[p.item as usize].category as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            2 => Reason::CoPurchase { with: with() },
+            1 => Reason::CoCart { with: with() },
+            _ => Reason::CoView { with: with() },
+        }
+    }
+
+    fn order(&self, a: &Pick, b: &Pick) -> std::cmp::Ordering {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| self.id(a.item).cmp(self.id(b.item)))
+    }
+
+    /// The `m` best, in rank order (selection first: only those are sorted).
+    fn best(&self, mut v: Vec<Pick>, m: usize) -> Vec<Pick> {
+        if v.len() > m && m > 0 {
+            v.select_nth_unstable_by(m - 1, |a, b| self.order(a, b));
+            v.truncate(m);
+        }
+        v.sort_unstable_by(|a, b| self.order(a, b));
+        v
     }
 
     /// Greedy category-diverse selection of `n` from `ranked` (best first).
-    fn diversify(&self, ranked: Vec<(u32, f32, Reason)>, n: usize) -> Vec<(u32, f32, Reason)> {
+    fn diversify(&self, ranked: Vec<Pick>, n: usize) -> Vec<Pick> {
         let cap = match self.config.max_per_category {
             0 => n.div_ceil(2),
             c => c,
         };
         let keep = 1.0 - self.config.diversity;
-        let mut left: Vec<Option<(u32, f32, Reason)>> = ranked.into_iter().map(Some).collect();
+        let mut left: Vec<Option<Pick>> = ranked.into_iter().map(Some).collect();
         let mut per_cat: FxHashMap<u32, usize> = FxHashMap::default();
         let mut out = Vec::with_capacity(n);
         for relax in [false, true] {
             while out.len() < n {
                 let mut best: Option<(usize, f32)> = None;
                 for (x, c) in left.iter().enumerate() {
-                    let Some((j, s, _)) = c else { continue };
-                    let cat = self.entries[*j as usize].category;
+                    let Some(p) = c else { continue };
+                    let cat = self.entries[p.item as usize].category;
                     let k = if cat == u32::MAX {
                         0
                     } else {
@@ -757,19 +781,19 @@ impl Snapshot {
                     if !relax && k >= cap {
                         continue;
                     }
-                    let eff = s * keep.powi(k as i32);
+                    let eff = p.score * keep.powi(k as i32);
                     // `left` is in rank order, so the first of equal scores wins (id order).
                     if best.is_none_or(|(_, b)| eff > b) {
                         best = Some((x, eff));
                     }
                 }
                 let Some((x, _)) = best else { break };
-                if let Some(c) = left[x].take() {
-                    let cat = self.entries[c.0 as usize].category;
+                if let Some(p) = left[x].take() {
+                    let cat = self.entries[p.item as usize].category;
                     if cat != u32::MAX {
                         *per_cat.entry(cat).or_default() += 1;
                     }
-                    out.push(c);
+                    out.push(p);
                 }
             }
         }
@@ -777,15 +801,9 @@ impl Snapshot {
     }
 
     /// Fills a short list: popular in the seeds' categories first, then popular overall.
-    fn fill(
-        &self,
-        out: &mut Vec<(u32, f32, Reason)>,
-        seeds: &[(u32, f32)],
-        excluded: &FxHashSet<u32>,
-        n: usize,
-    ) {
-        let mut taken: FxHashSet<u32> = out.iter().map(|x| x.0).collect();
-        let floor = out.last().map_or(1.0, |x| x.1);
+    fn fill(&self, out: &mut Vec<Pick>, seeds: &[(u32, f32)], excluded: &FxHashSet<u32>, n: usize) {
+        let mut taken: FxHashSet<u32> = out.iter().map(|p| p.item).collect();
+        let floor = out.last().map_or(1.0, |p| p.score);
         let mut cats: Vec<u32> = Vec::new();
         for &(s, _) in seeds {
             let c = self.entries[s as usize].category;
@@ -793,25 +811,24 @@ impl Snapshot {
                 cats.push(c);
             }
         }
-        let mut extra: Vec<(u32, f32, Reason)> = Vec::new();
+        let mut extra: Vec<Pick> = Vec::new();
         for &c in &cats {
             for &j in self.popular_by_category[c as usize].iter().take(n * 4) {
-                if !excluded.contains(&j) && !taken.contains(&j) {
-                    taken.insert(j);
-                    let category = self.categories[c as usize].clone();
-                    extra.push((
-                        j,
-                        self.popularity[j as usize],
-                        Reason::PopularInCategory { category },
-                    ));
+                if !excluded.contains(&j) && taken.insert(j) {
+                    extra.push(Pick {
+                        item: j,
+                        score: self.popularity[j as usize],
+                        seed: j,
+                        source: POPULAR_IN_CATEGORY,
+                    });
                 }
             }
         }
-        self.rank(&mut extra);
+        let extra = self.best(extra, usize::MAX);
         let need = n - out.len();
         let mut picked = self.diversify(extra, need);
         if out.len() + picked.len() < n {
-            let mut rest: Vec<(u32, f32, Reason)> = Vec::new();
+            let mut rest: Vec<Pick> = Vec::new();
             for &j in &self.popular {
                 if rest.len() >= n * 20 {
                     break;
@@ -820,12 +837,12 @@ impl Snapshot {
                     continue;
                 }
                 let (p, t) = (self.popularity[j as usize], self.trending[j as usize]);
-                let reason = if t > p {
-                    Reason::Trending
-                } else {
-                    Reason::Popular
-                };
-                rest.push((j, 0.5 * p + 0.5 * t, reason));
+                rest.push(Pick {
+                    item: j,
+                    score: 0.5 * p + 0.5 * t,
+                    seed: j,
+                    source: if t > p { TRENDING } else { POPULAR },
+                });
             }
             // `popular` is already in blend order.
             picked.extend(self.diversify(rest, n - out.len() - picked.len()));
@@ -833,13 +850,39 @@ impl Snapshot {
         // Fallbacks rank below everything the person's own products found.
         let cold = out.is_empty() && seeds.is_empty();
         let mut next = floor.min(1.0) * 0.5;
-        for (j, s, r) in picked {
-            let score = if cold { s } else { next };
+        for mut p in picked {
+            if !cold {
+                p.score = next;
+            }
             next *= 0.99;
-            out.push((j, score, r));
+            out.push(p);
         }
     }
 }
+
+/// A candidate while a request is scored: the reason is made only for the winners.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    item: u32,
+    score: f32,
+    /// The seed that contributed most (the product itself for fallbacks).
+    seed: u32,
+    /// A relation (0 view, 1 cart, 2 purchase) or one of the constants below.
+    source: u8,
+}
+
+#[derive(Clone, Copy)]
+struct Cand {
+    score: f32,
+    best: f32,
+    seed: u32,
+    source: u8,
+}
+
+const CONTENT: u8 = u8::MAX;
+const POPULAR: u8 = u8::MAX - 1;
+const TRENDING: u8 = u8::MAX - 2;
+const POPULAR_IN_CATEGORY: u8 = u8::MAX - 3;
 
 fn normalise(v: &mut [f32]) {
     let max = v.iter().copied().fold(0.0f32, f32::max);
