@@ -264,6 +264,10 @@ pub struct EvaluateArgs {
     /// A name for the data set in the output.
     #[arg(long)]
     name: Option<String>,
+    /// Also write the interactions read as CSV (person,item,timestamp,kind), e.g. to
+    /// evaluate the same history with --interactions or elsewhere.
+    #[arg(long)]
+    export: Option<PathBuf>,
     /// Write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -356,8 +360,12 @@ fn store_interactions(
 }
 
 fn print_report(name: &str, r: &Report) {
+    let held = match r.target {
+        Kind::View => "any product",
+        _ => "a product later carted or bought",
+    };
     println!(
-        "{name}: {} people ({} evaluated), {} products, {} interactions; leave-last-out, k = {}",
+        "{name}: {} people ({} evaluated), {} products, {} interactions; leave-last-out ({held}), k = {}",
         r.people, r.evaluated, r.products, r.interactions, r.k
     );
     println!(
@@ -410,20 +418,47 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         catalog = read.items;
     }
     anyhow::ensure!(!people.is_empty(), "no interactions to evaluate");
-    let report = leave_last_out(people, &catalog, &model, args.k, args.every);
-    let name = args.name.clone().unwrap_or(default_name);
-    print_report(&name, &report);
-    let pop = report.methods.iter().find(|m| m.method == "popularity");
-    let hybrid = report.methods.iter().find(|m| m.method == "hybrid");
-    if let (Some(p), Some(h)) = (pop, hybrid) {
-        if p.hr > 0.0 {
-            println!("  hybrid / popularity: HR {:.2}x, NDCG {:.2}x", h.hr / p.hr, h.ndcg / p.ndcg.max(1e-12));
+    if let Some(path) = &args.export {
+        let mut w = csv::Writer::from_path(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        w.write_record(["person", "item", "timestamp", "kind"])?;
+        for (p, h) in &people {
+            for (item, kind, ts) in h {
+                let kind = match kind {
+                    Kind::View => "view",
+                    Kind::Cart => "cart",
+                    Kind::Purchase => "purchase",
+                };
+                w.write_record([p.to_string(), item.clone(), ts.to_string(), kind.to_string()])?;
+            }
         }
+        w.flush()?;
+    }
+    let name = args.name.clone().unwrap_or(default_name);
+    let mut reports = Vec::new();
+    for target in [Kind::View, Kind::Cart] {
+        let report = leave_last_out(people.clone(), &catalog, &model, args.k, args.every, target);
+        if report.evaluated == 0 {
+            continue;
+        }
+        print_report(&name, &report);
+        let pop = report.methods.iter().find(|m| m.method == "popularity");
+        let hybrid = report.methods.iter().find(|m| m.method == "hybrid");
+        if let (Some(p), Some(h)) = (pop, hybrid) {
+            if p.hr > 0.0 {
+                println!(
+                    "  hybrid / popularity: HR {:.2}x, NDCG {:.2}x",
+                    h.hr / p.hr,
+                    h.ndcg / p.ndcg.max(1e-12)
+                );
+            }
+        }
+        reports.push(report);
     }
     println!("  ({:.1}s)", started.elapsed().as_secs_f64());
     if let Some(out) = &args.out {
         let v = json!({"data_set": name, "seconds": started.elapsed().as_secs_f64(),
-                       "config": model, "report": report});
+                       "config": model, "reports": reports});
         std::fs::write(out, serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }

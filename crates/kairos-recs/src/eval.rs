@@ -12,6 +12,10 @@
 //! - **HR@k**: the share of people whose held-out product is among the `k`;
 //! - **NDCG@k**: `1 / log2(1 + rank)` of the held-out product (0 when absent), averaged;
 //! - **coverage**: the share of the catalog that appears in anyone's list.
+//!
+//! With `target = Kind::Cart` only products the person went on to put in the cart or buy
+//! can be held out (the one among them reached last): "what will they want next", the
+//! question an abandoned-cart or post-purchase email asks. `Kind::View` holds out any.
 
 use crate::catalog::Item;
 use crate::interaction::{Interactions, Kind};
@@ -35,6 +39,8 @@ pub struct MethodResult {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// The least kind of interaction a held-out product needed (view: any).
+    pub target: Kind,
     pub k: usize,
     pub people: usize,
     pub evaluated: usize,
@@ -49,15 +55,21 @@ struct Case {
     at: Millis,
 }
 
-/// Splits one history (sorted by time here) into the training prefix and the target.
-fn split(h: &mut History) -> Option<Case> {
+/// Splits one history (sorted by time here) into the training prefix and the target: the
+/// product first reached last among those with an interaction of at least `min` kind.
+fn split(h: &mut History, min: Kind) -> Option<Case> {
     h.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)));
     let mut first: FxHashMap<&str, usize> = FxHashMap::default();
-    for (x, (item, _, _)) in h.iter().enumerate() {
+    let mut strong: FxHashSet<&str> = FxHashSet::default();
+    for (x, (item, kind, _)) in h.iter().enumerate() {
         first.entry(item.as_str()).or_insert(x);
+        if *kind >= min {
+            strong.insert(item.as_str());
+        }
     }
     let (&target, &pos) = first
         .iter()
+        .filter(|(i, _)| strong.contains(*i))
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
     (pos > 0).then(|| Case {
         train: pos,
@@ -74,9 +86,10 @@ pub fn leave_last_out(
     config: &RecsConfig,
     k: usize,
     every: usize,
+    target: Kind,
 ) -> Report {
     people.sort_by_key(|p| p.0);
-    let cases: Vec<Option<Case>> = people.iter_mut().map(|(_, h)| split(h)).collect();
+    let cases: Vec<Option<Case>> = people.iter_mut().map(|(_, h)| split(h, target)).collect();
     let mut inter = Interactions::new(usize::MAX / 2);
     let mut now = Millis::MIN;
     let mut total = 0;
@@ -150,6 +163,7 @@ pub fn leave_last_out(
         });
     }
     Report {
+        target,
         k,
         people: people.len(),
         evaluated: chosen.len(),
@@ -178,7 +192,7 @@ mod tests {
             }
             people.push((p, h));
         }
-        let r = leave_last_out(people, &[], &RecsConfig::default(), 10, 1);
+        let r = leave_last_out(people, &[], &RecsConfig::default(), 10, 1, Kind::View);
         assert_eq!(r.evaluated, 300);
         let get = |m: &str| r.methods.iter().find(|x| x.method == m).cloned();
         let (h, p) = (get("hybrid"), get("popularity"));
@@ -197,9 +211,21 @@ mod tests {
             ("c".into(), Kind::View, 30),
             ("a".into(), Kind::Purchase, 40),
         ];
-        let c = split(&mut h).expect("a case");
+        let c = split(&mut h, Kind::View).expect("a case");
         assert_eq!((c.target.as_str(), c.train, c.at), ("c", 2, 30));
+        // Only products later carted or bought: `a` (bought at 40, first seen at 10).
+        let mut h2 = h.clone();
+        h2.push(("d".into(), Kind::View, 50));
+        let c = split(&mut h2, Kind::Cart);
+        assert!(c.is_none(), "a was reached first: nothing before it to learn from");
+        let mut h3: History = vec![
+            ("x".into(), Kind::View, 1),
+            ("a".into(), Kind::Cart, 5),
+            ("y".into(), Kind::View, 9),
+        ];
+        let c = split(&mut h3, Kind::Cart).expect("a case");
+        assert_eq!((c.target.as_str(), c.train), ("a", 1));
         let mut one: History = vec![("a".into(), Kind::View, 1)];
-        assert!(split(&mut one).is_none());
+        assert!(split(&mut one, Kind::View).is_none());
     }
 }

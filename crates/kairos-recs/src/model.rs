@@ -9,6 +9,7 @@
 //! ```text
 //! score(c) = sum over seeds s of w(s) * (cf_weight * cf(s, c) + content_weight * content(s, c))
 //!            / sum of w(s)  +  popularity_weight * popularity(c) / max popularity
+//!            (+ category_weight * popularity(c) * the seeds' weight share in c's category)
 //! ```
 //!
 //! A seed with fewer than `cold_item_support` people behind it is cold: its collaborative
@@ -60,6 +61,9 @@ pub struct RecsConfig {
     pub cf_weight: f32,
     pub content_weight: f32,
     pub popularity_weight: f32,
+    /// Weight of "popular in the person's categories": popularity times the share of the
+    /// seeds' weight in the candidate's category.
+    pub category_weight: f32,
     /// Products with fewer people behind them use content similarity only.
     pub cold_item_support: u32,
     /// 0 = no diversity, 1 = at most one product per category while others remain.
@@ -90,9 +94,10 @@ impl Default for RecsConfig {
             shrink: 3.0,
             content_budget: 2000,
             cf_weight: 1.0,
-            content_weight: 0.3,
-            popularity_weight: 0.05,
-            cold_item_support: 3,
+            content_weight: 0.1,
+            popularity_weight: 0.02,
+            category_weight: 0.0,
+            cold_item_support: 2,
             diversity: 0.3,
             max_per_category: 0,
             exclude_purchased_days: 30.0,
@@ -139,6 +144,7 @@ impl RecsConfig {
             ("cf_weight", self.cf_weight),
             ("content_weight", self.content_weight),
             ("popularity_weight", self.popularity_weight),
+            ("category_weight", self.category_weight),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(RecsError::invalid(field, "must be a number >= 0"));
@@ -636,6 +642,22 @@ impl Snapshot {
             Method::Content => (0.0, 1.0, 0.0),
             Method::Popularity => (0.0, 0.0, 1.0),
         };
+        // The seeds' weight by category, as shares (the hybrid's category popularity).
+        let mut cat_share: FxHashMap<u32, f32> = FxHashMap::default();
+        let cat_w = if req.method == Method::Hybrid {
+            cfg.category_weight
+        } else {
+            0.0
+        };
+        if cat_w > 0.0 {
+            let total: f32 = seeds.iter().map(|s| s.1).sum::<f32>().max(1e-12);
+            for &(s, w) in &seeds {
+                let c = self.entries[s as usize].category;
+                if c != u32::MAX {
+                    *cat_share.entry(c).or_default() += w / total;
+                }
+            }
+        }
         let mut cands: FxHashMap<u32, Cand> = FxHashMap::default();
         cands.reserve(seeds.len() * 64);
         let total_w: f32 = seeds.iter().map(|s| s.1).sum::<f32>().max(1e-12);
@@ -681,16 +703,32 @@ impl Snapshot {
                 }
             }
         }
+        // Popular products of the seeds' categories are candidates too.
+        for (&c, _) in &cat_share {
+            for &j in self.popular_by_category[c as usize].iter().take(50) {
+                cands.entry(j).or_insert(Cand {
+                    score: 0.0,
+                    best: 0.0,
+                    seed: j,
+                    source: POPULAR_IN_CATEGORY,
+                });
+            }
+        }
         let mut scored: Vec<Pick> = Vec::with_capacity(cands.len());
         for (j, c) in cands {
             if excluded.contains(&j) || !self.recommendable(j) {
                 continue;
             }
+            let pop = self.popularity[j as usize];
+            let cat = self.entries[j as usize].category;
+            let share = cat_share.get(&cat).copied().unwrap_or(0.0);
+            let by_cat = cat_w * share * pop;
             scored.push(Pick {
                 item: j,
-                score: c.score + pop_w * self.popularity[j as usize],
+                score: c.score + pop_w * pop + by_cat,
                 seed: c.seed,
-                source: c.source,
+                // Named after what found it, unless category popularity carried it.
+                source: if by_cat > c.score { POPULAR_IN_CATEGORY } else { c.source },
             });
         }
         if req.method == Method::Popularity {
