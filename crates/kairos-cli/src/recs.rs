@@ -146,8 +146,8 @@ pub fn read_items(path: &Path, ignore_unknown: bool) -> anyhow::Result<ReadItems
             accept(line, obj, &mut out);
         }
     } else {
-        let f = std::fs::File::open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
             let line_no = n + 1;
             let line = line?;
@@ -278,7 +278,11 @@ pub struct EvaluateArgs {
 fn parse_time(s: &str) -> Option<Millis> {
     if let Ok(n) = s.parse::<i64>() {
         // Seconds until the year 5138, milliseconds after.
-        return Some(if n.abs() < 100_000_000_000 { n * 1000 } else { n });
+        return Some(if n.abs() < 100_000_000_000 {
+            n * 1000
+        } else {
+            n
+        });
     }
     kairos_core::time::parse_timestamp(s)
 }
@@ -312,8 +316,9 @@ fn read_interactions(path: &Path) -> anyhow::Result<Vec<(u64, History)>> {
             .with_context(|| format!("{}:{line}: timestamp {:?}", path.display(), get(tc)))?;
         let kind = match kc.map(get) {
             None | Some("") => Kind::View,
-            Some(k) => Kind::parse(k)
-                .with_context(|| format!("{}:{line}: kind {k:?}", path.display()))?,
+            Some(k) => {
+                Kind::parse(k).with_context(|| format!("{}:{line}: kind {k:?}", path.display()))?
+            }
         };
         people
             .entry(get(pc).to_string())
@@ -393,7 +398,11 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let model = config.recommendations.model.clone();
     let started = Instant::now();
     let (people, mut catalog, default_name) = match &args.interactions {
-        Some(path) => (read_interactions(path)?, Vec::new(), path.display().to_string()),
+        Some(path) => (
+            read_interactions(path)?,
+            Vec::new(),
+            path.display().to_string(),
+        ),
         None => {
             let store = crate::train::open_store(&config.data_dir)?;
             let people = store_interactions(&store, &config.vocabulary)?;
@@ -419,8 +428,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!people.is_empty(), "no interactions to evaluate");
     if let Some(path) = &args.export {
-        let mut w = csv::Writer::from_path(path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let mut w =
+            csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
         w.write_record(["person", "item", "timestamp", "kind"])?;
         for (p, h) in &people {
             for (item, kind, ts) in h {
@@ -429,7 +438,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
                     Kind::Cart => "cart",
                     Kind::Purchase => "purchase",
                 };
-                w.write_record([p.to_string(), item.clone(), ts.to_string(), kind.to_string()])?;
+                w.write_record([
+                    p.to_string(),
+                    item.clone(),
+                    ts.to_string(),
+                    kind.to_string(),
+                ])?;
             }
         }
         w.flush()?;

@@ -217,7 +217,10 @@ mod tests {
         let mut h2 = h.clone();
         h2.push(("d".into(), Kind::View, 50));
         let c = split(&mut h2, Kind::Cart);
-        assert!(c.is_none(), "a was reached first: nothing before it to learn from");
+        assert!(
+            c.is_none(),
+            "a was reached first: nothing before it to learn from"
+        );
         let mut h3: History = vec![
             ("x".into(), Kind::View, 1),
             ("a".into(), Kind::Cart, 5),

@@ -728,7 +728,11 @@ impl Snapshot {
                 score: c.score + pop_w * pop + by_cat,
                 seed: c.seed,
                 // Named after what found it, unless category popularity carried it.
-                source: if by_cat > c.score { POPULAR_IN_CATEGORY } else { c.source },
+                source: if by_cat > c.score {
+                    POPULAR_IN_CATEGORY
+                } else {
+                    c.source
+                },
             });
         }
         if req.method == Method::Popularity {
