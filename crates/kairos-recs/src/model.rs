@@ -704,7 +704,7 @@ impl Snapshot {
             }
         }
         // Popular products of the seeds' categories are candidates too.
-        for (&c, _) in &cat_share {
+        for &c in cat_share.keys() {
             for &j in self.popular_by_category[c as usize].iter().take(50) {
                 cands.entry(j).or_insert(Cand {
                     score: 0.0,
