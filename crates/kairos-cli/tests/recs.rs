@@ -218,3 +218,50 @@ fn evaluate_recs_on_movielens() {
     );
     assert!(h["ndcg"].as_f64().unwrap() > 1.5 * p["ndcg"].as_f64().unwrap());
 }
+
+#[tokio::test]
+async fn catalog_import_into_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = support::Server::start(&dir.path().join("data")).await;
+    let file = dir.path().join("items.jsonl");
+    let lines: Vec<String> = (0..12_000)
+        .map(|i| format!("{{\"id\": \"sku-{i:05}\", \"title\": \"Item {i}\", \"price\": {i}}}"))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let base = server.base.clone();
+    let path = file.clone();
+    let unused = dir.path().join("unused");
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kairos(
+            &[
+                "catalog",
+                "import",
+                "--target",
+                &base,
+                "--admin-token",
+                support::ADMIN,
+                path.to_str().unwrap(),
+            ],
+            &unused,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("imported 12000 items"), "{out}");
+    let item = server.admin_get("/v1/catalog/items/sku-11999").await;
+    assert_eq!(item["item"]["price"], 11999.0, "{item}");
+    let (ok, out) = kairos(
+        &[
+            "catalog",
+            "import",
+            "--target",
+            &server.base,
+            "--admin-token",
+            "wrong-token",
+            file.to_str().unwrap(),
+        ],
+        &std::path::PathBuf::from("unused"),
+    );
+    assert!(!ok && out.contains("401"), "{out}");
+}
