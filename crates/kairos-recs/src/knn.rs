@@ -157,10 +157,11 @@ pub struct PersonItems {
 
 impl PersonItems {
     /// One row per person: interactions with the same product summed (decayed by age at
-    /// `now`), the strongest kind kept. Products with index >= `n_items` are skipped.
+    /// `now`), the strongest kind kept. `remap[item]` is the product's index in the
+    /// output; products past its end are skipped.
     pub fn build<'a>(
         people: impl IntoIterator<Item = &'a [Rec]>,
-        n_items: usize,
+        remap: &[u32],
         p: &KnnParams,
         now: Millis,
     ) -> Self {
@@ -173,12 +174,12 @@ impl PersonItems {
         for recs in people {
             row.clear();
             for r in recs {
-                if (r.item as usize) >= n_items {
+                let Some(&item) = remap.get(r.item as usize) else {
                     continue;
-                }
+                };
                 let age = (now - r.ts).max(0) as f64;
                 let w = p.weights[r.kind as usize] as f64 * (-age / hl).exp2();
-                row.push((r.item, w as f32, r.kind as u8));
+                row.push((item, w as f32, r.kind as u8));
             }
             row.sort_unstable_by_key(|x| x.0);
             let mut merged: Vec<(u32, f32, u8)> = Vec::with_capacity(row.len());
@@ -362,7 +363,7 @@ mod tests {
             vec![rec(2, Kind::View), rec(3, Kind::View)],
         ];
         let p = params();
-        let pi = PersonItems::build(people.iter().map(Vec::as_slice), 4, &p, 0);
+        let pi = PersonItems::build(people.iter().map(Vec::as_slice), &[0, 1, 2, 3], &p, 0);
         let (nb, support) = compute(&pi, 4, &p);
         assert_eq!(support, vec![2, 1, 2, 1]);
         let row0: Vec<(u32, f32)> = nb.of(0).map(|(j, s, _)| (j, s)).collect();
@@ -387,7 +388,7 @@ mod tests {
             vec![rec(0, Kind::Purchase), rec(1, Kind::Purchase)],
             vec![rec(0, Kind::View), rec(1, Kind::View)],
         ];
-        let pi = PersonItems::build(people.iter().map(Vec::as_slice), 2, &p, 0);
+        let pi = PersonItems::build(people.iter().map(Vec::as_slice), &[0, 1], &p, 0);
         let (nb, _) = compute(&pi, 2, &p);
         let (j, s, src) = nb.of(0).next().expect("a neighbour");
         assert_eq!(j, 1);
@@ -412,7 +413,7 @@ mod tests {
                 ts: 10,
             },
         ]];
-        let pi = PersonItems::build(people.iter().map(Vec::as_slice), 2, &p, 10);
+        let pi = PersonItems::build(people.iter().map(Vec::as_slice), &[0, 1], &p, 10);
         let w = pi.product_weights(2);
         assert!(
             (w[0] - 0.5).abs() < 1e-6 && (w[1] - 1.0).abs() < 1e-6,

@@ -371,12 +371,23 @@ impl Snapshot {
         let by_id: FxHashMap<&str, &Item> = catalog.iter().map(|i| (i.id.as_str(), i)).collect();
         let mut entries: Vec<Entry> = Vec::with_capacity(interactions.item_ids().len());
         let mut index: FxHashMap<String, u32> = FxHashMap::default();
-        for (i, id) in interactions.item_ids().iter().enumerate() {
+        // Products in id order (the interner's order is arrival order), so that ties in
+        // neighbour lists fall the same way whatever order the events came in.
+        let ids = interactions.item_ids();
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_unstable_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
+        let mut remap = vec![0u32; ids.len()];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old as usize] = new as u32;
+        }
+        for &i in &order {
+            let id = &ids[i as usize];
+            let i = remap[i as usize];
             let (item, in_catalog) = match by_id.get(id.as_str()) {
                 Some(it) => ((*it).clone(), true),
                 None => (
                     interactions
-                        .meta(i as u32)
+                        .meta(order[i as usize])
                         .cloned()
                         .unwrap_or_else(|| Item {
                             id: id.clone(),
@@ -400,15 +411,19 @@ impl Snapshot {
             });
         }
         let n_interned = entries.len();
-        for item in catalog {
-            if !index.contains_key(&item.id) {
-                index.insert(item.id.clone(), entries.len() as u32);
-                entries.push(Entry {
-                    item: Arc::new(item.clone()),
-                    in_catalog: true,
-                    category: u32::MAX,
-                });
-            }
+        let mut catalog_only: Vec<&Item> = catalog
+            .iter()
+            .filter(|i| !index.contains_key(&i.id))
+            .collect();
+        catalog_only.sort_by(|a, b| a.id.cmp(&b.id));
+        catalog_only.dedup_by(|a, b| a.id == b.id);
+        for item in catalog_only {
+            index.insert(item.id.clone(), entries.len() as u32);
+            entries.push(Entry {
+                item: Arc::new(item.clone()),
+                in_catalog: true,
+                category: u32::MAX,
+            });
         }
         let mut categories: Vec<String> = Vec::new();
         let mut cat_index: FxHashMap<String, u32> = FxHashMap::default();
@@ -432,7 +447,7 @@ impl Snapshot {
             .collect();
         let params = config.knn_params();
         let t0 = timer();
-        let pi = PersonItems::build(recent.iter().copied(), n_interned, &params, now);
+        let pi = PersonItems::build(recent.iter().copied(), &remap, &params, now);
         let (cf, mut support) = knn::compute(&pi, n_interned, &params);
         support.resize(n, 0);
         let t1 = timer();
@@ -452,7 +467,10 @@ impl Snapshot {
                     (w * (-age / hl).exp2()) as f32,
                     (w * (-age / thl).exp2()) as f32,
                 );
-                let e = best.entry(r.item).or_insert((0.0, 0.0));
+                let Some(&item) = remap.get(r.item as usize) else {
+                    continue;
+                };
+                let e = best.entry(item).or_insert((0.0, 0.0));
                 e.0 = e.0.max(p);
                 e.1 = e.1.max(t);
             }
