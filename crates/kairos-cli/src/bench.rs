@@ -35,6 +35,9 @@ pub enum BenchCommand {
     Backfill(crate::bench_scoring::BackfillArgs),
     /// Lateness of segment timers with many pending.
     Timers(crate::bench_scoring::TimersArgs),
+    /// Recommendation similarities on a large synthetic history, and serving latency
+    /// beside the popularity baseline.
+    Recs(crate::recs::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +114,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Timers(a) => {
             tokio::task::spawn_blocking(move || crate::bench_scoring::timers(a)).await?
         }
+        BenchCommand::Recs(a) => tokio::task::spawn_blocking(move || crate::recs::bench(a)).await?,
     }
 }
 

@@ -6,6 +6,7 @@ mod bench_scoring;
 mod evaluate_sendtime;
 mod examples;
 mod import;
+mod recs;
 mod train;
 
 use anyhow::Context;
@@ -65,10 +66,14 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a stored model on labels that matured after its training (or a saved table
     /// model on a table); writes the report. `kairos evaluate send-time` scores the
-    /// send-time model against a simulator's ground truth.
+    /// send-time model against a simulator's ground truth; `kairos evaluate recs` the
+    /// recommendations, leave-last-out.
     Evaluate(train::EvaluateCommand),
     /// List, show, activate and roll back model versions.
     Models(train::ModelsArgs),
+    /// The product catalog recommendations draw on.
+    #[command(subcommand)]
+    Catalog(recs::CatalogCommand),
     /// Benchmarks (see docs/PERFORMANCE.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -159,8 +164,14 @@ fn main() -> anyhow::Result<()> {
             what: Some(train::EvaluateWhat::SendTime(a)),
             ..
         }) => evaluate_sendtime::run(a),
+        Command::Evaluate(train::EvaluateCommand {
+            what: Some(train::EvaluateWhat::Recs(a)),
+            ..
+        }) => recs::evaluate(a),
         Command::Evaluate(c) => train::evaluate(c.model),
         Command::Models(args) => train::models(args, &rt),
+        Command::Catalog(cmd) => recs::catalog(cmd, &rt),
+        Command::Bench(bench::BenchCommand::Recs(a)) => recs::bench(a),
         // Import drives the writer with blocking calls: keep it off the async runtime.
         Command::Bench(bench::BenchCommand::Import(a)) => bench::import_bench(a),
         Command::Bench(bench::BenchCommand::Backfill(a)) => bench_scoring::backfill(a),

@@ -396,6 +396,9 @@ pub struct EvaluateCommand {
 pub enum EvaluateWhat {
     /// The send-time model against a simulator's ground truth.
     SendTime(crate::evaluate_sendtime::SendTimeArgs),
+    /// Recommendations, leave-last-out: HR@k, NDCG@k and coverage of the hybrid,
+    /// item-kNN, content and popularity, on the store's history or an interactions CSV.
+    Recs(crate::recs::EvaluateArgs),
 }
 
 #[derive(clap::Args)]

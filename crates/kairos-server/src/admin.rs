@@ -215,6 +215,11 @@ async fn erase_profile(
         .await
         .map_err(|_| ApiError::new(ErrorCode::StorageFailure, "the writer stopped"))??
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "profile not found"))?;
+    // Recommendations hold the person's recent products in memory: drop them now.
+    state.recs.forget(erased.profile.0);
+    if erased.profile != profile.id {
+        state.recs.forget(profile.id.0);
+    }
     Ok(Json(json!({
         "erased": erased.profile.to_string(),
         "events": erased.events,

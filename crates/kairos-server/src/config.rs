@@ -40,6 +40,9 @@ pub struct Config {
     pub models: BTreeMap<String, crate::training::ModelSpec>,
     /// Monitoring and online learning of served models (`[predictions]`).
     pub predictions: crate::models::PredictionConfig,
+    /// Product recommendations (`[recommendations]`, `[recommendations.model]`,
+    /// docs/recommendations.md).
+    pub recommendations: crate::recs::RecommendationsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -177,6 +180,7 @@ impl Default for Config {
             features: None,
             models: crate::training::default_models(),
             predictions: Default::default(),
+            recommendations: Default::default(),
         }
     }
 }
@@ -308,6 +312,18 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(kairos_recs::RecsError::Invalid { field, reason }) =
+            self.recommendations.model.validate()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "recommendations.model.{field}: {reason}"
+            )));
+        }
+        if self.recommendations.max_history < 2 {
+            return Err(ConfigError::Invalid(
+                "recommendations.max_history: use at least 2".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
             if s.write_key.trim().is_empty() {

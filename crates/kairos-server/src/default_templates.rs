@@ -10,9 +10,10 @@ const FOOTER_HTML: &str = r#"<hr><p style="font-size:12px;color:#777">You get th
 const FOOTER_TEXT: &str =
     "\n--\nYou get this because you subscribed at our shop.{% if unsubscribe_url %}\nUnsubscribe: {{ unsubscribe_url }}{% endif %}\n";
 
-const RECOMMENDATIONS_HTML: &str = r#"{% if recommendations.size > 0 %}<h3>You may also like</h3><ul>
-{% for r in recommendations limit: 4 %}<li>{{ r.title | default: r.name }}{% if r.price %} - {{ r.price | round: 2 }}{% endif %}</li>
-{% endfor %}</ul>{% endif %}"#;
+const RECOMMENDATIONS_HTML: &str = r#"{% if recommendations.size > 0 %}<h3>You may also like</h3><table>
+{% for r in recommendations limit: 4 %}<tr>{% if r.image_url %}<td><img src="{{ r.image_url }}" alt="" width="96"></td>{% endif %}<td>{% if r.url %}<a href="{{ r.url }}">{{ r.title | default: r.name }}</a>{% else %}{{ r.title | default: r.name }}{% endif %}{% if r.price %} - {{ r.price | round: 2 }}{% endif %}<br><small>{{ r.reason_text }}</small></td></tr>
+{% endfor %}</table>{% else %}<p>Your cart is saved: pick up where you left off whenever you like.</p>{% endif %}"#;
+const RECOMMENDATIONS_TEXT: &str = "{% if recommendations.size > 0 %}\nYou may also like:\n{% for r in recommendations limit: 4 %}- {{ r.title | default: r.name }}{% if r.price %} ({{ r.price | round: 2 }}){% endif %}{% if r.url %} {{ r.url }}{% endif %}\n{% endfor %}{% endif %}";
 
 fn t(subject: &str, html: &str, text: &str, description: &str) -> TemplateDef {
     TemplateDef {
@@ -38,7 +39,7 @@ pub fn default_templates() -> Vec<(&'static str, TemplateDef)> {
 <p>Total: {{{{ profile.cart.value | round: 2 }}}}</p>
 {RECOMMENDATIONS_HTML}"#
                 ),
-                "Hi {{ profile.first_name | default: \"there\" }},\n\nYou left these in your cart:\n{% for item in profile.cart.items %}- {{ item.name | default: item.product_id }} x {{ item.quantity }}\n{% endfor %}Total: {{ profile.cart.value | round: 2 }}\n",
+                &format!("Hi {{{{ profile.first_name | default: \"there\" }}}},\n\nYou left these in your cart:\n{{% for item in profile.cart.items %}}- {{{{ item.name | default: item.product_id }}}} x {{{{ item.quantity }}}}\n{{% endfor %}}Total: {{{{ profile.cart.value | round: 2 }}}}\n{RECOMMENDATIONS_TEXT}"),
                 "Abandoned cart: the items, their total, and recommendations when there are any.",
             ),
         ),
@@ -145,9 +146,23 @@ mod tests {
                     "{html}"
                 );
                 assert!(
-                    !html.contains("You may also like"),
-                    "no recommendations yet: {html}"
+                    !html.contains("You may also like") && html.contains("Your cart is saved"),
+                    "no recommendations yet, the fallback instead: {html}"
                 );
+                let mut with = ctx.clone();
+                with["recommendations"] = json!([{"title": "Trail Socks", "price": 9.5,
+                    "url": "https://shop.example/socks", "reason_text": "often bought with Trail Shoes"}]);
+                let out = render(&t, &with).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let html = out.html.unwrap_or_default();
+                assert!(
+                    html.contains("You may also like") && html.contains("Trail Socks"),
+                    "{html}"
+                );
+                assert!(html.contains("often bought with Trail Shoes"), "{html}");
+                assert!(out
+                    .text
+                    .unwrap_or_default()
+                    .contains("- Trail Socks (9.5) https://shop.example/socks"));
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod messages;
 pub mod models;
 pub mod openapi;
+pub mod recs;
 pub mod scoring;
 pub mod sendtime;
 pub mod training;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub models: models::Models,
     /// Engagement-hour priors for send-time optimization.
     pub send_time: sendtime::SendTime,
+    /// Product recommendations: histories folded from the log and the model serving.
+    pub recs: recs::Recs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +148,6 @@ impl Kairos {
                 store,
                 ingest,
                 limits: config.limits(),
-                config,
                 write_keys,
                 clock,
                 metrics,
@@ -153,6 +155,8 @@ impl Kairos {
                 channels: Arc::new(channels),
                 models: models::Models::default(),
                 send_time: sendtime::SendTime::default(),
+                recs: recs::Recs::new(&config.recommendations),
+                config,
             }),
             writer: Some(writer),
         })
@@ -182,6 +186,9 @@ impl Kairos {
             tokio::spawn(models::run_monitor(self.state.clone())),
             tokio::spawn(sendtime::run_priors(self.state.clone())),
         ];
+        // Recommendations fold the log on their own thread (CPU-bound rebuilds stay off the
+        // async runtime).
+        let recs_thread = recs::start(self.state.clone());
         if self.state.config.delivery.enabled {
             let channels = self.state.channels.clone();
             background.push(tokio::spawn(delivery::run_outbox(
@@ -203,6 +210,10 @@ impl Kairos {
         }
         for task in background {
             let _ = task.await;
+        }
+        self.state.recs.stop();
+        if let Some(t) = recs_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         // Every acknowledged event is already fsync'd by its group commit, so there is
         // nothing to flush here. The writer thread ends when the last handle to it is gone:
@@ -286,6 +297,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(sendtime::routes())
         .merge(campaigns::routes())
         .merge(messages::routes())
+        .merge(recs::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_endpoint))
         .route("/v1/openapi.json", get(openapi::handler))

@@ -106,7 +106,8 @@ pub fn render(t: &Compiled, context: &Value) -> Result<RenderedMessage, String> 
 /// The variables a template sees for one person: `profile` (traits, with the computed
 /// state beside them: `orders`, `lifetime_revenue`, `cart`, ...), `scores` (value and tier
 /// by name), `segments` (names), `event` (the trigger's properties), `campaign`,
-/// `unsubscribe_url`, and `recommendations` (empty until recommendations exist).
+/// `unsubscribe_url`, and `recommendations` (empty here; the callers that render for a
+/// person fill it from the recommendation model, see [`crate::recs::template_variable`]).
 pub fn context(
     profile: Option<&Profile>,
     scoring: &Scoring,
@@ -176,14 +177,16 @@ pub fn context(
 pub fn row_context(state: &AppState, row: &OutboxRow, profile: Option<&Profile>) -> Value {
     let scoring = state.store.scoring();
     let link = unsubscribe_link(state, row.profile, &row.purpose, &row.message_id);
-    context(
+    let mut ctx = context(
         profile,
         &scoring,
         (state.clock)(),
         row.event.clone(),
         json!({"name": row.campaign, "variant": row.variant, "step": row.step, "message_id": row.message_id}),
         link,
-    )
+    );
+    ctx["recommendations"] = crate::recs::template_variable(state, profile);
+    ctx
 }
 
 async fn list_templates(State(state): S, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -321,6 +324,7 @@ async fn preview(
             json!({"name": "preview", "variant": "preview"}),
             link,
         );
+        ctx["recommendations"] = crate::recs::template_variable(s, profile.as_ref());
         if let (Some(data), Value::Object(c)) = (req.data, &mut ctx) {
             for (k, v) in data {
                 match (c.get_mut(&k), v) {

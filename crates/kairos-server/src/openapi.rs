@@ -367,6 +367,54 @@ pub fn document() -> Value {
                    {"name": "limit", "in": "query", "schema": {"type": "integer"}}, {"name": "after", "in": "query", "schema": {"type": "string"}}]),
         ),
     );
+    let recs_params = |id: &str| {
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": id},
+               {"name": "n", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 6}},
+               {"name": "context", "in": "query", "schema": {"type": "string", "enum": ["cart", "browse"]},
+                "description": "cart: complements of the cart's products (abandoned-cart emails; browse when the cart is empty); browse: more like the person's recent products"},
+               {"name": "method", "in": "query", "schema": {"type": "string", "enum": ["hybrid", "item_knn", "content", "popularity"], "default": "hybrid"}}])
+    };
+    paths.insert(
+        "/v1/profiles/{id}/recommendations".into(),
+        json!({"get": {"summary": "Products to recommend to this person, best first, each with its score and reason (co-purchase, co-cart or co-view of one of their products, similar attributes, popular in a category, popular, trending); never out of stock, in the cart or just bought",
+            "security": [{"adminToken": []}], "parameters": recs_params("Kairos id (p_…) or a userId"),
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}}},
+                          "400": {"description": "A parameter is invalid (the error names it)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                          "404": {"description": "No such profile", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}}),
+    );
+    paths.insert(
+        "/v1/catalog/items/{id}/recommendations".into(),
+        json!({"get": {"summary": "Products to show with this product (context=cart: bought and carted with it; browse: viewed with it and like it)",
+            "security": [{"adminToken": []}], "parameters": recs_params("product id"),
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}}},
+                          "404": {"description": "The model does not know the product", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}}),
+    );
+    let item_id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 200}}]);
+    let mut item = admin_get("One catalog item", item_id.clone());
+    item["put"] = json!({"summary": "Create or replace a catalog item (validated; errors name the field)", "security": [{"adminToken": []}], "parameters": item_id.clone(),
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CatalogItem"}}}},
+        "responses": {"200": {"description": "Stored durably; `created` says whether it is new"}}});
+    item["delete"] = json!({"summary": "Remove a catalog item", "security": [{"adminToken": []}], "parameters": item_id,
+        "responses": {"200": {"description": "Removed"}, "404": {"description": "No such item"}}});
+    paths.insert("/v1/catalog/items/{id}".into(), item);
+    let mut items = admin_get(
+        "Catalog items in id order, paged (`next` is the `after` of the next page)",
+        json!([{"name": "after", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}]),
+    );
+    items["post"] = json!({"summary": "Bulk import: a JSON array of items, {\"items\": [...]}, or JSON lines (up to 100,000 items, 32 MB); invalid items are rejected one by one with their index and reason, the rest stored in one fsync",
+        "security": [{"adminToken": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/CatalogItem"}}}, "application/x-ndjson": {"schema": {"type": "string"}}}},
+        "responses": {"200": {"description": "`stored` and `rejected` ([{index, id, field, error}])"}}});
+    paths.insert("/v1/catalog/items".into(), items);
+    paths.insert(
+        "/v1/recommendations/status".into(),
+        admin_get("The recommendation model: log cursor, interactions folded, the last build and its duration, the settings", json!([])),
+    );
+    paths.insert(
+        "/v1/recommendations/rebuild".into(),
+        json!({"post": {"summary": "Read the event log to its end and rebuild the similarities now (they rebuild in the background every rebuild_interval_secs)", "security": [{"adminToken": []}],
+            "responses": {"200": {"description": "The status after the rebuild"}}}}),
+    );
     paths.insert("/health".into(), json!({"get": {"summary": "Ready: the store is open and events are accepted", "responses": {"200": {"description": "OK"}}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}}));
     for v in paths.values_mut() {
@@ -378,7 +426,7 @@ pub fn document() -> Value {
             }
         }
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Kairos", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Real-time engagement scoring and personalization. Ingest is Segment-compatible."},
@@ -443,11 +491,40 @@ pub fn document() -> Value {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
             }
         }
-    })
+    });
+    if let (Some(Value::Object(schemas)), Value::Object(more)) =
+        (doc.pointer_mut("/components/schemas"), recs_schemas())
+    {
+        schemas.extend(more);
+    }
+    doc
 }
 
 fn id_param_for_scores() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Kairos id (p_…) or a userId"}])
+}
+
+/// Schemas of the catalog and recommendation endpoints (kept apart: one `json!` of the
+/// whole document would pass the macro's recursion limit).
+fn recs_schemas() -> Value {
+    json!({
+                "CatalogItem": {"type": "object", "required": ["title"], "additionalProperties": false, "properties": {
+                    "id": {"type": "string", "maxLength": 200, "description": "optional in PUT (the path's id); required in bulk (or product_id)"},
+                    "product_id": {"type": "string"}, "title": {"type": "string"}, "name": {"type": "string", "description": "alias of title (Segment's name)"},
+                    "category": {"type": "string"}, "brand": {"type": "string"}, "price": {"type": "number", "minimum": 0},
+                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64}, "in_stock": {"type": "boolean", "default": true},
+                    "image_url": {"type": "string", "format": "uri"}, "url": {"type": "string", "format": "uri"}}},
+                "Recommendations": {"type": "object", "properties": {
+                    "context": {"type": "string", "enum": ["cart", "browse"]},
+                    "items": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "product_id": {"type": "string"}, "title": {"type": "string"}, "name": {"type": "string"},
+                        "category": {"type": "string"}, "brand": {"type": "string"}, "price": {"type": "number"}, "image_url": {"type": "string"}, "url": {"type": "string"},
+                        "score": {"type": "number"},
+                        "reason": {"type": "object", "properties": {"source": {"type": "string", "enum": ["co_purchase", "co_cart", "co_view", "similar", "popular_in_category", "popular", "trending"]},
+                            "with": {"type": "string"}, "to": {"type": "string"}, "category": {"type": "string"}}},
+                        "reason_text": {"type": "string"}}}},
+                    "model": {"type": "object", "properties": {"built_at": {"type": ["string", "null"]}, "products": {"type": "integer"}, "people": {"type": "integer"}, "caught_up": {"type": "boolean"}}}}}
+    })
 }
 
 pub async fn handler() -> Json<Value> {

@@ -25,6 +25,11 @@ const CATEGORIES: [&str; 12] = [
     "jewelry",
     "music",
 ];
+/// The category whose products complement a category's (indexes into CATEGORIES): shoes
+/// go with outerwear, electronics with music, books with home, beauty with jewelry, ...
+const COMPLEMENT_OF: [usize; 12] = [1, 0, 11, 4, 9, 10, 3, 0, 4, 4, 5, 2];
+/// Complements per product.
+const COMPLEMENTS: usize = 3;
 const BRANDS: [&str; 10] = [
     "Acme",
     "Northwind",
@@ -68,6 +73,10 @@ pub struct Product {
     pub price: f64,
     /// Relative popularity (Zipf-like).
     pub popularity: f64,
+    /// Products bought with this one (a lens for a camera): the ground truth of the
+    /// co-purchase structure recommendations should find. Indexes into the catalog.
+    #[serde(skip)]
+    pub complements: Vec<usize>,
 }
 
 /// What the simulator knows about a person and the engine must discover.
@@ -175,9 +184,31 @@ impl Simulation {
                     brand: BRANDS[(i / 3) % BRANDS.len()].to_string(),
                     price: (base.exp() * 100.0).round() / 100.0,
                     popularity: 1.0 / (1.0 + i as f64).powf(0.8),
+                    complements: Vec::new(),
                 }
             })
             .collect();
+        // Each product's complements: products of the complementary category, popular ones
+        // more often (an own random stream, so the rest of the simulation is unchanged).
+        let mut catalog = catalog;
+        let n_cats = CATEGORIES.len();
+        for i in 0..catalog.len() {
+            let mut r = rng_for(config.seed, &[3, i as u64]);
+            let target = COMPLEMENT_OF[i % n_cats];
+            let in_target = catalog.len().saturating_sub(target).div_ceil(n_cats);
+            let mut picks = Vec::new();
+            for _ in 0..COMPLEMENTS * 4 {
+                if picks.len() >= COMPLEMENTS || in_target == 0 {
+                    break;
+                }
+                let k = (r.random::<f64>().powf(1.5) * in_target as f64) as usize;
+                let j = target + k.min(in_target - 1) * n_cats;
+                if j != i && !picks.contains(&j) {
+                    picks.push(j);
+                }
+            }
+            catalog[i].complements = picks;
+        }
         let zone_total: u32 = ZONES.iter().map(|(_, w)| w).sum();
         let people: Vec<PersonTruth> = (0..config.people)
             .map(|i| {
@@ -436,6 +467,9 @@ impl Simulation {
             }
             let views = 1 + (r.random::<f64>() * (2.0 + 6.0 * boost)) as usize;
             let mut cart: Vec<&Product> = Vec::new();
+            // Products added from the main stream; complements below come from their own
+            // random stream and must not change the main stream's draws.
+            let mut main_adds = 0usize;
             for _ in 0..views {
                 step(&mut r, &mut t);
                 let prod = self.product(&mut r, p);
@@ -459,9 +493,41 @@ impl Simulation {
                         signed_up,
                     );
                     cart.push(prod);
+                    main_adds += 1;
+                    // Half the time the shopper then looks at something that goes with it,
+                    // and often takes it too.
+                    let mut rc = rng_for(
+                        self.config.seed,
+                        &[4, p.index as u64, day as u64, s as u64, main_adds as u64],
+                    );
+                    if !prod.complements.is_empty() && rc.random_bool(0.5) {
+                        let c = &self.catalog
+                            [prod.complements[rc.random_range(0..prod.complements.len())]];
+                        t += rc.random_range(15_000..90_000);
+                        emit(
+                            t,
+                            json!({"type": "track", "event": "Product Viewed", "properties": {
+                            "product_id": c.product_id, "sku": c.sku, "name": c.name, "category": c.category,
+                            "brand": c.brand, "price": c.price, "currency": "USD"}}),
+                            false,
+                            signed_up,
+                        );
+                        if rc.random_bool(0.6) {
+                            t += rc.random_range(15_000..90_000);
+                            emit(
+                                t,
+                                json!({"type": "track", "event": "Added to Cart", "properties": {
+                                "product_id": c.product_id, "sku": c.sku, "name": c.name, "category": c.category,
+                                "price": c.price, "quantity": 1, "cart_id": format!("cart-{}-{day}", p.index)}}),
+                                false,
+                                signed_up,
+                            );
+                            cart.push(c);
+                        }
+                    }
                 }
             }
-            if cart.len() > 1 && r.random_bool(0.15) {
+            if main_adds > 1 && r.random_bool(0.15) {
                 step(&mut r, &mut t);
                 if let Some(prod) = cart.pop() {
                     emit(

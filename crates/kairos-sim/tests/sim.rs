@@ -251,3 +251,42 @@ async fn regression_an_as_fast_as_possible_history_has_no_event_after_now() {
         latest - started
     );
 }
+
+#[test]
+fn complements_are_bought_together() {
+    let s = sim(2000, 20, 5);
+    let index: HashMap<&str, usize> = s
+        .catalog
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.product_id.as_str(), i))
+        .collect();
+    let (mut multi, mut with_complement) = (0, 0);
+    for e in s.events() {
+        if e.value["event"] != "Order Completed" {
+            continue;
+        }
+        let lines: Vec<usize> = e.value["properties"]["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| index[l["product_id"].as_str().unwrap()])
+            .collect();
+        if lines.len() < 2 {
+            continue;
+        }
+        multi += 1;
+        if lines
+            .iter()
+            .any(|a| lines.iter().any(|b| s.catalog[*a].complements.contains(b)))
+        {
+            with_complement += 1;
+        }
+    }
+    assert!(multi > 200, "{multi} orders with several products");
+    let share = with_complement as f64 / multi as f64;
+    assert!(
+        share > 0.3,
+        "{share} of multi-product orders hold a complement pair"
+    );
+}

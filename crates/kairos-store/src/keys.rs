@@ -16,6 +16,7 @@
 //! | `members`    | segment name, 0, profile (u64)        | entered at (i64)             |
 //! | `stream_changes` | stream name, 0, change seq (u64)  | change (JSON)                |
 //! | `timeline`   | profile (u64), change seq (u64)       | stream name                  |
+//! | `catalog`    | product id (UTF-8)                    | item (JSON)                  |
 //!
 //! Stream names: `segment:<name>`, `tier:<score>`, `primary`.
 //!

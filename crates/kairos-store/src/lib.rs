@@ -6,6 +6,7 @@
 //! `kairos-core`, which it calls. It must never depend on HTTP, async runtimes (beyond a
 //! oneshot channel to answer callers) or the server crate.
 
+pub mod catalog;
 mod dedupe;
 pub mod events;
 pub mod keys;

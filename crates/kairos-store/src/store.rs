@@ -93,6 +93,8 @@ pub struct Store {
     pub(crate) templates: Keyspace,
     /// Trained model versions (see [`crate::models`]).
     pub(crate) models: Keyspace,
+    /// Product catalog items by id, as JSON (see [`crate::catalog`]).
+    pub(crate) catalog: Keyspace,
     /// The compiled score and segment definitions in force; the writer replaces them.
     pub(crate) scoring: Arc<RwLock<Arc<Scoring>>>,
     path: PathBuf,
@@ -157,6 +159,7 @@ impl Store {
             dead_messages: ks("dead_messages")?,
             templates: ks("templates")?,
             models: ks("models")?,
+            catalog: ks("catalog")?,
             scoring: Arc::new(RwLock::new(Arc::new(Scoring::default()))),
             db,
             path,
@@ -748,7 +751,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 20] {
+    pub(crate) fn all_keyspaces(&self) -> [&Keyspace; 21] {
         [
             &self.events,
             &self.dedupe,
@@ -770,6 +773,7 @@ impl Store {
             &self.dead_messages,
             &self.templates,
             &self.models,
+            &self.catalog,
         ]
     }
 
