@@ -65,6 +65,11 @@ fn recurse(
     one: f64,
     feature: i64,
 ) {
+    if zero == 0.0 && one == 0.0 {
+        // A branch no training row took, away from the row: every leaf below it weighs
+        // nothing (and unwinding a repeated feature there would divide 0 by 0).
+        return;
+    }
     let own = parent + depth + 1;
     buf.copy_within(parent..parent + depth, own);
     let path = &mut buf[own..own + depth + 1];
