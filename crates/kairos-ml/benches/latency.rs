@@ -53,9 +53,13 @@ fn main() {
     measure("gbdt 200x6 predict", 200_000, |i| {
         black_box(forest.predict_proba(black_box(rows[i % k])));
     });
-    let fast = shap::Explainer::new(&forest).expect("depth 6 fits");
+    let quad = shap::Explainer::new(&forest).expect("depth 6 fits");
+    let tables = shap::TableExplainer::new(&forest).expect("depth 6 fits");
+    measure("gbdt 200x6 TreeSHAP", 100_000, |i| {
+        black_box(quad.contributions(black_box(rows[i % k])));
+    });
     measure("gbdt 200x6 TreeSHAP (tables)", 100_000, |i| {
-        black_box(fast.contributions(black_box(rows[i % k])));
+        black_box(tables.contributions(black_box(rows[i % k])));
     });
     measure("gbdt 200x6 TreeSHAP recursive", 5_000, |i| {
         black_box(shap::contributions(&forest, black_box(rows[i % k])));
