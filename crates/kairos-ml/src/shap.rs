@@ -279,10 +279,12 @@ mod tests {
 /// O(nodes x points) per tree, from a compact copy of the forest read in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explainer {
-    /// The split nodes of every tree that has one, depth first (a node, its left
-    /// subtree, its right subtree), tree after tree.
+    /// The splits of every tree that has a split below them (or that repeat a feature),
+    /// depth first (a node, its left subtree, its right subtree), tree after tree.
     splits: Vec<Split>,
-    /// Leaf values, tree after tree.
+    /// The splits with two leaves below them, tree after tree.
+    bottoms: Vec<Bottom>,
+    /// The values of the leaves under `splits`, tree after tree.
     leaves: Vec<f64>,
     /// The splits on a feature already split on above them, in the order of `splits`.
     repeats: Vec<Repeat>,
@@ -290,9 +292,13 @@ pub struct Explainer {
     /// values per repeat.
     repeat_inv: Vec<f64>,
     trees: Vec<Span>,
-    /// The most nodes of one tree: the size of the per-call scratch.
+    /// The most slots and splits of one tree: the size of the per-call scratch.
     widest_tree: usize,
+    widest_splits: usize,
     n_features: usize,
+    /// More than the largest feature split on: a row is read as `2 * n_inputs` values,
+    /// see [`Split::input`].
+    n_inputs: usize,
     /// Quadrature points on [0, 1] and their weights: enough points to integrate a
     /// polynomial of degree (distinct features on a path - 1) exactly, 4, 8, 16 or 32.
     t: Vec<f64>,
@@ -300,25 +306,29 @@ pub struct Explainer {
     pub expected_value: f64,
 }
 
-/// Where one tree's parts start in [`Explainer`]'s arrays.
+/// Where one tree's parts start in [`Explainer`]'s arrays, and how many there are.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Span {
     splits: u32,
     n_splits: u32,
+    bottoms: u32,
+    n_bottoms: u32,
     leaves: u32,
     n_leaves: u32,
     repeats: u32,
+    n_repeats: u32,
 }
 
-/// A split node: 32 bytes. Its children are named by slot: split `k` of the tree is slot
-/// `k`, leaf `k` is slot `n_splits + k`.
+/// A split with a split below it: 32 bytes. Children are named by slot: the tree's
+/// [`Split`]s first, then its [`Bottom`]s, then its leaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Split {
-    feature: u32,
+    /// The feature, plus `n_inputs` when a missing value goes right. The row is read as
+    /// its values with missing ones as -inf (which go left), then as they are (a missing
+    /// value compares false: right); the contributions are added up the same way.
+    input: u32,
     threshold: f32,
-    /// Slot of the left child, [`MISSING_LEFT`] set when a missing value goes left.
     left: u32,
-    /// Slot of the right child, [`REPEAT`] set when the feature was split on above.
     right: u32,
     /// Zero fractions `z` (cover of the child / cover of the node) of the left and right
     /// edges, times those of the earlier splits on the same feature on the path.
@@ -326,18 +336,30 @@ struct Split {
     z_right: f64,
 }
 
-/// For a repeated split, the edge of the deepest earlier split on the same feature.
+/// A split with two leaves below it, on a feature not split on above it: 32 bytes. With
+/// `o` = 1 for the leaf the row goes to and 0 for the other, the sum below it is
+/// `sum (z + (o - z) t) v = c + s t` and its contribution `P s`, with
+/// `s = sum (o - z) v = s_right + o_left d`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Bottom {
+    input: u32,
+    threshold: f32,
+    c: f64,
+    s_right: f64,
+    d: f64,
+}
+
+/// A split on a feature split on above it, and the edge of the deepest earlier split on
+/// the feature.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Repeat {
-    /// Slot of the node that edge leads to.
-    slot: u32,
+    /// Its position among the tree's splits.
+    split: u32,
+    /// That edge: 2 x (position of its split) + (0 left, 1 right).
+    edge: u32,
     /// Its (merged) zero fraction.
     z: f64,
 }
-
-const MISSING_LEFT: u32 = 1 << 31;
-const REPEAT: u32 = 1 << 31;
-const SLOT: u32 = !(1 << 31);
 
 /// Distinct features on one root-to-leaf path that [`Explainer`] supports (32 quadrature
 /// points); deeper trees are explained by [`contributions`].
@@ -347,44 +369,66 @@ impl Explainer {
     /// Lays the forest out for explaining; `None` when a path has more than
     /// [`MAX_PATH_FEATURES`] distinct features (use [`contributions`]).
     pub fn new(forest: &Forest) -> Option<Self> {
+        let split_features = forest.trees.iter().flat_map(|t| &t.nodes);
+        let n_inputs = split_features
+            .filter(|n| !n.is_leaf())
+            .map(|n| n.feature as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(forest.n_features);
         let mut e = Self {
             splits: Vec::new(),
+            bottoms: Vec::new(),
             leaves: Vec::new(),
             repeats: Vec::new(),
             repeat_inv: Vec::new(),
             trees: Vec::new(),
             widest_tree: 0,
+            widest_splits: 0,
             n_features: forest.n_features,
+            n_inputs,
             t: Vec::new(),
             w: Vec::new(),
             expected_value: expected_value(forest),
         };
         let mut widest_path = 0;
-        let mut repeat_z = Vec::new();
         for t in &forest.trees {
             if t.nodes.first().is_none_or(|n| n.is_leaf()) {
                 continue;
             }
-            let n_splits = t.nodes.iter().filter(|n| !n.is_leaf()).count();
             let mut out = Layout {
-                splits: Vec::with_capacity(n_splits),
-                leaves: Vec::with_capacity(t.nodes.len() - n_splits),
-                repeats: Vec::new(),
-                n_splits: n_splits as u32,
-                widest_path: 0,
+                n_inputs: n_inputs as u32,
+                ..Layout::default()
             };
             out.add(t, 0, &mut Vec::new());
-            e.trees.push(Span {
+            let span = Span {
                 splits: e.splits.len() as u32,
-                n_splits: n_splits as u32,
+                n_splits: out.splits.len() as u32,
+                bottoms: e.bottoms.len() as u32,
+                n_bottoms: out.bottoms.len() as u32,
                 leaves: e.leaves.len() as u32,
                 n_leaves: out.leaves.len() as u32,
                 repeats: e.repeats.len() as u32,
-            });
-            e.widest_tree = e.widest_tree.max(t.nodes.len());
+                n_repeats: out.repeats.len() as u32,
+            };
+            e.trees.push(span);
+            let slots = out.splits.len() + out.bottoms.len() + out.leaves.len();
+            e.widest_tree = e.widest_tree.max(slots);
+            e.widest_splits = e.widest_splits.max(out.splits.len());
             widest_path = widest_path.max(out.widest_path);
-            repeat_z.extend(out.repeats.iter().map(|r| r.z));
-            e.splits.extend(out.splits);
+            // Children named by kind and position become slots.
+            let (n_splits, n_bottoms) = (out.splits.len() as u32, out.bottoms.len() as u32);
+            let slot = |c: Child| match c {
+                Child::Split(k) => k,
+                Child::Bottom(k) => n_splits + k,
+                Child::Leaf(k) => n_splits + n_bottoms + k,
+            };
+            e.splits.extend(out.splits.iter().map(|(sp, l, r)| Split {
+                left: slot(*l),
+                right: slot(*r),
+                ..*sp
+            }));
+            e.bottoms.extend(out.bottoms);
             e.leaves.extend(out.leaves);
             e.repeats.extend(out.repeats);
         }
@@ -394,12 +438,12 @@ impl Explainer {
         // n points integrate degree 2n - 1 exactly; the integrand has degree d - 1.
         let points = widest_path.div_ceil(2).next_power_of_two().max(4);
         (e.t, e.w) = gauss_legendre(points);
-        for z in repeat_z {
+        for rep in &e.repeats {
             for one in [0.0, 1.0] {
-                // 0 for a factor that is 0 everywhere (z = o = 0): what it multiplies is
-                // 0 too, and so is every contribution below it.
+                // 0 for a factor that is 0 everywhere (z = o = 0): what it divides is 0
+                // too, and so is every contribution below it.
                 e.repeat_inv.extend(e.t.iter().map(|&t| {
-                    let f = z + (one - z) * t;
+                    let f = rep.z + (one - rep.z) * t;
                     if f == 0.0 {
                         0.0
                     } else {
@@ -446,46 +490,69 @@ impl Explainer {
         let mut w = [0.0; N];
         t.copy_from_slice(&self.t);
         w.copy_from_slice(&self.w);
-        let inv: &[[f64; N]] = self.repeat_inv.as_chunks::<N>().0;
-        let mut acc = vec![[0.0; N]; self.n_features];
-        let mut s = Scratch::<N>::new(self.widest_tree);
-        for span in &self.trees {
-            let splits = &self.splits[span.splits as usize..][..span.n_splits as usize];
-            let leaves = &self.leaves[span.leaves as usize..][..span.n_leaves as usize];
-            let r = span.repeats as usize;
-            let tree = TreeRef {
-                splits,
-                leaves,
-                repeats: &self.repeats[r..],
-                inv: &inv[2 * r..],
-            };
-            explain_tree::<N, FMA>(&tree, x, &t, &w, &mut acc, &mut s);
+        let n = self.n_inputs;
+        let mut xs = vec![f64::NAN; 2 * n];
+        for (j, &v) in x.iter().take(n).enumerate() {
+            xs[n + j] = f64::from(v);
         }
-        acc.iter().map(|a| a.iter().sum()).collect()
+        for j in 0..n {
+            let v = xs[n + j];
+            xs[j] = if v.is_nan() { f64::NEG_INFINITY } else { v };
+        }
+        let inv: &[[f64; N]] = self.repeat_inv.as_chunks::<N>().0;
+        let mut s = Scratch::<N> {
+            down: vec![[0.0; N]; self.widest_tree],
+            up: vec![[0.0; N]; self.widest_tree],
+            one: vec![[0.0; 2]; self.widest_splits],
+            acc: vec![[0.0; N]; 2 * n],
+        };
+        for span in &self.trees {
+            let r = span.repeats as usize..(span.repeats + span.n_repeats) as usize;
+            let tree = TreeRef {
+                splits: &self.splits[span.splits as usize..][..span.n_splits as usize],
+                bottoms: &self.bottoms[span.bottoms as usize..][..span.n_bottoms as usize],
+                leaves: &self.leaves[span.leaves as usize..][..span.n_leaves as usize],
+                repeats: &self.repeats[r.clone()],
+                inv: &inv[2 * r.start..2 * r.end],
+            };
+            explain_tree::<N, FMA>(&tree, &xs, &t, &w, &mut s);
+        }
+        (0..self.n_features)
+            .map(|j| s.acc[j].iter().chain(&s.acc[n + j]).sum())
+            .collect()
     }
 }
 
+/// A child in a [`Layout`], before slots are numbered.
+#[derive(Clone, Copy, Debug)]
+enum Child {
+    Split(u32),
+    Bottom(u32),
+    Leaf(u32),
+}
+
 /// One tree being copied into an [`Explainer`].
+#[derive(Default)]
 struct Layout {
-    splits: Vec<Split>,
+    splits: Vec<(Split, Child, Child)>,
+    bottoms: Vec<Bottom>,
     leaves: Vec<f64>,
     repeats: Vec<Repeat>,
-    n_splits: u32,
+    n_inputs: u32,
     widest_path: usize,
 }
 
 impl Layout {
-    /// Copies the subtree at `i` depth first, returning its slot. `path` holds, for each
-    /// feature split on above, (feature, slot of the node its deepest split led to,
-    /// merged zero fraction of that edge).
-    fn add(&mut self, t: &Tree, i: usize, path: &mut Vec<(u32, u32, f64)>) -> u32 {
+    /// Copies the subtree at `i` depth first. `path` holds, for each feature split on
+    /// above, (feature, its deepest edge as in [`Repeat::edge`], merged zero fraction of
+    /// that edge).
+    fn add(&mut self, t: &Tree, i: usize, path: &mut Vec<(u32, u32, f64)>) -> Child {
         let n = &t.nodes[i];
         if n.is_leaf() {
             self.widest_path = self.widest_path.max(path.len());
             self.leaves.push(n.value);
-            return self.n_splits + self.leaves.len() as u32 - 1;
+            return Child::Leaf(self.leaves.len() as u32 - 1);
         }
-        let me = self.splits.len();
         let share = |c: u32| {
             if n.cover > 0.0 {
                 t.nodes[c as usize].cover / n.cover
@@ -493,11 +560,29 @@ impl Layout {
                 0.0
             }
         };
+        let input = n.feature + if n.default_left { 0 } else { self.n_inputs };
         let earlier = path.iter().position(|&(f, _, _)| f == n.feature);
+        let (l, r) = (&t.nodes[n.left as usize], &t.nodes[n.right as usize]);
+        if l.is_leaf() && r.is_leaf() && earlier.is_none() {
+            self.widest_path = self.widest_path.max(path.len() + 1);
+            let (zl, zr) = (share(n.left), share(n.right));
+            let (vl, vr) = (l.value, r.value);
+            let s_right = -zl * vl + (1.0 - zr) * vr;
+            self.bottoms.push(Bottom {
+                input,
+                threshold: n.threshold,
+                c: zl * vl + zr * vr,
+                s_right,
+                d: (1.0 - zl) * vl - zr * vr - s_right,
+            });
+            return Child::Bottom(self.bottoms.len() as u32 - 1);
+        }
+        let me = self.splits.len();
         let z_before = match earlier {
             Some(k) => {
                 self.repeats.push(Repeat {
-                    slot: path[k].1,
+                    split: me as u32,
+                    edge: path[k].1,
                     z: path[k].2,
                 });
                 path[k].2
@@ -505,23 +590,18 @@ impl Layout {
             None => 1.0,
         };
         let (z_left, z_right) = (z_before * share(n.left), z_before * share(n.right));
-        self.splits.push(Split {
-            feature: n.feature,
+        let split = Split {
+            input,
             threshold: n.threshold,
-            left: if n.default_left { MISSING_LEFT } else { 0 },
-            right: if earlier.is_some() { REPEAT } else { 0 },
+            left: 0,
+            right: 0,
             z_left,
             z_right,
-        });
-        for (child, z, right) in [(n.left, z_left, false), (n.right, z_right, true)] {
-            // The child's slot is known only once it is placed: a split takes the next
-            // split slot, a leaf the next leaf slot.
-            let at = if t.nodes[child as usize].is_leaf() {
-                self.n_splits + self.leaves.len() as u32
-            } else {
-                self.splits.len() as u32
-            };
-            let entry = (n.feature, at, z);
+        };
+        // The children are set once placed.
+        self.splits.push((split, Child::Leaf(0), Child::Leaf(0)));
+        for (side, child, z) in [(0, n.left, z_left), (1, n.right, z_right)] {
+            let entry = (n.feature, 2 * me as u32 + side, z);
             let saved = match earlier {
                 Some(k) => Some(std::mem::replace(&mut path[k], entry)),
                 None => {
@@ -529,33 +609,33 @@ impl Layout {
                     None
                 }
             };
-            let slot = self.add(t, child as usize, path);
-            debug_assert_eq!(slot, at);
+            let c = self.add(t, child as usize, path);
             match saved {
                 Some(old) => path[earlier.unwrap_or_default()] = old,
                 None => {
                     path.pop();
                 }
             }
-            if right {
-                self.splits[me].right |= slot;
+            if side == 0 {
+                self.splits[me].1 = c;
             } else {
-                self.splits[me].left |= slot;
+                self.splits[me].2 = c;
             }
         }
-        me as u32
+        Child::Split(me as u32)
     }
 }
 
-/// One tree of an [`Explainer`], its repeats and their reciprocals from its first on.
+/// One tree of an [`Explainer`], with its repeats and their reciprocals.
 struct TreeRef<'a, const N: usize> {
     splits: &'a [Split],
+    bottoms: &'a [Bottom],
     leaves: &'a [f64],
     repeats: &'a [Repeat],
     inv: &'a [[f64; N]],
 }
 
-/// Per-slot values of one explanation of one tree, reused from tree to tree.
+/// The values of one explanation, per slot and per split reused from tree to tree.
 struct Scratch<const N: usize> {
     /// Product over the features on the path to the node of their factor
     /// `z + (o - z) t`, times the quadrature weights.
@@ -563,19 +643,11 @@ struct Scratch<const N: usize> {
     /// Sum over the leaves below the node of the leaf value times the product of the
     /// factors below the node.
     up: Vec<[f64; N]>,
-    /// Whether the row follows every split on the feature of the edge into the node
-    /// (`o`, merged like the zero fraction).
-    one: Vec<bool>,
-}
-
-impl<const N: usize> Scratch<N> {
-    fn new(slots: usize) -> Self {
-        Self {
-            down: vec![[0.0; N]; slots],
-            up: vec![[0.0; N]; slots],
-            one: vec![false; slots],
-        }
-    }
+    /// Per split, `o` of its left and right edge: 1 when the row follows every split on
+    /// its feature down to the child, else 0 (merged like the zero fraction).
+    one: Vec<[f64; 2]>,
+    /// Contributions per input (see [`Split::input`]) and quadrature point.
+    acc: Vec<[f64; N]>,
 }
 
 #[inline(always)]
@@ -589,65 +661,85 @@ fn fma<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
 
 /// `z + (o - z) t` at every quadrature point.
 #[inline(always)]
-fn factor<const N: usize, const FMA: bool>(t: &[f64; N], z: f64, one: bool) -> [f64; N] {
-    let k = f64::from(u8::from(one)) - z;
+fn factor<const N: usize, const FMA: bool>(t: &[f64; N], z: f64, one: f64) -> [f64; N] {
+    let k = one - z;
     std::array::from_fn(|q| fma::<FMA>(k, t[q], z))
 }
 
-/// Adds one tree's contributions, per quadrature point, to `acc`.
+/// 1 when the row goes left at a split reading `input`, else 0.
+#[inline(always)]
+fn goes_left(xs: &[f64], input: u32, threshold: f32) -> f64 {
+    // In f64 and without `if`: the compiler makes this a compare and a mask, not a
+    // branch on a coin flip.
+    let left = xs[input as usize] <= f64::from(threshold);
+    f64::from(u8::from(left))
+}
+
+/// Adds one tree's contributions, per quadrature point, to `s.acc`.
 #[inline(always)]
 fn explain_tree<const N: usize, const FMA: bool>(
     tree: &TreeRef<'_, N>,
-    x: &[f32],
+    xs: &[f64],
     t: &[f64; N],
     w: &[f64; N],
-    acc: &mut [[f64; N]],
     s: &mut Scratch<N>,
 ) {
-    let n = tree.splits.len() + tree.leaves.len();
-    let (down, up, one) = (&mut s.down[..n], &mut s.up[..n], &mut s.one[..n]);
+    let n_splits = tree.splits.len();
+    let first_leaf = n_splits + tree.bottoms.len();
+    let n = first_leaf + tree.leaves.len();
+    let (down, up, one) = (&mut s.down[..n], &mut s.up[..n], &mut s.one[..n_splits]);
+    let acc = &mut s.acc[..];
+    let repeat_at = |r: usize| tree.repeats.get(r).map_or(usize::MAX, |p| p.split as usize);
+    // The root: the first split, or the only bottom.
     down[0] = *w;
     // Top down: which way the row goes at each split, and the products along the paths.
-    let mut r = 0;
+    let (mut r, mut next) = (0, repeat_at(0));
     for (i, sp) in tree.splits.iter().enumerate() {
-        let v = x.get(sp.feature as usize).copied().unwrap_or(f32::NAN);
-        let left = (v <= sp.threshold) | (v.is_nan() & (sp.left & MISSING_LEFT != 0));
-        let (l, rt) = ((sp.left & SLOT) as usize, (sp.right & SLOT) as usize);
-        let (mut ol, mut or) = (left, !left);
+        let ol = goes_left(xs, sp.input, sp.threshold);
+        let (mut ol, mut or) = (ol, 1.0 - ol);
         let mut p = down[i];
-        if sp.right & REPEAT != 0 {
+        if i == next {
             // The merged factor replaces the earlier split's.
-            let oa = one[tree.repeats[r].slot as usize];
-            ol &= oa;
-            or &= oa;
-            let inv = &tree.inv[2 * r + usize::from(oa)];
+            let e = tree.repeats[r].edge as usize;
+            let oa = one[e / 2][e % 2];
+            ol *= oa;
+            or *= oa;
+            let inv = &tree.inv[2 * r + usize::from(oa != 0.0)];
             p = std::array::from_fn(|q| p[q] * inv[q]);
             r += 1;
+            next = repeat_at(r);
         }
         let (fl, fr) = (
             factor::<N, FMA>(t, sp.z_left, ol),
             factor::<N, FMA>(t, sp.z_right, or),
         );
-        down[l] = std::array::from_fn(|q| p[q] * fl[q]);
-        down[rt] = std::array::from_fn(|q| p[q] * fr[q]);
-        one[l] = ol;
-        one[rt] = or;
+        down[sp.left as usize] = std::array::from_fn(|q| p[q] * fl[q]);
+        down[sp.right as usize] = std::array::from_fn(|q| p[q] * fr[q]);
+        one[i] = [ol, or];
     }
-    for (u, &v) in up[tree.splits.len()..].iter_mut().zip(tree.leaves) {
+    // The splits above two leaves: sums and contributions from scalars.
+    let (bottom_up, leaf_up) = up[n_splits..].split_at_mut(tree.bottoms.len());
+    for ((b, u), p) in tree.bottoms.iter().zip(bottom_up).zip(&down[n_splits..]) {
+        let s = fma::<FMA>(goes_left(xs, b.input, b.threshold), b.d, b.s_right);
+        *u = std::array::from_fn(|q| fma::<FMA>(t[q], s, b.c));
+        let a = &mut acc[b.input as usize];
+        *a = std::array::from_fn(|q| fma::<FMA>(p[q], s, a[q]));
+    }
+    for (u, &v) in leaf_up.iter_mut().zip(tree.leaves) {
         *u = [v; N];
     }
     // Bottom up: the sums below each node, and at each split the contribution of its
     // feature from the leaves whose deepest split on it this is.
+    let mut prev = if r == 0 { usize::MAX } else { repeat_at(r - 1) };
     for (i, sp) in tree.splits.iter().enumerate().rev() {
-        let (l, rt) = ((sp.left & SLOT) as usize, (sp.right & SLOT) as usize);
-        let (ul, ur) = (up[l], up[rt]);
-        let (ol, or) = (one[l], one[rt]);
+        let (ul, ur) = (up[sp.left as usize], up[sp.right as usize]);
+        let [ol, or] = one[i];
         let (zl, zr) = (sp.z_left, sp.z_right);
-        let (kl, kr) = (f64::from(u8::from(ol)) - zl, f64::from(u8::from(or)) - zr);
+        let (kl, kr) = (ol - zl, or - zr);
         let p = &down[i];
-        let a = &mut acc[sp.feature as usize];
+        let a = &mut acc[sp.input as usize];
         // Whole arrays stored at once: the next split up reads them back as one.
-        if sp.right & REPEAT == 0 {
+        if i != prev {
             let s: [f64; N] = std::array::from_fn(|q| fma::<FMA>(kl, ul[q], kr * ur[q]));
             up[i] =
                 std::array::from_fn(|q| fma::<FMA>(t[q], s[q], fma::<FMA>(zl, ul[q], zr * ur[q])));
@@ -655,10 +747,12 @@ fn explain_tree<const N: usize, const FMA: bool>(
         } else {
             // The earlier split counted these leaves with its own factor: take that out.
             r -= 1;
+            prev = if r == 0 { usize::MAX } else { repeat_at(r - 1) };
             let rep = tree.repeats[r];
-            let oa = one[rep.slot as usize];
-            let ka = f64::from(u8::from(oa)) - rep.z;
-            let inv = &tree.inv[2 * r + usize::from(oa)];
+            let e = rep.edge as usize;
+            let oa = one[e / 2][e % 2];
+            let ka = oa - rep.z;
+            let inv = &tree.inv[2 * r + usize::from(oa != 0.0)];
             let (fl, fr) = (factor::<N, FMA>(t, zl, ol), factor::<N, FMA>(t, zr, or));
             let rl: [f64; N] = std::array::from_fn(|q| fl[q] * inv[q]);
             let rr: [f64; N] = std::array::from_fn(|q| fr[q] * inv[q]);
