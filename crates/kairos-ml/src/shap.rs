@@ -282,8 +282,10 @@ pub struct Explainer {
     /// The splits of every tree that has a split below them (or that repeat a feature),
     /// depth first (a node, its left subtree, its right subtree), tree after tree.
     splits: Vec<Split>,
-    /// The splits with two leaves below them, tree after tree.
+    /// The splits with two leaves below them, tree after tree: on a new feature, and on a
+    /// feature split on above.
     bottoms: Vec<Bottom>,
+    repeat_bottoms: Vec<RepeatBottom>,
     /// The values of the leaves under `splits`, tree after tree.
     leaves: Vec<f64>,
     /// The splits on a feature already split on above them, in the order of `splits`.
@@ -291,6 +293,8 @@ pub struct Explainer {
     /// `1 / (z + (o - z) t)` of each repeat's earlier split, for `o` = 0 then 1: `2 * points`
     /// values per repeat.
     repeat_inv: Vec<f64>,
+    /// The same for `repeat_bottoms`.
+    repeat_bottom_inv: Vec<f64>,
     trees: Vec<Span>,
     /// The most slots and splits of one tree: the size of the per-call scratch.
     widest_tree: usize,
@@ -313,6 +317,8 @@ struct Span {
     n_splits: u32,
     bottoms: u32,
     n_bottoms: u32,
+    repeat_bottoms: u32,
+    n_repeat_bottoms: u32,
     leaves: u32,
     n_leaves: u32,
     repeats: u32,
@@ -320,7 +326,7 @@ struct Span {
 }
 
 /// A split with a split below it: 32 bytes. Children are named by slot: the tree's
-/// [`Split`]s first, then its [`Bottom`]s, then its leaves.
+/// [`Split`]s first, then its [`Bottom`]s, its [`RepeatBottom`]s, its leaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Split {
     /// The feature, plus `n_inputs` when a missing value goes right. The row is read as
@@ -347,6 +353,25 @@ struct Bottom {
     c: f64,
     s_right: f64,
     d: f64,
+}
+
+/// A split with two leaves below it, on a feature split on above it: 48 bytes. With `o`
+/// the merged direction of each leaf edge (0 when the row left an earlier split on the
+/// feature) and `z` its merged zero fraction, the sum below it is
+/// `sum (z + (o - z) t) v / before` with `before` the earlier split's factor, and its
+/// contribution as for [`Split`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RepeatBottom {
+    input: u32,
+    threshold: f32,
+    /// As [`Repeat::edge`].
+    edge: u32,
+    /// Zero fraction of that edge.
+    z_before: f64,
+    /// `sum z v` over the two leaves.
+    c: f64,
+    v_left: f64,
+    v_right: f64,
 }
 
 /// A split on a feature split on above it, and the edge of the deepest earlier split on
@@ -379,9 +404,11 @@ impl Explainer {
         let mut e = Self {
             splits: Vec::new(),
             bottoms: Vec::new(),
+            repeat_bottoms: Vec::new(),
             leaves: Vec::new(),
             repeats: Vec::new(),
             repeat_inv: Vec::new(),
+            repeat_bottom_inv: Vec::new(),
             trees: Vec::new(),
             widest_tree: 0,
             widest_splits: 0,
@@ -406,22 +433,28 @@ impl Explainer {
                 n_splits: out.splits.len() as u32,
                 bottoms: e.bottoms.len() as u32,
                 n_bottoms: out.bottoms.len() as u32,
+                repeat_bottoms: e.repeat_bottoms.len() as u32,
+                n_repeat_bottoms: out.repeat_bottoms.len() as u32,
                 leaves: e.leaves.len() as u32,
                 n_leaves: out.leaves.len() as u32,
                 repeats: e.repeats.len() as u32,
                 n_repeats: out.repeats.len() as u32,
             };
             e.trees.push(span);
-            let slots = out.splits.len() + out.bottoms.len() + out.leaves.len();
+            let slots =
+                out.splits.len() + out.bottoms.len() + out.repeat_bottoms.len() + out.leaves.len();
             e.widest_tree = e.widest_tree.max(slots);
             e.widest_splits = e.widest_splits.max(out.splits.len());
             widest_path = widest_path.max(out.widest_path);
             // Children named by kind and position become slots.
-            let (n_splits, n_bottoms) = (out.splits.len() as u32, out.bottoms.len() as u32);
+            let first_bottom = out.splits.len() as u32;
+            let first_repeat_bottom = first_bottom + out.bottoms.len() as u32;
+            let first_leaf = first_repeat_bottom + out.repeat_bottoms.len() as u32;
             let slot = |c: Child| match c {
                 Child::Split(k) => k,
-                Child::Bottom(k) => n_splits + k,
-                Child::Leaf(k) => n_splits + n_bottoms + k,
+                Child::Bottom(k) => first_bottom + k,
+                Child::RepeatBottom(k) => first_repeat_bottom + k,
+                Child::Leaf(k) => first_leaf + k,
             };
             e.splits.extend(out.splits.iter().map(|(sp, l, r)| Split {
                 left: slot(*l),
@@ -429,6 +462,7 @@ impl Explainer {
                 ..*sp
             }));
             e.bottoms.extend(out.bottoms);
+            e.repeat_bottoms.extend(out.repeat_bottoms);
             e.leaves.extend(out.leaves);
             e.repeats.extend(out.repeats);
         }
@@ -438,20 +472,8 @@ impl Explainer {
         // n points integrate degree 2n - 1 exactly; the integrand has degree d - 1.
         let points = widest_path.div_ceil(2).next_power_of_two().max(4);
         (e.t, e.w) = gauss_legendre(points);
-        for rep in &e.repeats {
-            for one in [0.0, 1.0] {
-                // 0 for a factor that is 0 everywhere (z = o = 0): what it divides is 0
-                // too, and so is every contribution below it.
-                e.repeat_inv.extend(e.t.iter().map(|&t| {
-                    let f = rep.z + (one - rep.z) * t;
-                    if f == 0.0 {
-                        0.0
-                    } else {
-                        1.0 / f
-                    }
-                }));
-            }
-        }
+        e.repeat_inv = reciprocals(&e.t, e.repeats.iter().map(|r| r.z));
+        e.repeat_bottom_inv = reciprocals(&e.t, e.repeat_bottoms.iter().map(|r| r.z_before));
         Some(e)
     }
 
@@ -500,6 +522,7 @@ impl Explainer {
             xs[j] = if v.is_nan() { f64::NEG_INFINITY } else { v };
         }
         let inv: &[[f64; N]] = self.repeat_inv.as_chunks::<N>().0;
+        let bottom_inv: &[[f64; N]] = self.repeat_bottom_inv.as_chunks::<N>().0;
         let mut s = Scratch::<N> {
             down: vec![[0.0; N]; self.widest_tree],
             up: vec![[0.0; N]; self.widest_tree],
@@ -508,9 +531,13 @@ impl Explainer {
         };
         for span in &self.trees {
             let r = span.repeats as usize..(span.repeats + span.n_repeats) as usize;
+            let rb = span.repeat_bottoms as usize
+                ..(span.repeat_bottoms + span.n_repeat_bottoms) as usize;
             let tree = TreeRef {
                 splits: &self.splits[span.splits as usize..][..span.n_splits as usize],
                 bottoms: &self.bottoms[span.bottoms as usize..][..span.n_bottoms as usize],
+                repeat_bottoms: &self.repeat_bottoms[rb.clone()],
+                repeat_bottom_inv: &bottom_inv[2 * rb.start..2 * rb.end],
                 leaves: &self.leaves[span.leaves as usize..][..span.n_leaves as usize],
                 repeats: &self.repeats[r.clone()],
                 inv: &inv[2 * r.start..2 * r.end],
@@ -528,6 +555,7 @@ impl Explainer {
 enum Child {
     Split(u32),
     Bottom(u32),
+    RepeatBottom(u32),
     Leaf(u32),
 }
 
@@ -536,6 +564,7 @@ enum Child {
 struct Layout {
     splits: Vec<(Split, Child, Child)>,
     bottoms: Vec<Bottom>,
+    repeat_bottoms: Vec<RepeatBottom>,
     leaves: Vec<f64>,
     repeats: Vec<Repeat>,
     n_inputs: u32,
@@ -576,6 +605,21 @@ impl Layout {
                 d: (1.0 - zl) * vl - zr * vr - s_right,
             });
             return Child::Bottom(self.bottoms.len() as u32 - 1);
+        }
+        if let (true, true, Some(k)) = (l.is_leaf(), r.is_leaf(), earlier) {
+            self.widest_path = self.widest_path.max(path.len());
+            let (_, edge, z_before) = path[k];
+            let (zl, zr) = (z_before * share(n.left), z_before * share(n.right));
+            self.repeat_bottoms.push(RepeatBottom {
+                input,
+                threshold: n.threshold,
+                edge,
+                z_before,
+                c: zl * l.value + zr * r.value,
+                v_left: l.value,
+                v_right: r.value,
+            });
+            return Child::RepeatBottom(self.repeat_bottoms.len() as u32 - 1);
         }
         let me = self.splits.len();
         let z_before = match earlier {
@@ -630,6 +674,8 @@ impl Layout {
 struct TreeRef<'a, const N: usize> {
     splits: &'a [Split],
     bottoms: &'a [Bottom],
+    repeat_bottoms: &'a [RepeatBottom],
+    repeat_bottom_inv: &'a [[f64; N]],
     leaves: &'a [f64],
     repeats: &'a [Repeat],
     inv: &'a [[f64; N]],
@@ -685,7 +731,8 @@ fn explain_tree<const N: usize, const FMA: bool>(
     s: &mut Scratch<N>,
 ) {
     let n_splits = tree.splits.len();
-    let first_leaf = n_splits + tree.bottoms.len();
+    let first_repeat_bottom = n_splits + tree.bottoms.len();
+    let first_leaf = first_repeat_bottom + tree.repeat_bottoms.len();
     let n = first_leaf + tree.leaves.len();
     let (down, up, one) = (&mut s.down[..n], &mut s.up[..n], &mut s.one[..n_splits]);
     let acc = &mut s.acc[..];
@@ -718,12 +765,27 @@ fn explain_tree<const N: usize, const FMA: bool>(
         one[i] = [ol, or];
     }
     // The splits above two leaves: sums and contributions from scalars.
-    let (bottom_up, leaf_up) = up[n_splits..].split_at_mut(tree.bottoms.len());
+    let (bottom_up, up_after) = up[n_splits..].split_at_mut(tree.bottoms.len());
     for ((b, u), p) in tree.bottoms.iter().zip(bottom_up).zip(&down[n_splits..]) {
         let s = fma::<FMA>(goes_left(xs, b.input, b.threshold), b.d, b.s_right);
         *u = std::array::from_fn(|q| fma::<FMA>(t[q], s, b.c));
         let a = &mut acc[b.input as usize];
         *a = std::array::from_fn(|q| fma::<FMA>(p[q], s, a[q]));
+    }
+    // The same on a repeated feature: as for a repeated split, from scalars.
+    let (repeat_up, leaf_up) = up_after.split_at_mut(tree.repeat_bottoms.len());
+    let repeats = tree.repeat_bottoms.iter().zip(repeat_up);
+    for (k, ((b, u), p)) in repeats.zip(&down[first_repeat_bottom..]).enumerate() {
+        let e = b.edge as usize;
+        let oa = one[e / 2][e % 2];
+        let ol = oa * goes_left(xs, b.input, b.threshold);
+        let or = oa - ol;
+        let s = fma::<FMA>(ol, b.v_left, fma::<FMA>(or, b.v_right, -b.c));
+        let ka = oa - b.z_before;
+        let inv = &tree.repeat_bottom_inv[2 * k + usize::from(oa != 0.0)];
+        *u = std::array::from_fn(|q| inv[q] * fma::<FMA>(t[q], s, b.c));
+        let a = &mut acc[b.input as usize];
+        *a = std::array::from_fn(|q| fma::<FMA>(p[q] * inv[q], s - ka * u[q], a[q]));
     }
     for (u, &v) in leaf_up.iter_mut().zip(tree.leaves) {
         *u = [v; N];
@@ -763,6 +825,26 @@ fn explain_tree<const N: usize, const FMA: bool>(
             *a = std::array::from_fn(|q| fma::<FMA>(p[q] * inv[q], s[q], a[q]));
         }
     }
+}
+
+/// `1 / (z + (o - z) t)` at the points `t` for each `z`, `o` = 0 then 1; 0 for a factor
+/// that is 0 everywhere (z = o = 0): what it divides is 0 too, and so is every
+/// contribution below it.
+fn reciprocals(t: &[f64], z: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut inv = Vec::new();
+    for z in z {
+        for one in [0.0, 1.0] {
+            inv.extend(t.iter().map(|&t| {
+                let f = z + (one - z) * t;
+                if f == 0.0 {
+                    0.0
+                } else {
+                    1.0 / f
+                }
+            }));
+        }
+    }
+    inv
 }
 
 /// The `n`-point Gauss-Legendre rule on [0, 1]: points and weights.
