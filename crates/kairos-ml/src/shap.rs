@@ -1,9 +1,46 @@
 //! Exact path-dependent TreeSHAP (Lundberg, Erion and Lee, "Consistent Individualized
-//! Feature Attribution for Tree Ensembles", 2018, Algorithm 2): each feature's Shapley
-//! value for one prediction in O(leaves x depth^2) per tree, with the expectation over
-//! absent features taken along the training cover of each branch. The contributions plus
-//! [`expected_value`] add up to the margin exactly (local accuracy; tested against the
-//! exponential definition).
+//! Feature Attribution for Tree Ensembles", 2018): each feature's Shapley value for one
+//! prediction, the expectation over absent features taken along the training cover of
+//! each branch. The contributions plus [`expected_value`] add up to the margin exactly
+//! (local accuracy). Two algorithms give the same numbers (tested against each other, the
+//! exponential definition and a leaf-by-leaf closed form):
+//!
+//! - [`contributions`]: the paper's recursive Algorithm 2, O(leaves x depth^2) per tree,
+//!   nothing to set up. What [`Explainer`] falls back to for paths of more than
+//!   [`MAX_PATH_FEATURES`] features (past about 40 its rounding errors pass 1e-9).
+//! - [`Explainer`], for serving: the Shapley weights as integrals (the insight of Linear
+//!   TreeSHAP, Yu et al. 2022), evaluated by Gauss-Legendre quadrature.
+//!
+//! # The quadrature
+//!
+//! Take a leaf of value `v` whose path splits on the `d` distinct features `U`. For `j` in
+//! `U`, `z_j` is the product of the cover fractions (child / node) of the path's splits on
+//! `j`, and `o_j` is 1 when the row follows all of them, else 0; a feature split twice on
+//! a path is one element with merged `z` and `o`, as TreeSHAP's unwinding makes it. The
+//! leaf gives `i` in `U`
+//!
+//! `v (o_i - z_i) sum over S in U - {i} of |S|! (d-|S|-1)! / d! prod_{j in S} o_j prod_{j not in S} z_j`,
+//!
+//! and as `|S|! (d-|S|-1)! / d!` is the integral over [0, 1] of `t^|S| (1-t)^(d-|S|-1)`,
+//! the sum is the integral of `prod_{j != i} (z_j + (o_j - z_j) t)`: a polynomial of
+//! degree `d - 1`, integrated exactly by `ceil(d / 2)` Gauss-Legendre points. The explainer
+//! takes 4 points up to 8 features on a path (one 4-wide vector; 8, 16, 32 points up to 16,
+//! 32, 64 features).
+//!
+//! Per tree, per point `t`: one pass down multiplies the factors `z + (o - z) t` of the
+//! edges above each node (`P`, the quadrature weight included); one pass up sums below
+//! each node the leaf values times the factors of the edges below it
+//! (`U = sum over children of F_c U_c`), and adds to a split's feature
+//! `P sum over children of (o_c - z_c) U_c`: its share from the leaves whose deepest split
+//! on that feature it is. A split on a feature split on above it uses the merged factor,
+//! divides out the earlier one (reciprocals precomputed) and takes out what the earlier
+//! split counted for the leaves below it. Below an edge with `z = o = 0` (a branch no
+//! training row took, away from the row) everything is 0. A split above two leaves, half
+//! of all splits, has `U = c + s t` and contribution `P s` with scalars `c` and `s`, so it
+//! is laid out apart and costs a few scalar operations. In all O(nodes x points) per tree
+//! from 32-byte nodes read in order: no table, nothing read at random
+//! ([`TableExplainer`], per leaf a value for every subset of its path features, 6.5 MB
+//! for 200 trees of depth 6, was 9x slower; `docs/PERFORMANCE.md`).
 
 use crate::gbdt::{Forest, Tree};
 
@@ -878,9 +915,10 @@ fn gauss_legendre(n: usize) -> (Vec<f64>, Vec<f64>) {
     (t, w)
 }
 
-/// Precomputed TreeSHAP for serving ("Fast TreeSHAP v2", Yang 2021): per leaf, the
-/// unique features on its path with their cover fractions `z`, and for every subset `T` of
-/// them `G(T) = sum over S ⊆ T of |S|!(d-|S|-1)!/d! * prod_{j not in S} z_j`. For one row,
+/// Precomputed TreeSHAP ("Fast TreeSHAP v2", Yang 2021), the serving path before
+/// [`Explainer`], kept as the latency bench's baseline: per leaf, the unique features on
+/// its path with their cover fractions `z`, and for every subset `T` of them
+/// `G(T) = sum over S ⊆ T of |S|!(d-|S|-1)!/d! * prod_{j not in S} z_j`. For one row,
 /// `o_j` is 1 when the row follows the leaf's path at every split on feature `j`, so the
 /// Shapley sum collapses to one lookup per feature and leaf:
 /// `phi_i += v * (o_i - z_i) / z_i * G(U \ {i})` with `U` the features the row follows.
