@@ -503,7 +503,7 @@ impl Explainer {
             e.leaves.extend(out.leaves);
             e.repeats.extend(out.repeats);
         }
-        if widest_path > MAX_PATH_FEATURES {
+        if widest_path > MAX_PATH_FEATURES || !e.indices_in_bounds() {
             return None;
         }
         // n points integrate degree 2n - 1 exactly; the integrand has degree d - 1.
@@ -512,6 +512,46 @@ impl Explainer {
         e.repeat_inv = reciprocals(&e.t, e.repeats.iter().map(|r| r.z));
         e.repeat_bottom_inv = reciprocals(&e.t, e.repeat_bottoms.iter().map(|r| r.z_before));
         Some(e)
+    }
+
+    /// Whether every index [`explain_tree`] reads without a bounds check is in bounds: a
+    /// slot of the tree (the scratch has `widest_tree` of them), an input (the row and
+    /// the sums have `2 * n_inputs`), an edge of an earlier split. True by construction;
+    /// checked so that the unchecked reads rest on a test, not on reading `Layout`.
+    fn indices_in_bounds(&self) -> bool {
+        let inputs = 2 * self.n_inputs as u32;
+        self.trees.iter().all(|span| {
+            let slots = span.n_splits + span.n_bottoms + span.n_repeat_bottoms + span.n_leaves;
+            let (a, b) = (span.splits as usize, (span.splits + span.n_splits) as usize);
+            let splits = self.splits.get(a..b).unwrap_or_default();
+            let (a, b) = (
+                span.bottoms as usize,
+                (span.bottoms + span.n_bottoms) as usize,
+            );
+            let bottoms = self.bottoms.get(a..b).unwrap_or_default();
+            let (a, b) = (
+                span.repeat_bottoms as usize,
+                (span.repeat_bottoms + span.n_repeat_bottoms) as usize,
+            );
+            let repeat_bottoms = self.repeat_bottoms.get(a..b).unwrap_or_default();
+            slots as usize <= self.widest_tree
+                && slots > 0
+                && span.n_splits as usize <= self.widest_splits
+                && splits.len() == span.n_splits as usize
+                && bottoms.len() == span.n_bottoms as usize
+                && repeat_bottoms.len() == span.n_repeat_bottoms as usize
+                && splits.iter().enumerate().all(|(i, sp)| {
+                    sp.left < slots
+                        && sp.right < slots
+                        && sp.left > i as u32
+                        && sp.right > i as u32
+                        && sp.input < inputs
+                })
+                && bottoms.iter().all(|b| b.input < inputs)
+                && repeat_bottoms
+                    .iter()
+                    .all(|b| b.input < inputs && b.edge / 2 < span.n_splits)
+        })
     }
 
     /// Shapley values of every feature for row `x`, in margin (log-odds) units. A value
@@ -579,7 +619,10 @@ impl Explainer {
                 repeats: &self.repeats[r.clone()],
                 inv: &inv[2 * r.start..2 * r.end],
             };
-            explain_tree::<N, FMA>(&tree, &xs, &t, &w, &mut s);
+            // SAFETY: `new` checked the indices (`indices_in_bounds`) against these sizes:
+            // `s` has `widest_tree` slots, `widest_splits` splits and `2 * n_inputs` sums,
+            // `xs` has `2 * n_inputs` values.
+            unsafe { explain_tree::<N, FMA>(&tree, &xs, &t, &w, &mut s) };
         }
         (0..self.n_features)
             .map(|j| s.acc[j].iter().chain(&s.acc[n + j]).sum())
@@ -750,17 +793,50 @@ fn factor<const N: usize, const FMA: bool>(t: &[f64; N], z: f64, one: f64) -> [f
 }
 
 /// 1 when the row goes left at a split reading `input`, else 0.
+///
+/// # Safety
+/// `input < xs.len()`.
 #[inline(always)]
-fn goes_left(xs: &[f64], input: u32, threshold: f32) -> f64 {
+unsafe fn goes_left(xs: &[f64], input: u32, threshold: f32) -> f64 {
     // In f64 and without `if`: the compiler makes this a compare and a mask, not a
     // branch on a coin flip.
-    let left = xs[input as usize] <= f64::from(threshold);
+    // SAFETY: the caller's.
+    let left = unsafe { *at(xs, input as usize) } <= f64::from(threshold);
     f64::from(u8::from(left))
 }
 
-/// Adds one tree's contributions, per quadrature point, to `s.acc`.
+/// `s[i]` without a bounds check. Its callers are in [`explain_tree`].
+///
+/// # Safety
+/// `i < s.len()`.
 #[inline(always)]
-fn explain_tree<const N: usize, const FMA: bool>(
+unsafe fn at<T>(s: &[T], i: usize) -> &T {
+    debug_assert!(i < s.len());
+    // SAFETY: the caller's.
+    unsafe { s.get_unchecked(i) }
+}
+
+/// `&mut s[i]` without a bounds check.
+///
+/// # Safety
+/// `i < s.len()`.
+#[inline(always)]
+unsafe fn at_mut<T>(s: &mut [T], i: usize) -> &mut T {
+    debug_assert!(i < s.len());
+    // SAFETY: the caller's.
+    unsafe { s.get_unchecked_mut(i) }
+}
+
+/// Adds one tree's contributions, per quadrature point, to `s.acc`. Without bounds checks
+/// on the slots, inputs and splits it reads in its loops (a fifth of the instructions).
+///
+/// # Safety
+/// The tree's slots (`left`, `right` of its splits, counted from 0 over its splits,
+/// bottoms, repeated bottoms and leaves) are below `s.down.len()` and `s.up.len()`; its
+/// inputs below `xs.len()` and `s.acc.len()`; its split count at most `s.one.len()`: what
+/// [`Explainer::indices_in_bounds`] checks.
+#[inline(always)]
+unsafe fn explain_tree<const N: usize, const FMA: bool>(
     tree: &TreeRef<'_, N>,
     xs: &[f64],
     t: &[f64; N],
@@ -779,9 +855,10 @@ fn explain_tree<const N: usize, const FMA: bool>(
     // Top down: which way the row goes at each split, and the products along the paths.
     let (mut r, mut next) = (0, repeat_at(0));
     for (i, sp) in tree.splits.iter().enumerate() {
-        let ol = goes_left(xs, sp.input, sp.threshold);
+        // SAFETY (here and below): the bounds in this function's safety section.
+        let ol = unsafe { goes_left(xs, sp.input, sp.threshold) };
         let (mut ol, mut or) = (ol, 1.0 - ol);
-        let mut p = down[i];
+        let mut p = unsafe { *at(down, i) };
         if i == next {
             // The merged factor replaces the earlier split's.
             let e = tree.repeats[r].edge as usize;
@@ -797,16 +874,22 @@ fn explain_tree<const N: usize, const FMA: bool>(
             factor::<N, FMA>(t, sp.z_left, ol),
             factor::<N, FMA>(t, sp.z_right, or),
         );
-        down[sp.left as usize] = std::array::from_fn(|q| p[q] * fl[q]);
-        down[sp.right as usize] = std::array::from_fn(|q| p[q] * fr[q]);
-        one[i] = [ol, or];
+        unsafe {
+            *at_mut(down, sp.left as usize) = std::array::from_fn(|q| p[q] * fl[q]);
+            *at_mut(down, sp.right as usize) = std::array::from_fn(|q| p[q] * fr[q]);
+            *at_mut(one, i) = [ol, or];
+        }
     }
     // The splits above two leaves: sums and contributions from scalars.
     let (bottom_up, up_after) = up[n_splits..].split_at_mut(tree.bottoms.len());
     for ((b, u), p) in tree.bottoms.iter().zip(bottom_up).zip(&down[n_splits..]) {
-        let s = fma::<FMA>(goes_left(xs, b.input, b.threshold), b.d, b.s_right);
+        let s = fma::<FMA>(
+            unsafe { goes_left(xs, b.input, b.threshold) },
+            b.d,
+            b.s_right,
+        );
         *u = std::array::from_fn(|q| fma::<FMA>(t[q], s, b.c));
-        let a = &mut acc[b.input as usize];
+        let a = unsafe { at_mut(acc, b.input as usize) };
         *a = std::array::from_fn(|q| fma::<FMA>(p[q], s, a[q]));
     }
     // The same on a repeated feature: as for a repeated split, from scalars.
@@ -815,13 +898,13 @@ fn explain_tree<const N: usize, const FMA: bool>(
     for (k, ((b, u), p)) in repeats.zip(&down[first_repeat_bottom..]).enumerate() {
         let e = b.edge as usize;
         let oa = one[e / 2][e % 2];
-        let ol = oa * goes_left(xs, b.input, b.threshold);
+        let ol = oa * unsafe { goes_left(xs, b.input, b.threshold) };
         let or = oa - ol;
         let s = fma::<FMA>(ol, b.v_left, fma::<FMA>(or, b.v_right, -b.c));
         let ka = oa - b.z_before;
         let inv = &tree.repeat_bottom_inv[2 * k + usize::from(oa != 0.0)];
         *u = std::array::from_fn(|q| inv[q] * fma::<FMA>(t[q], s, b.c));
-        let a = &mut acc[b.input as usize];
+        let a = unsafe { at_mut(acc, b.input as usize) };
         *a = std::array::from_fn(|q| fma::<FMA>(p[q] * inv[q], s - ka * u[q], a[q]));
     }
     for (u, &v) in leaf_up.iter_mut().zip(tree.leaves) {
@@ -831,16 +914,16 @@ fn explain_tree<const N: usize, const FMA: bool>(
     // feature from the leaves whose deepest split on it this is.
     let mut prev = if r == 0 { usize::MAX } else { repeat_at(r - 1) };
     for (i, sp) in tree.splits.iter().enumerate().rev() {
-        let (ul, ur) = (up[sp.left as usize], up[sp.right as usize]);
-        let [ol, or] = one[i];
+        let (ul, ur) = unsafe { (*at(up, sp.left as usize), *at(up, sp.right as usize)) };
+        let [ol, or] = unsafe { *at(one, i) };
         let (zl, zr) = (sp.z_left, sp.z_right);
         let (kl, kr) = (ol - zl, or - zr);
-        let p = &down[i];
-        let a = &mut acc[sp.input as usize];
+        let p = unsafe { *at(down, i) };
+        let a = unsafe { at_mut(acc, sp.input as usize) };
         // Whole arrays stored at once: the next split up reads them back as one.
         if i != prev {
             let s: [f64; N] = std::array::from_fn(|q| fma::<FMA>(kl, ul[q], kr * ur[q]));
-            up[i] =
+            *unsafe { at_mut(up, i) } =
                 std::array::from_fn(|q| fma::<FMA>(t[q], s[q], fma::<FMA>(zl, ul[q], zr * ur[q])));
             *a = std::array::from_fn(|q| fma::<FMA>(p[q], s[q], a[q]));
         } else {
@@ -855,7 +938,8 @@ fn explain_tree<const N: usize, const FMA: bool>(
             let (fl, fr) = (factor::<N, FMA>(t, zl, ol), factor::<N, FMA>(t, zr, or));
             let rl: [f64; N] = std::array::from_fn(|q| fl[q] * inv[q]);
             let rr: [f64; N] = std::array::from_fn(|q| fr[q] * inv[q]);
-            up[i] = std::array::from_fn(|q| fma::<FMA>(rl[q], ul[q], rr[q] * ur[q]));
+            *unsafe { at_mut(up, i) } =
+                std::array::from_fn(|q| fma::<FMA>(rl[q], ul[q], rr[q] * ur[q]));
             let s: [f64; N] = std::array::from_fn(|q| {
                 fma::<FMA>(kl - ka * rl[q], ul[q], (kr - ka * rr[q]) * ur[q])
             });
@@ -1336,6 +1420,34 @@ mod quad_tests {
             f.margin(x)
         );
         assert!((e.expected_value - expected_value(f)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_layout_with_an_index_out_of_bounds_is_refused() {
+        let t = Tree {
+            nodes: vec![
+                split(0, 0.5, 1, 2, 10.0),
+                split(1, 0.5, 3, 4, 6.0),
+                leaf(1.0, 4.0),
+                leaf(-1.0, 2.0),
+                leaf(0.5, 4.0),
+            ],
+        };
+        let e = Explainer::new(&forest(vec![t], 2)).expect("fits");
+        assert!(e.indices_in_bounds());
+        let slots = e.widest_tree as u32;
+        let mut bad = e.clone();
+        bad.splits[0].right = slots;
+        assert!(!bad.indices_in_bounds());
+        let mut bad = e.clone();
+        bad.splits[0].left = 0;
+        assert!(!bad.indices_in_bounds(), "a child before its parent");
+        let mut bad = e.clone();
+        bad.bottoms[0].input = 2 * e.n_inputs as u32;
+        assert!(!bad.indices_in_bounds());
+        let mut bad = e;
+        bad.widest_tree -= 1;
+        assert!(!bad.indices_in_bounds());
     }
 
     #[test]
