@@ -168,7 +168,7 @@ pub struct Model {
     /// Training distribution of each feature and of the probability, for drift (PSI).
     pub feature_baselines: Vec<Baseline>,
     pub score_baseline: Baseline,
-    /// Precomputed TreeSHAP tables, built on the first explanation.
+    /// The TreeSHAP explainer's copy of the forest, built on the first explanation.
     #[serde(skip)]
     explainer: std::sync::OnceLock<Option<crate::shap::Explainer>>,
 }
