@@ -40,19 +40,8 @@ pub struct ImportArgs {
     config: crate::ConfigArgs,
 }
 
-const ITEM_FIELDS: &[&str] = &[
-    "id",
-    "product_id",
-    "title",
-    "name",
-    "category",
-    "brand",
-    "price",
-    "tags",
-    "in_stock",
-    "image_url",
-    "url",
-];
+/// The catalog item fields the import accepts, as the catalog API does.
+const ITEM_FIELDS: &[&str] = kairos_recs::catalog::FIELDS;
 
 /// Items read from a file, and the rejected lines as (line number, reason).
 pub struct ReadItems {

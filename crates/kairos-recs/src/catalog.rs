@@ -94,7 +94,8 @@ fn url(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, RecsErro
     Ok(Some(u))
 }
 
-const FIELDS: &[&str] = &[
+/// The fields a catalog item may have (anything else is refused, naming these).
+pub const FIELDS: &[&str] = &[
     "id",
     "product_id",
     "title",

@@ -92,7 +92,8 @@ fn start() -> Run {
 
 impl Run {
     /// Lets every timer due by `until` run, then reads everything derived.
-    fn finish(self, until: i64) -> (Vec<Value>, Vec<Value>) {
+    /// Moves the clock to `until` and waits until every timer due by then has run.
+    fn run_timers_until(&self, until: i64) {
         self.now.store(until, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while self
@@ -105,6 +106,10 @@ impl Run {
             assert!(std::time::Instant::now() < deadline, "timers did not drain");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn finish(self, until: i64) -> (Vec<Value>, Vec<Value>) {
+        self.run_timers_until(until);
         let scoring = self.h.store.scoring();
         let mut records = Vec::new();
         let mut streams: Vec<String> = scoring
@@ -204,23 +209,9 @@ fn regression_a_timer_pushed_later_by_new_activity_fires_at_the_new_instant_only
     run.now.store(T0 + 10 * MIN, Ordering::SeqCst);
     run.h.send(vec![track_at("a2", T0 + 10 * MIN)]);
     // Past the first instant (T0 + 15m): the entry left there fires and changes nothing.
-    let wait_for = |run: &Run, until: i64| {
-        run.now.store(until, Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while run
-            .h
-            .store
-            .next_timer()
-            .unwrap()
-            .is_some_and(|(t, _)| t <= until)
-        {
-            assert!(std::time::Instant::now() < deadline, "timers did not drain");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_for(&run, T0 + 20 * MIN);
+    run.run_timers_until(T0 + 20 * MIN);
     assert!(member(&run), "still active at T0 + 20m");
-    wait_for(&run, T0 + 26 * MIN);
+    run.run_timers_until(T0 + 26 * MIN);
     assert!(!member(&run), "left at T0 + 25m with no new event");
     let (records, _) = run.finish(T0 + 26 * MIN);
     let exits: Vec<_> = records
