@@ -57,13 +57,7 @@ impl Recent {
         let first = self.unrecorded.first()?.2;
         let mut v = Vec::with_capacity(self.unrecorded.len() * 48);
         for (id, day, seq) in self.unrecorded.drain(..) {
-            let Ok(len) = u16::try_from(id.len()) else {
-                continue;
-            };
-            v.extend_from_slice(&len.to_be_bytes());
-            v.extend_from_slice(id.as_bytes());
-            v.extend_from_slice(&day.to_be_bytes());
-            v.extend_from_slice(&seq.to_be_bytes());
+            encode_entry(&mut v, &id, day, seq);
         }
         Some((u64_key(first), v))
     }
@@ -94,10 +88,7 @@ impl Recent {
             let mut kept = Vec::new();
             for (m, day, seq) in entries {
                 if !gone.contains(m.as_str()) {
-                    kept.extend_from_slice(&(m.len() as u16).to_be_bytes());
-                    kept.extend_from_slice(m.as_bytes());
-                    kept.extend_from_slice(&day.to_be_bytes());
-                    kept.extend_from_slice(&seq.to_be_bytes());
+                    encode_entry(&mut kept, &m, day, seq);
                 }
             }
             rewrite(k.to_vec(), (!kept.is_empty()).then_some(kept));
@@ -136,6 +127,18 @@ impl Recent {
         self.map.clear();
         Ok(n)
     }
+}
+
+/// Appends one entry to a group record. MessageIds are at most 32 KB (the event limit);
+/// a longer one could not have been accepted, and is left out rather than cut.
+fn encode_entry(out: &mut Vec<u8>, message_id: &str, day: u32, seq: u64) {
+    let Ok(len) = u16::try_from(message_id.len()) else {
+        return;
+    };
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message_id.as_bytes());
+    out.extend_from_slice(&day.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
 }
 
 fn decode(v: &[u8]) -> Result<Vec<(String, u32, u64)>, StoreError> {

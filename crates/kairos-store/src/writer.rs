@@ -832,7 +832,6 @@ impl Writer {
                         defined.push(reply);
                     }
                     Command::PruneDedupe { now, days, reply } => {
-                        self.flush()?;
                         self.ingest_recent()?;
                         let n = self.store.prune_dedupe(now, days)?;
                         pruned.push((reply, n));
@@ -1066,12 +1065,13 @@ impl Writer {
         // lookups of each found profile's userIds, is skipped. Aliases always plan.
         if ev.kind != EventKind::Alias {
             if let Some(id) = self.sole_profile(&ids)? {
-                self.load(id)?;
                 self.dirty.remove(&id);
-                let profile = self
-                    .cache
-                    .remove(&id)
-                    .ok_or_else(|| StoreError::corrupt("cache"))?;
+                let profile = match self.cache.remove(&id) {
+                    Some(p) => p,
+                    None => self.store.profile(id)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("identity points at missing {id}"))
+                    })?,
+                };
                 debug_assert_eq!(canonical_id(&profile.identifiers), Some(id));
                 let old_timer = profile.timer();
                 return self.append_and_fold(ev, encoded, profile, false, old_timer);
