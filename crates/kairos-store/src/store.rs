@@ -411,24 +411,19 @@ impl Store {
         seq: u64,
         cached: &mut Option<(u64, fjall::Slice)>,
     ) -> Result<Option<(u64, Millis, fjall::Slice)>, StoreError> {
-        let hit = |c: &(u64, fjall::Slice)| -> Result<bool, StoreError> {
-            Ok(seq >= c.0 && seq - c.0 < Chunk::parse(&c.1)?.len() as u64)
+        let read = |c: &Option<(u64, fjall::Slice)>| -> Result<_, StoreError> {
+            let Some((first, bytes)) = c.as_ref().filter(|(first, _)| seq >= *first) else {
+                return Ok(None);
+            };
+            Ok(Chunk::parse(bytes)?
+                .record((seq - first) as usize)
+                .map(|r| (r.prev, r.time, fjall::Slice::from(r.payload))))
         };
-        let reuse = match cached {
-            Some(c) => hit(c)?,
-            None => false,
-        };
-        if !reuse {
-            *cached = self.chunk_of(seq)?;
+        if let Some(r) = read(cached)? {
+            return Ok(Some(r));
         }
-        let Some((first, bytes)) = cached.as_ref() else {
-            return Ok(None);
-        };
-        let chunk = Chunk::parse(bytes)?;
-        let Some(r) = chunk.record((seq - first) as usize) else {
-            return Ok(None);
-        };
-        Ok(Some((r.prev, r.time, fjall::Slice::from(r.payload))))
+        *cached = self.chunk_of(seq)?;
+        read(cached)
     }
 
     pub fn event_by_seq(&self, seq: u64) -> Result<Option<Event>, StoreError> {
