@@ -7,7 +7,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kairos_core::{Millis, ProfileId};
 use kairos_recs::eval::{leave_last_out, History, Report};
 use kairos_recs::interaction::{interactions_of, Interactions, Kind};
-use kairos_recs::model::Seen;
 use kairos_recs::{Context, Item, Method, RecsConfig, Request, Snapshot};
 use kairos_store::{Store, StoredEvent};
 use serde_json::{json, Map, Value};
@@ -629,15 +628,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let mut h = Histogram::<u64>::new(3)?;
         let mut returned = 0usize;
         for &p in &chosen {
-            let hist: Vec<Seen> = inter
-                .history(p)
-                .iter()
-                .map(|r| Seen {
-                    item: inter.item_id(r.item),
-                    kind: r.kind,
-                    ts: r.ts,
-                })
-                .collect();
+            let hist = inter.seen(p);
             let cart: Vec<&str> = hist.iter().rev().take(2).map(|s| s.item).collect();
             let t = Instant::now();
             let recs = snap.recommend(&Request {

@@ -240,6 +240,18 @@ impl Interactions {
         self.people.get(&person).map_or(&[], Vec::as_slice)
     }
 
+    /// A person's history as a recommendation request takes it (product ids, not indices).
+    pub fn seen(&self, person: u64) -> Vec<crate::model::Seen<'_>> {
+        self.history(person)
+            .iter()
+            .map(|r| crate::model::Seen {
+                item: self.item_id(r.item),
+                kind: r.kind,
+                ts: r.ts,
+            })
+            .collect()
+    }
+
     /// Every person with their interactions, in ascending person order (deterministic).
     pub fn people(&self) -> Vec<(u64, &[Rec])> {
         let mut v: Vec<(u64, &[Rec])> = self

@@ -153,15 +153,7 @@ impl Recs {
         let cart_items = profile.state.cart.items();
         let cart: Vec<&str> = cart_items.iter().map(|i| i.product_id.as_str()).collect();
         let inter = self.interactions.read().unwrap_or_else(|p| p.into_inner());
-        let history: Vec<Seen> = inter
-            .history(profile.id.0)
-            .iter()
-            .map(|r| Seen {
-                item: inter.item_id(r.item),
-                kind: r.kind,
-                ts: r.ts,
-            })
-            .collect();
+        let history = inter.seen(profile.id.0);
         let recs = snap.recommend(&Request {
             history: &history,
             cart: &cart,
