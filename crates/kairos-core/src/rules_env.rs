@@ -153,6 +153,16 @@ impl Env for ProfileEnv<'_> {
         self.now
     }
 
+    /// Windows, ages and the local clock are answered from the state and `now` alone, so
+    /// the same state at a later `now` is the profile then, if no event comes.
+    fn probe(&self, t: i64, f: &mut dyn FnMut(&dyn Env)) -> bool {
+        if t <= self.now {
+            return false;
+        }
+        f(&ProfileEnv { now: t, ..*self });
+        true
+    }
+
     fn trigger_time(&self) -> Option<i64> {
         self.trigger
     }
@@ -224,7 +234,7 @@ impl Env for ProfileEnv<'_> {
     }
 
     fn tier_change(&self, index: usize) -> Option<i64> {
-        self.scores.get(index)?.tier_change
+        self.scores.get(index)?.tier_change()
     }
 
     fn in_segment(&self, index: usize) -> bool {

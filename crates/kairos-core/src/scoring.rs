@@ -596,6 +596,10 @@ pub struct RuleState {
     pub windows: Vec<(i64, Vec<Millis>)>,
 }
 
+/// How many instants at which a segment's result stays the same are looked past when
+/// setting its timer: each costs an evaluation, each one skipped saves a wake-up.
+const FLIP_PROBES: usize = 32;
+
 /// How late an event may be and still be folded in place; older ones replay the history.
 pub const LATE_LIMIT: Millis = 7 * DAY;
 
@@ -890,6 +894,8 @@ pub struct Derived {
     /// Positions of the member segments in the definitions of `version` (the names in
     /// `segments` are the truth; this saves looking them up on every evaluation).
     pub member_index: Vec<u16>,
+    #[serde(skip)]
+    pub(crate) slots: ScoreSlots,
 }
 
 /// What prompted an evaluation, which decides what must be re-evaluated.
@@ -1023,7 +1029,65 @@ pub struct ScoreNow<'a> {
     pub tier: Option<&'a str>,
     /// When the raw value reaches a threshold, and when the tier changes, with no event.
     pub half_life: Option<Millis>,
-    pub tier_change: Option<Millis>,
+    /// The instant these values hold at.
+    pub now: Millis,
+    /// The tier thresholds: the next tier change (a logarithm per bound) is worked out
+    /// only for the scores something asks about.
+    bounds: &'a [TierBound],
+}
+
+impl ScoreNow<'_> {
+    /// When the tier changes with no event (the decaying value crosses a bound).
+    pub fn tier_change(&self) -> Option<Millis> {
+        self.bounds
+            .iter()
+            .filter_map(|t| t.from)
+            .filter_map(|b| crossing(self.raw, self.half_life, self.now, b))
+            .min()
+    }
+}
+
+/// Positions of the definitions' scores in [`Derived::scores`] (`NO_SLOT`: never scored),
+/// so evaluations index instead of matching names. Derived from the definitions and the
+/// map's keys, so neither stored nor compared; rebuilt when either changes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ScoreSlots {
+    version: u64,
+    keys: usize,
+    valid: bool,
+    slots: Vec<u16>,
+}
+
+const NO_SLOT: u16 = u16::MAX;
+
+impl PartialEq for ScoreSlots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl ScoreSlots {
+    /// The positions for `scores` under `scoring`: the cached ones when they are current
+    /// (evaluations refresh them first), else looked up now.
+    fn current<'a>(
+        &'a self,
+        scores: &VecMap<ScoreState>,
+        scoring: &Scoring,
+    ) -> std::borrow::Cow<'a, [u16]> {
+        if self.valid && self.version == scoring.version && self.keys == scores.len() {
+            std::borrow::Cow::Borrowed(&self.slots)
+        } else {
+            std::borrow::Cow::Owned(lookup_slots(scores, scoring))
+        }
+    }
+}
+
+fn lookup_slots(scores: &VecMap<ScoreState>, scoring: &Scoring) -> Vec<u16> {
+    scoring
+        .scores
+        .iter()
+        .map(|sc| scores.index_of(&sc.name).map_or(NO_SLOT, |p| p as u16))
+        .collect()
 }
 
 impl Derived {
@@ -1035,25 +1099,32 @@ impl Derived {
         now: Millis,
         needed: Option<&[bool]>,
     ) -> ScoresNow<'s> {
-        let mut states = self.scores.iter().peekable();
+        let slots = self.slots.current(&self.scores, scoring);
         scoring
             .scores
             .iter()
             .enumerate()
             .map(|(i, sc)| {
-                while states.peek().is_some_and(|(k, _)| *k < sc.name.as_str()) {
-                    states.next();
-                }
                 if !needed.is_none_or(|n| n.get(i).copied().unwrap_or(false)) {
                     return ScoreNow::default();
                 }
-                let st = states
-                    .peek()
-                    .filter(|(k, _)| *k == sc.name.as_str())
-                    .map(|(_, v)| *v);
+                let st = slots
+                    .get(i)
+                    .and_then(|&p| self.scores.at(p as usize))
+                    .map(|(_, v)| v);
                 score_now(sc, st, now)
             })
             .collect()
+    }
+
+    /// Brings the score positions up to the definitions and the map (see [`ScoreSlots`]).
+    fn refresh_slots(&mut self, scoring: &Scoring) {
+        let s = &mut self.slots;
+        if s.valid && s.version == scoring.version && s.keys == self.scores.len() {
+            return;
+        }
+        s.slots = lookup_slots(&self.scores, scoring);
+        (s.version, s.keys, s.valid) = (scoring.version, self.scores.len(), true);
     }
 
     /// Every score at `now`, for rule evaluation.
@@ -1100,12 +1171,21 @@ impl Derived {
                     .matches(&env)
             })
             .collect();
+        self.refresh_slots(scoring);
         for group in fired.chunk_by(|a, b| a.0 == b.0) {
-            let sc = &scoring.scores[group[0].0 as usize];
-            let st = self.scores.get_or_insert_with(&sc.name, || ScoreState {
-                at: t,
-                ..ScoreState::default()
-            });
+            let si = group[0].0 as usize;
+            let sc = &scoring.scores[si];
+            if self.slots.slots.get(si).is_none_or(|&p| p == NO_SLOT) {
+                self.scores.get_or_insert_with(&sc.name, || ScoreState {
+                    at: t,
+                    ..ScoreState::default()
+                });
+                self.refresh_slots(scoring);
+            }
+            let slot = self.slots.slots.get(si).copied().unwrap_or(NO_SLOT);
+            let Some(st) = self.scores.at_mut(slot as usize) else {
+                continue;
+            };
             st.advance(sc.half_life, t);
             for &(_, idx) in group {
                 let rule = &sc.rules[idx as usize];
@@ -1191,6 +1271,7 @@ impl Derived {
         };
         let all = matches!(trigger, Trigger::All) || (definitions_changed && remap.is_none());
         self.version = scoring.version;
+        self.refresh_slots(scoring);
         let nseg = scoring.segments.len();
         let mut due: SmallVec<[Option<Millis>; 48]> =
             smallvec::smallvec![None; nseg + scoring.scores.len()];
@@ -1256,22 +1337,15 @@ impl Derived {
 
         // Tiers of the scores that received points or whose tier timer came due.
         if !scores.is_empty() {
-            let mut defs = scoring.scores.iter().zip(&scores).enumerate().peekable();
-            for (name, st) in self.scores.iter_mut() {
-                while defs
-                    .peek()
-                    .is_some_and(|(_, (sc, _))| sc.name.as_str() < name)
-                {
-                    defs.next();
-                }
-                let Some(&(i, (sc, s))) = defs.peek().filter(|(_, (sc, _))| sc.name == *name)
-                else {
-                    continue;
-                };
+            for (i, (sc, s)) in scoring.scores.iter().zip(&scores).enumerate() {
                 if !score_dirty[i] {
                     continue;
                 }
-                due[nseg + i] = s.tier_change;
+                let slot = self.slots.slots.get(i).copied().unwrap_or(NO_SLOT);
+                let Some(st) = self.scores.at_mut(slot as usize) else {
+                    continue;
+                };
+                due[nseg + i] = s.tier_change();
                 if st.tier.as_deref() != s.tier {
                     let tier = s.tier.map(str::to_string);
                     let from = std::mem::replace(&mut st.tier, tier.clone());
@@ -1333,7 +1407,7 @@ impl Derived {
                     trigger: None,
                 };
                 let is = seg.program.matches(&env);
-                due[i] = seg.program.next_change(&env);
+                due[i] = seg.program.next_flip(&env, is, FLIP_PROBES);
                 member[i] = is;
                 changed[i] = is != was[i];
             }
@@ -1486,19 +1560,13 @@ impl Derived {
 fn score_now<'s>(sc: &'s CompiledScore, st: Option<&ScoreState>, now: Millis) -> ScoreNow<'s> {
     let raw = st.map_or(0.0, |s| s.raw_at(sc.half_life, now));
     let value = sc.clamp(raw);
-    let tier_change = st.and_then(|s| {
-        sc.tiers
-            .iter()
-            .filter_map(|t| t.from)
-            .filter_map(|b| s.reaches(sc.half_life, now, b))
-            .min()
-    });
     ScoreNow {
         value,
         raw,
         tier: sc.tier_of(value),
         half_life: sc.half_life,
-        tier_change,
+        now,
+        bounds: &sc.tiers,
     }
 }
 

@@ -27,6 +27,21 @@ impl<V> VecMap<V> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 
+    /// Where `key` is, for callers that cache positions (valid until the next insert or
+    /// removal).
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        self.position(key).ok()
+    }
+
+    /// The entry at a position from [`VecMap::index_of`].
+    pub fn at(&self, i: usize) -> Option<(&str, &V)> {
+        self.0.get(i).map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn at_mut(&mut self, i: usize) -> Option<&mut V> {
+        self.0.get_mut(i).map(|(_, v)| v)
+    }
+
     pub fn get(&self, key: &str) -> Option<&V> {
         self.position(key).ok().map(|i| &self.0[i].1)
     }

@@ -249,3 +249,60 @@ fn since_compares_instants_exactly_within_one_minute() {
     );
     assert!(!rule.matches(&env(t + 40_000 + 2 * HOUR + MINUTE)));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A segment's timer is the instant its result really turns: at every instant where
+    /// anything it reads could move before then (each window edge, each age bound) the
+    /// result is still the one at `now`, and at the timer it differs. Without a timer, it
+    /// never turns.
+    #[test]
+    fn next_flip_is_the_first_instant_the_result_turns(
+        raw in prop::collection::vec(
+            (prop::sample::select(NAMES.to_vec()), 0i64..(3 * DAY), prop::sample::select(vec!["shoes", "hats"]), 1u32..200),
+            0..40,
+        ),
+        rule in prop::sample::select(vec![
+            r#"count("Product Viewed", within: 24h) >= 3"#,
+            r#"count("Product Viewed" where category == "shoes", within: 90m) >= 2"#,
+            r#"sum("Order Completed", "price", within: 2d) > 150"#,
+            r#"did("Added to Cart", within: 2h) and not did("Order Completed", since: "Added to Cart")"#,
+            r#"count("Added to Cart", within: 30m) == 1 or not did("Order Completed", within: 1d)"#,
+            r#"not (count("Product Viewed", within: 3h) < 2) and did("Added to Cart", within: 6h)"#,
+            r#"count("Product Viewed", within: 7d) - count("Added to Cart", within: 1d) > 2"#,
+            r#"last_seen < 15m or count("Order Completed", within: 36h) >= 2"#,
+        ]),
+        ahead in 0i64..DAY,
+    ) {
+        let base = 1_000 * DAY;
+        let events: Vec<Event> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, (n, back, c, p))| event(i, n, base - back, c, *p))
+            .collect();
+        let now = base + ahead;
+        let mut aggs = Aggregates::default();
+        let program = compile(rule, &schema(), &mut aggs).unwrap_or_else(|e| panic!("{e}"));
+        let vocab = Vocabulary::default();
+        let mut state = ProfileState::default();
+        for e in &events {
+            state.apply(e, &vocab);
+            state.apply_aggregates(e, &aggs);
+        }
+        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &[], series: &[], trigger: None };
+        let current = program.matches(&env(now));
+        let flip = program.next_flip(&env(now), current, 100_000);
+        let horizon = flip.unwrap_or(now + 30 * DAY);
+        let mut t = now;
+        while let Some(next) = program.next_change(&env(t)).filter(|n| *n < horizon) {
+            prop_assert!(next > t);
+            prop_assert_eq!(program.matches(&env(next)), current, "{} turned at {} before {:?}", rule, next, flip);
+            t = next;
+        }
+        if let Some(f) = flip {
+            prop_assert!(f > now);
+            prop_assert_ne!(program.matches(&env(f)), current, "{} did not turn at {}", rule, f);
+        }
+    }
+}

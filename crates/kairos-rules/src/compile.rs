@@ -146,6 +146,11 @@ pub struct Program {
     pub aggregates_used: Vec<AggId>,
     /// Whether it reads `event.*` (then it is only meaningful on an incoming event).
     pub uses_event: bool,
+    /// Whether [`Program::next_flip`] may look ahead: the result moves with windows, and
+    /// reads nothing (scores, tiers, segments, the event) whose later values a host's view
+    /// at a later instant would not have, nor the local clock (a probe per hour turning
+    /// cost more than the wake-ups it saved).
+    pub(crate) probe: bool,
 }
 
 /// What a program reads of the profile besides aggregates, scores and segments (those are
@@ -238,7 +243,9 @@ fn compile_as(
             ),
         ));
     }
+    let probe = probe_worthy(&root);
     Ok(Program {
+        probe,
         root,
         source: src.to_string(),
         ty,
@@ -248,6 +255,28 @@ fn compile_as(
         aggregates_used: c.aggregates_used,
         uses_event: c.uses_event,
     })
+}
+
+/// See [`Program::probe`]. Ages alone are not worth it: their conservative instant is exact.
+fn probe_worthy(root: &Node) -> bool {
+    fn walk(n: &Node, windows: &mut bool, blocked: &mut bool) {
+        match n {
+            Node::Score(_)
+            | Node::Tier(_)
+            | Node::InSegment(_)
+            | Node::EventName
+            | Node::EventType
+            | Node::EventTime
+            | Node::EventProp(_) => *blocked = true,
+            Node::Count(_, w) | Node::Sum(_, w) if w.within.is_some() => *windows = true,
+            Node::Field(Field::LocalHour | Field::LocalWeekday) => *blocked = true,
+            _ => {}
+        }
+        n.for_each_child(|c| walk(c, windows, blocked));
+    }
+    let (mut windows, mut blocked) = (false, false);
+    walk(root, &mut windows, &mut blocked);
+    windows && !blocked
 }
 
 struct Compiler<'a> {

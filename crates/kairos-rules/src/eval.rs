@@ -138,6 +138,13 @@ pub trait Env {
         let q = HOUR / 4;
         Some((self.now().div_euclid(q) + 1) * q)
     }
+    /// Calls `f` with this view as it will be at `t > now` if no event comes, for
+    /// [`Program::next_flip`]; returns false (the default) when the host cannot. Only what
+    /// time alone moves need be right there: windows, ages, the local clock.
+    fn probe(&self, t: i64, f: &mut dyn FnMut(&dyn Env)) -> bool {
+        let _ = (t, f);
+        false
+    }
 }
 
 /// Which events can make a rule true: an event whose name is in `names` or whose call type
@@ -229,6 +236,45 @@ impl Program {
         let mut best: Option<i64> = None;
         next_change(&self.root, env, &mut best);
         best
+    }
+
+    /// The earliest instant after `env.now()` at which the result, now `current`, may turn
+    /// with no new event. Where it can ([`Env::probe`]), it checks the instants of
+    /// [`Program::next_change`] in turn (a window's oldest bucket leaving, an age bound) and
+    /// returns the first at which the result really differs: "three views in 24 hours"
+    /// with ten views then wakes once, when the count falls below three, not at every
+    /// view's expiry.
+    ///
+    /// When `max_probes` instants pass unchanged it returns the first of them, so that the
+    /// answer is the same from any instant before that one (a host that evaluates only
+    /// what is due gets the timers of one that evaluates everything).
+    pub fn next_flip(&self, env: &dyn Env, current: bool, max_probes: usize) -> Option<i64> {
+        let first = self.next_change(env)?;
+        if !self.probe {
+            return Some(first);
+        }
+        let mut t = first;
+        for _ in 0..max_probes {
+            // (turned at t, the next instant after t)
+            let mut seen: Option<(bool, Option<i64>)> = None;
+            let probed = env.probe(t, &mut |later| {
+                let is = eval(&self.root, later).is_true();
+                let next = if is == current {
+                    self.next_change(later)
+                } else {
+                    None
+                };
+                seen = Some((is != current, next));
+            });
+            match seen {
+                Some((true, _)) => return Some(t),
+                // Nothing left that time alone can change.
+                Some((false, None)) => return None,
+                Some((false, Some(next))) if probed && next > t => t = next,
+                _ => return Some(first),
+            }
+        }
+        Some(first)
     }
 }
 
