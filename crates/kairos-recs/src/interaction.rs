@@ -54,6 +54,15 @@ fn product_id(p: &Map<String, Value>) -> Option<String> {
         .filter(|id| validate_id(id).is_ok())
 }
 
+/// Whether a track event of this name can be an interaction (an order, a cart or wishlist
+/// add, a product view): readers of the log decode only those.
+pub fn names_interaction(name: &str, vocab: &Vocabulary) -> bool {
+    vocab.is_order(name)
+        || vocab.is_cart_add(name)
+        || WISHLIST_EVENTS.contains(&name)
+        || VIEW_EVENTS.contains(&name)
+}
+
 /// The products an event is an interaction with, and how strong each is. Orders count
 /// every line of `products` (or the single `product_id` of a one-line order).
 pub fn interactions_of(ev: &Event, vocab: &Vocabulary) -> Vec<(String, Kind)> {
@@ -63,6 +72,9 @@ pub fn interactions_of(ev: &Event, vocab: &Vocabulary) -> Vec<(String, Kind)> {
     let Some(name) = ev.event.as_deref() else {
         return Vec::new();
     };
+    if !names_interaction(name, vocab) {
+        return Vec::new();
+    }
     let p = &ev.properties;
     if vocab.is_order(name) {
         let mut out: Vec<(String, Kind)> = match p.get("products") {

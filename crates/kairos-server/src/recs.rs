@@ -20,13 +20,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kairos_core::identity::IdKey;
 use kairos_core::time::format_timestamp;
+use kairos_core::vocab::Vocabulary;
 use kairos_core::{Event, Millis, Profile};
-use kairos_recs::interaction::{interactions_of, item_of, Interactions};
+use kairos_recs::interaction::{interactions_of, item_of, names_interaction, Interactions};
 use kairos_recs::model::{BuildStats, Seen};
 use kairos_recs::{
     Context, Item, Method, Recommendation, RecsConfig, RecsError, Request, Snapshot,
 };
-use kairos_store::{Store, StoreError, StoredEvent};
+use kairos_store::{LogPage, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,9 +191,30 @@ impl Recs {
     }
 }
 
-/// The one place recommendations read events: the log in arrival order after a cursor.
-fn read_log(store: &Store, after: u64) -> Result<Vec<StoredEvent>, StoreError> {
-    store.log_after(after, LOG_BATCH)
+/// The one place recommendations read events: the log in arrival order after a cursor,
+/// only the events that can be interactions decoded (most of a shop's log is pages,
+/// sessions, checkouts and email events).
+fn read_log(store: &Store, after: u64, vocab: &Vocabulary) -> Result<LogPage, StoreError> {
+    store.log_after_where(after, LOG_BATCH, &|json| may_interact(json, vocab))
+}
+
+/// Reads only `type` and `event` of a stored event (the rest is skipped, not built).
+/// Anything it cannot read is decoded in full, where a real error shows.
+fn may_interact(json: &[u8], vocab: &Vocabulary) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        event: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Head>(json) {
+        Ok(h) => {
+            h.kind.as_deref() == Some("track")
+                && h.event.is_some_and(|n| names_interaction(&n, vocab))
+        }
+        Err(_) => true,
+    }
 }
 
 /// The person an event belongs to now (merges followed).
@@ -300,13 +322,13 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
 
 /// Reads one batch of the log into the histories; returns how many events it read.
 fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
-    let batch = read_log(&state.store, t.cursor)?;
-    let Some(last) = batch.last().map(|e| e.seq) else {
+    let vocab = &state.config.vocabulary;
+    let page = read_log(&state.store, t.cursor, vocab)?;
+    let Some(last) = page.last else {
         return Ok(0);
     };
-    let vocab = &state.config.vocabulary;
     let mut found = Vec::new();
-    for stored in &batch {
+    for stored in &page.events {
         let ev = &stored.event;
         let list = interactions_of(ev, vocab);
         if list.is_empty() {
@@ -338,7 +360,7 @@ fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
         t.dirty = true;
     }
     t.cursor = last;
-    let n = batch.len();
+    let n = page.scanned;
     state.recs.set_status(|s| {
         s.cursor = last;
         s.events_read += n as u64;
@@ -811,4 +833,37 @@ async fn bulk_items(
         })))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head read must agree with `interactions_of` on what could be an interaction,
+    /// or the tailer would skip products (or decode everything).
+    #[test]
+    fn only_events_that_can_be_interactions_are_decoded() {
+        let vocab = Vocabulary::default();
+        let stored = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
+        let track = |name: &str| {
+            stored(json!({"messageId": "m", "type": "track", "event": name,
+                          "properties": {"product_id": "p1", "products": [{"product_id": "p2"}]},
+                          "timestamp": 0, "receivedAt": 0}))
+        };
+        for name in [
+            "Product Viewed",
+            "Added to Cart",
+            "Order Completed",
+            "Added to Wishlist",
+        ] {
+            assert!(may_interact(&track(name), &vocab), "{name}");
+        }
+        for name in ["Checkout Started", "Email Opened", "Signed Up"] {
+            assert!(!may_interact(&track(name), &vocab), "{name}");
+        }
+        let page = stored(json!({"messageId": "m", "type": "page", "name": "Product Viewed"}));
+        assert!(!may_interact(&page, &vocab));
+        // Unreadable bytes go to the full decode, which reports them.
+        assert!(may_interact(b"{not json", &vocab));
+    }
 }

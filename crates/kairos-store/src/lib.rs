@@ -17,7 +17,9 @@ mod probe;
 pub mod store;
 pub mod writer;
 
-pub use store::{outbox_key, Counts, DeadLetter, OutboxRow, Store, StoreOptions, StoredEvent};
+pub use store::{
+    outbox_key, Counts, DeadLetter, LogPage, OutboxRow, Store, StoreOptions, StoredEvent,
+};
 pub use writer::{
     Backfill, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission,
     TimerLateness, WriterOptions,

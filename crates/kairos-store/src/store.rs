@@ -53,6 +53,17 @@ pub struct DeadLetter {
     pub raw: String,
 }
 
+/// A page of the log read by [`Store::log_after_where`].
+#[derive(Debug, Default)]
+pub struct LogPage {
+    /// The wanted events of the page.
+    pub events: Vec<StoredEvent>,
+    /// The newest sequence number scanned (the reader's next cursor).
+    pub last: Option<u64>,
+    /// Events scanned, wanted or not.
+    pub scanned: usize,
+}
+
 /// A stored event with its arrival sequence number.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
@@ -519,7 +530,19 @@ impl Store {
 
     /// Events in arrival order with seq > `after` (export, replay, audits).
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut out = Vec::new();
+        Ok(self.log_after_where(after, limit, &|_| true)?.events)
+    }
+
+    /// The log after `after` in arrival order, `limit` events scanned, of which only those
+    /// whose stored JSON `wanted` accepts are decoded and returned: a reader that needs a
+    /// few kinds of event (recommendations read product events) skips building the rest.
+    pub fn log_after_where(
+        &self,
+        after: u64,
+        limit: usize,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<LogPage, StoreError> {
+        let mut page = LogPage::default();
         let from = after.saturating_add(1);
         let start = match self.chunk_of(from)? {
             Some((first, _)) => first,
@@ -533,19 +556,23 @@ impl Store {
                 let seq = first + i as u64;
                 match chunk.record(i) {
                     Some(r) if seq >= from && !r.payload.is_empty() => {
-                        out.push(StoredEvent {
-                            seq,
-                            event: decode_event(r.payload)?,
-                        });
-                        if out.len() >= limit {
-                            return Ok(out);
+                        if wanted(r.payload) {
+                            page.events.push(StoredEvent {
+                                seq,
+                                event: decode_event(r.payload)?,
+                            });
+                        }
+                        page.last = Some(seq);
+                        page.scanned += 1;
+                        if page.scanned >= limit {
+                            return Ok(page);
                         }
                     }
                     _ => {}
                 }
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
