@@ -30,7 +30,8 @@ use kairos_recs::{
 use kairos_store::{LogPage, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -94,6 +95,8 @@ pub struct Recs {
     catalog_changed: AtomicBool,
     /// Someone was erased since the last rebuild: check every person still exists.
     erased: AtomicBool,
+    /// Erasures so far: the tailer forgets the identifiers it has looked up when it moves.
+    erasures: AtomicU64,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
 }
 
@@ -105,6 +108,7 @@ impl Recs {
             status: Mutex::new(Status::default()),
             catalog_changed: AtomicBool::new(true),
             erased: AtomicBool::new(false),
+            erasures: AtomicU64::new(0),
             tx: Mutex::new(None),
         }
     }
@@ -139,6 +143,7 @@ impl Recs {
             .unwrap_or_else(|p| p.into_inner())
             .forget(person);
         self.erased.store(true, Ordering::Relaxed);
+        self.erasures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Recommendations for a stored person.
@@ -217,18 +222,39 @@ fn may_interact(json: &[u8], vocab: &Vocabulary) -> bool {
     }
 }
 
-/// The person an event belongs to now (merges followed).
-fn person_of(store: &Store, ev: &Event) -> Result<Option<u64>, StoreError> {
+/// The person an event belongs to (merges followed when first looked up; a rebuild
+/// follows the later ones). Identifiers already looked up come from `known`, which the
+/// tailer clears at every rebuild and erasure: two point reads per product event were a
+/// third of its time.
+fn person_of(
+    store: &Store,
+    ev: &Event,
+    known: &mut HashMap<IdKey, u64>,
+) -> Result<Option<u64>, StoreError> {
     let key = match (&ev.user_id, &ev.anonymous_id) {
         (Some(u), _) => IdKey::user(u),
         (None, Some(a)) => IdKey::anonymous(a),
         _ => return Ok(None),
     };
+    if let Some(&p) = known.get(&key) {
+        return Ok(Some(p));
+    }
     match store.lookup(&key)? {
-        Some(id) => Ok(Some(store.resolve_id(id)?.0)),
+        Some(id) => {
+            let p = store.resolve_id(id)?.0;
+            if known.len() >= KNOWN_IDS {
+                known.clear();
+            }
+            known.insert(key, p);
+            Ok(Some(p))
+        }
+        // Not cached: the person may be created by a later event.
         None => Ok(None),
     }
 }
+
+/// Identifiers the tailer keeps looked up between rebuilds, at most.
+const KNOWN_IDS: usize = 200_000;
 
 /// Every catalog item, valid ones only (they were validated when stored).
 fn load_catalog(store: &Store) -> Result<Vec<Item>, StoreError> {
@@ -266,6 +292,9 @@ pub fn start(state: Arc<AppState>) -> Option<std::thread::JoinHandle<()>> {
 
 struct Tail {
     cursor: u64,
+    /// See [`person_of`]; `erasures` is the count it was last cleared at.
+    known: HashMap<IdKey, u64>,
+    erasures: u64,
     dirty: bool,
     last_build: Option<Instant>,
     catalog: Arc<Vec<Item>>,
@@ -275,6 +304,8 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
     let cfg = &state.config.recommendations;
     let mut t = Tail {
         cursor: 0,
+        known: HashMap::new(),
+        erasures: 0,
         dirty: true,
         last_build: None,
         catalog: Arc::new(Vec::new()),
@@ -327,6 +358,11 @@ fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
     let Some(last) = page.last else {
         return Ok(0);
     };
+    let erasures = state.recs.erasures.load(Ordering::Relaxed);
+    if erasures != t.erasures {
+        t.known.clear();
+        t.erasures = erasures;
+    }
     let mut found = Vec::new();
     for stored in &page.events {
         let ev = &stored.event;
@@ -334,7 +370,7 @@ fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
         if list.is_empty() {
             continue;
         }
-        if let Some(person) = person_of(&state.store, ev)? {
+        if let Some(person) = person_of(&state.store, ev, &mut t.known)? {
             found.push((person, list, ev.timestamp, item_of(ev)));
         }
     }
@@ -378,6 +414,8 @@ fn rebuild(state: &AppState, t: &mut Tail) -> Result<(), StoreError> {
     let now = (state.clock)();
     let model = state.config.recommendations.model.clone();
     let check_erased = recs.erased.swap(false, Ordering::Relaxed);
+    // Lookups made before the merges followed below would keep feeding the old ids.
+    t.known.clear();
     // Follow merges (and drop people erased meanwhile) before copying the histories.
     let keys = recs
         .interactions

@@ -305,3 +305,48 @@ async fn carts_get_complements_with_reasons_filters_hold_and_erasure_forgets() {
     assert_eq!(after, before - 1);
     s.stop().await;
 }
+
+/// The tailer keeps identifiers it looked up until its next rebuild: events of an
+/// anonymous visitor who was merged into a known person meanwhile must still end up in
+/// that person's history, not in a second person's.
+#[tokio::test]
+async fn browsing_before_and_after_a_merge_lands_in_one_history() {
+    let s = TestServer::start().await;
+    let view = |anon: &str, n: usize, product: &str| {
+        json!({"type": "track", "event": "Product Viewed", "anonymousId": anon,
+               "messageId": format!("v-{anon}-{n}"), "properties": {"product_id": product},
+               "timestamp": T})
+    };
+    s.post(
+        "/v1/batch",
+        json!({"batch": [order("zed", 0, &["kettle"]), view("anon-z", 0, "stove")]}),
+    )
+    .await;
+    let people = |st: &Value| st["last_build"]["people"].as_u64().unwrap();
+    let first = rebuild(&s).await;
+    assert_eq!(people(&first), 2, "zed and the anonymous visitor: {first}");
+    let folded = first["interactions_folded"].as_u64().unwrap();
+    // One more view, read by the tailer on its own (it looks the visitor up then).
+    s.post("/v1/batch", json!({"batch": [view("anon-z", 1, "tent")]}))
+        .await;
+    for _ in 0..200 {
+        let (_, st) = s.admin_get("/v1/recommendations/status").await;
+        if st["status"]["interactions_folded"].as_u64().unwrap() > folded {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The visitor logs in: both profiles merge; then views again.
+    s.post(
+        "/v1/identify",
+        json!({"userId": "zed", "anonymousId": "anon-z", "timestamp": T}),
+    )
+    .await;
+    s.post("/v1/batch", json!({"batch": [view("anon-z", 2, "mug")]}))
+        .await;
+    let st = rebuild(&s).await;
+    assert_eq!(people(&st), 1, "{st}");
+    let (code, body) = s.admin_get("/v1/profiles/zed/recommendations?n=5").await;
+    assert_eq!(code, 200, "{body}");
+    s.stop().await;
+}
