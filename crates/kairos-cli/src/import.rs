@@ -146,8 +146,18 @@ impl Pipeline {
             reply: Some(tx),
         })?;
         self.pending.push_back(rx);
-        while self.pending.len() > 8 {
-            self.wait_one()?;
+        // The writer's bounded queue is the backpressure. Waiting here for answers as well
+        // (it used to, beyond eight) made parsing wait for each group's commit, so parsing,
+        // planning and committing took turns instead of overlapping.
+        while let Some(rx) = self.pending.front_mut() {
+            match rx.try_recv() {
+                Ok(answer) => {
+                    self.pending.pop_front();
+                    self.count(answer?);
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => bail!("the writer stopped"),
+            }
         }
         Ok(())
     }
@@ -155,13 +165,17 @@ impl Pipeline {
     fn wait_one(&mut self) -> anyhow::Result<()> {
         if let Some(rx) = self.pending.pop_front() {
             let o = rx.blocking_recv().context("the writer stopped")??;
-            let t = &mut self.totals.outcome;
-            t.accepted += o.accepted;
-            t.duplicates += o.duplicates;
-            t.suppressed += o.suppressed;
-            t.dead_lettered += o.dead_lettered;
+            self.count(o);
         }
         Ok(())
+    }
+
+    fn count(&mut self, o: Outcome) {
+        let t = &mut self.totals.outcome;
+        t.accepted += o.accepted;
+        t.duplicates += o.duplicates;
+        t.suppressed += o.suppressed;
+        t.dead_lettered += o.dead_lettered;
     }
 }
 
@@ -185,6 +199,12 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let mut opts = config.writer_options();
     opts.max_group_events = opts.max_group_events.max(50_000);
     opts.queue_capacity = 16;
+    // Nothing is acknowledged to anyone before the import ends, and the writer persists
+    // once when it stops. Every group still commits atomically (events, dedupe keys and
+    // the profiles they built together), so a crash leaves a consistent prefix of the file
+    // that a re-run skips as duplicates.
+    opts.sync = false;
+    let durable = store.clone();
     let (ingest, writer) = Ingestor::start(store, opts)?;
     let size = std::fs::metadata(&args.file)?.len();
     let read = Arc::new(AtomicU64::new(0));
@@ -220,6 +240,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let Pipeline { ingest, totals, .. } = pipe;
     drop(ingest);
     let _ = writer.join();
+    // The writer persists when it stops but can only log a failure; the import's one
+    // fsync must fail the import.
+    durable
+        .persist()
+        .context("cannot make the imported events durable")?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let o = totals.outcome;
