@@ -34,6 +34,11 @@ pub struct ImportArgs {
     /// Events per submission to the writer.
     #[arg(long, default_value_t = 5000)]
     chunk: usize,
+    /// Arrival time recorded on the imported events, in milliseconds since the epoch
+    /// (default: now). Events without a messageId get one derived from it, so re-running
+    /// an import with the same value skips them as duplicates.
+    #[arg(long)]
+    received_at: Option<i64>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -78,6 +83,7 @@ impl ImportArgs {
             id_column: None,
             source: "bench".into(),
             chunk: 5000,
+            received_at: None,
             config: ConfigArgs {
                 config: None,
                 data_dir: Some(data_dir),
@@ -217,7 +223,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let now = now_ms();
+    let now = args.received_at.unwrap_or_else(now_ms);
     let mut pipe = Pipeline {
         ingest,
         pending: VecDeque::new(),

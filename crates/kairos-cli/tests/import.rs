@@ -223,3 +223,158 @@ fn examples_writes_the_training_table_from_a_simulated_history() {
         "{out}"
     );
 }
+
+/// People who browse anonymously, sign up (their anonymous history merges into the
+/// profile), then shop; interleaved so merges replay histories spread over many groups.
+/// Every timestamp lies far in the future, so no timer comes due while the test runs and
+/// both stores see exactly the same evaluations.
+fn interleaved_history() -> Vec<String> {
+    let day = 86_400_000i64;
+    let start = 4_070_908_800_000i64; // 2099-01-01
+    let ts = |ms: i64| {
+        let secs = ms / 1000;
+        let (d, s) = (secs / 86_400, secs % 86_400);
+        // Days since 2099-01-01; every test timestamp falls in January.
+        format!(
+            "2099-01-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            d - 47_117 + 1,
+            s / 3600,
+            s % 3600 / 60,
+            s % 60,
+            ms % 1000
+        )
+    };
+    let mut lines = Vec::new();
+    for step in 0..8 {
+        for p in 0..40 {
+            let at = start + step * day / 2 + p * 60_000;
+            let anon = format!("anon-{p}");
+            let user = format!("user-{p}");
+            let id = format!("m-{p}-{step}");
+            let line = match step {
+                0..=2 => serde_json::json!({
+                    "type": "page", "name": "Home", "anonymousId": anon, "messageId": id,
+                    "timestamp": ts(at), "properties": {"path": "/"}
+                }),
+                3 if p % 4 != 0 => serde_json::json!({
+                    "type": "identify", "userId": user, "anonymousId": anon, "messageId": id,
+                    "timestamp": ts(at), "traits": {"email": format!("p{p}@example.com"), "plan": "pro"}
+                }),
+                s if s % 2 == 0 => serde_json::json!({
+                    "type": "track", "event": "Order Completed", "userId": user, "messageId": id,
+                    "timestamp": ts(at), "properties": {"revenue": 10 + p, "currency": "EUR"}
+                }),
+                _ => serde_json::json!({
+                    "type": "track", "event": "Product Viewed", "anonymousId": anon, "messageId": id,
+                    "timestamp": ts(at), "properties": {"product_id": format!("sku-{}", p % 7)}
+                }),
+            };
+            lines.push(line.to_string());
+        }
+    }
+    lines.push(lines[17].clone()); // a duplicate messageId
+    lines.push("{\"type\": \"track\", \"userId\": \"user-1\", \"messageId\": \"no-event\"}".into());
+    lines
+}
+
+/// Everything a person or a segment query reads: profiles, segment members, the event log
+/// and dead letters.
+fn snapshot(store: &kairos_store::Store) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut segments = std::collections::BTreeSet::new();
+    for p in store.profiles_after(None, usize::MAX).unwrap() {
+        segments.extend(p.derived.segments.keys().map(|s| s.to_string()));
+        out.push(format!("{p:?}"));
+    }
+    for s in segments {
+        out.push(format!(
+            "{s}: {:?}",
+            store.segment_members(&s, None, usize::MAX).unwrap()
+        ));
+    }
+    for e in store.log_after(0, usize::MAX).unwrap() {
+        out.push(format!("{} {:?}", e.seq, e.event));
+    }
+    for d in store.dead_letters(0, usize::MAX).unwrap() {
+        out.push(format!("{} {} {}", d.index, d.error, d.raw));
+    }
+    out
+}
+
+#[test]
+fn import_builds_what_posting_the_same_events_builds_and_reimports_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = interleaved_history();
+    let file = dir.path().join("history.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let received_at = 4_102_444_800_000i64; // 2100-01-01
+    let at = received_at.to_string();
+
+    // Posted: requests of 25 events, each answered before the next, as over HTTP.
+    let posted = dir.path().join("posted");
+    {
+        let store =
+            kairos_store::Store::open(posted.join("store"), &kairos_store::StoreOptions::default())
+                .unwrap();
+        let writer = kairos_store::WriterOptions {
+            clock: kairos_store::Clock(std::sync::Arc::new(move || received_at)),
+            ..Default::default()
+        };
+        let (ingest, handle) = kairos_store::Ingestor::start(store, writer).unwrap();
+        let env = kairos_core::segment::RequestEnv {
+            received_at,
+            correct_skew: false,
+            source: "import".into(),
+        };
+        let limits = kairos_core::segment::Limits::default();
+        for (n, request) in lines.chunks(25).enumerate() {
+            let (mut events, mut rejected) = (Vec::new(), Vec::new());
+            for (i, line) in request.iter().enumerate() {
+                match kairos_core::segment::decode_line(line, n * 25 + i, &env, &limits) {
+                    Ok(e) => events.push(kairos_store::Prepared::new(e)),
+                    Err(r) => rejected.push(r),
+                }
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ingest
+                .submit(kairos_store::Submission {
+                    events,
+                    rejected,
+                    received_at,
+                    source: "import".into(),
+                    reply: Some(tx),
+                })
+                .unwrap();
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        drop(ingest);
+        handle.join().unwrap();
+    }
+
+    // Imported: small chunks, so that groups of the open batch hold parts of merges.
+    let imported = dir.path().join("imported");
+    let path = file.to_str().unwrap();
+    let (ok, out) = kairos(
+        &["import", path, "--chunk", "7", "--received-at", &at],
+        &imported,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("320 stored, 1 duplicates"), "{out}");
+    assert!(out.contains("1 rejected"), "{out}");
+
+    let expected = snapshot(&open_store(&posted));
+    let got = snapshot(&open_store(&imported));
+    assert!(expected.iter().any(|l| l.contains("user-5")));
+    assert_eq!(expected.len(), got.len());
+    for (e, g) in expected.iter().zip(&got) {
+        assert_eq!(e, g);
+    }
+
+    // The same file again adds nothing (only its reject is dead-lettered again).
+    let (ok, out) = kairos(&["import", path, "--received-at", &at], &imported);
+    assert!(ok, "{out}");
+    assert!(out.contains("0 stored, 321 duplicates"), "{out}");
+    let again = snapshot(&open_store(&imported));
+    let without_dead = |s: &[String]| s.iter().filter(|l| !l.contains("no-event")).count();
+    assert_eq!(without_dead(&again), without_dead(&got));
+}
