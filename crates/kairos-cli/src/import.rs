@@ -31,8 +31,10 @@ pub struct ImportArgs {
     /// Source name recorded on imported events.
     #[arg(long, default_value = "import")]
     source: String,
-    /// Events per submission to the writer.
-    #[arg(long, default_value_t = 5000)]
+    /// Events per submission to the writer. Groups join one batch regardless (see
+    /// `commit_after_events`); smaller submissions keep fewer decoded events waiting in
+    /// the writer's queue, whose memory was being faulted in afresh.
+    #[arg(long, default_value_t = 1000)]
     chunk: usize,
     /// Arrival time recorded on the imported events, in milliseconds since the epoch
     /// (default: now). Events without a messageId get one derived from it, so re-running
@@ -82,7 +84,7 @@ impl ImportArgs {
             identify: false,
             id_column: None,
             source: "bench".into(),
-            chunk: 5000,
+            chunk: 1000,
             received_at: None,
             config: ConfigArgs {
                 config: None,
