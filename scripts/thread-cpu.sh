@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `kairos bench ingest` and reports, besides its events/s, the CPU time the writer and
-# committer threads used (from /proc, in clock ticks). On a shared, noisy host throughput
+# committer threads used (from /proc, in clock ticks), then that of every server thread. On a shared, noisy host throughput
 # moves by +-20% between runs of the same build; a thread's CPU time moves far less, so
 # alternating runs of two builds compare better by it.
 #
@@ -10,20 +10,27 @@ bin=$1 events=$2 defs=$3
 out=$(mktemp)
 KAIROS_LOG=warn "$bin" bench ingest --events "$events" --no-baseline --definitions "$defs" >"$out" 2>&1 &
 pid=$!
+# Per thread (name/tid), its latest total; threads of one name are summed at the end.
 declare -A ticks
 while kill -0 "$pid" 2>/dev/null; do
   for t in /proc/"$pid"/task/*; do
     name=$(cat "$t/comm" 2>/dev/null || true)
-    case "$name" in
-      kairos-writer | kairos-commit)
-        if read -r -a stat <"$t/stat" 2>/dev/null; then
-          ticks[$name]=$((stat[13] + stat[14]))
-        fi
-        ;;
-    esac
+    if [ -n "$name" ] && read -r -a stat <"$t/stat" 2>/dev/null; then
+      ticks["$name/${t##*/}"]=$((stat[13] + stat[14]))
+    fi
   done
   sleep 0.3
 done
+declare -A sum
+for k in "${!ticks[@]}"; do
+  n=${k%/*}
+  sum[$n]=$((${sum[$n]:-0} + ticks[$k]))
+done
 rate=$(awk '/durable ingest/ {print $4}' "$out")
-echo "$(basename "$bin") ${rate:-?} events/s writer=${ticks[kairos-writer]:-?} committer=${ticks[kairos-commit]:-?} ticks"
+echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} ticks"
+# Every server thread, busiest first; tokio-rt-worker holds the HTTP workers of both the
+# server and the load generator, which share one runtime in `bench ingest`.
+for n in "${!sum[@]}"; do
+  case "$n" in kairos-* | tokio-rt-worker | fjall*) echo "  $n ${sum[$n]}" ;; esac
+done | sort -k2 -nr
 rm -f "$out"
