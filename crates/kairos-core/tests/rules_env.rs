@@ -34,6 +34,17 @@ fn event(i: usize, name: &str, ts: i64, category: &str, price: u32) -> Event {
     }
 }
 
+/// Events `back` before a fixed instant, and the instant `ahead` after it to evaluate at.
+fn history(raw: &[(&str, i64, &str, u32)], ahead: i64) -> (Vec<Event>, i64) {
+    let base = 1_000 * DAY;
+    let events = raw
+        .iter()
+        .enumerate()
+        .map(|(i, (n, back, c, p))| event(i, n, base - back, c, *p))
+        .collect();
+    (events, base + ahead)
+}
+
 /// The resolution that answers a window of this length.
 fn resolution(window: i64) -> Option<i64> {
     [(MINUTE, 48 * 60), (HOUR, 35 * 24), (DAY, 400)]
@@ -148,13 +159,7 @@ proptest! {
         ahead in 0i64..(2 * DAY),
         seed in any::<u64>(),
     ) {
-        let base = 1_000 * DAY;
-        let events: Vec<Event> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, (n, back, c, p))| event(i, n, base - back, c, *p))
-            .collect();
-        let now = base + ahead;
+        let (events, now) = history(&raw, ahead);
         let mut aggs = Aggregates::default();
         let s = schema();
         let programs: Vec<(Query, kairos_rules::Program, kairos_rules::Program)> = queries
@@ -275,13 +280,7 @@ proptest! {
         ]),
         ahead in 0i64..DAY,
     ) {
-        let base = 1_000 * DAY;
-        let events: Vec<Event> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, (n, back, c, p))| event(i, n, base - back, c, *p))
-            .collect();
-        let now = base + ahead;
+        let (events, now) = history(&raw, ahead);
         let mut aggs = Aggregates::default();
         let program = compile(rule, &schema(), &mut aggs).unwrap_or_else(|e| panic!("{e}"));
         let vocab = Vocabulary::default();
