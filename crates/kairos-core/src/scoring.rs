@@ -686,11 +686,6 @@ impl ScoreState {
         }
         v
     }
-
-    /// When the raw value, decaying from `now`, reaches `target`.
-    pub fn reaches(&self, half_life: Option<Millis>, now: Millis, target: f64) -> Option<Millis> {
-        crossing(self.raw_at(half_life, now), half_life, now, target)
-    }
 }
 
 /// When a value `raw` at `now`, decaying toward zero, reaches `target` (same sign, smaller
@@ -1067,6 +1062,10 @@ impl PartialEq for ScoreSlots {
 }
 
 impl ScoreSlots {
+    fn is_current(&self, scores: &VecMap<ScoreState>, scoring: &Scoring) -> bool {
+        self.valid && self.version == scoring.version && self.keys == scores.len()
+    }
+
     /// The positions for `scores` under `scoring`: the cached ones when they are current
     /// (evaluations refresh them first), else looked up now.
     fn current<'a>(
@@ -1074,7 +1073,7 @@ impl ScoreSlots {
         scores: &VecMap<ScoreState>,
         scoring: &Scoring,
     ) -> std::borrow::Cow<'a, [u16]> {
-        if self.valid && self.version == scoring.version && self.keys == scores.len() {
+        if self.is_current(scores, scoring) {
             std::borrow::Cow::Borrowed(&self.slots)
         } else {
             std::borrow::Cow::Owned(lookup_slots(scores, scoring))
@@ -1120,11 +1119,17 @@ impl Derived {
     /// Brings the score positions up to the definitions and the map (see [`ScoreSlots`]).
     fn refresh_slots(&mut self, scoring: &Scoring) {
         let s = &mut self.slots;
-        if s.valid && s.version == scoring.version && s.keys == self.scores.len() {
+        if s.is_current(&self.scores, scoring) {
             return;
         }
         s.slots = lookup_slots(&self.scores, scoring);
         (s.version, s.keys, s.valid) = (scoring.version, self.scores.len(), true);
+    }
+
+    /// The state of definition score `i`, if it was ever scored (slots refreshed first).
+    fn score_state_mut(&mut self, i: usize) -> Option<&mut ScoreState> {
+        let slot = self.slots.slots.get(i).copied().unwrap_or(NO_SLOT);
+        self.scores.at_mut(slot as usize)
     }
 
     /// Every score at `now`, for rule evaluation.
@@ -1182,8 +1187,7 @@ impl Derived {
                 });
                 self.refresh_slots(scoring);
             }
-            let slot = self.slots.slots.get(si).copied().unwrap_or(NO_SLOT);
-            let Some(st) = self.scores.at_mut(slot as usize) else {
+            let Some(st) = self.score_state_mut(si) else {
                 continue;
             };
             st.advance(sc.half_life, t);
@@ -1341,8 +1345,7 @@ impl Derived {
                 if !score_dirty[i] {
                     continue;
                 }
-                let slot = self.slots.slots.get(i).copied().unwrap_or(NO_SLOT);
-                let Some(st) = self.scores.at_mut(slot as usize) else {
+                let Some(st) = self.score_state_mut(i) else {
                     continue;
                 };
                 due[nseg + i] = s.tier_change();
