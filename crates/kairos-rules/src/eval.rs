@@ -256,8 +256,9 @@ impl Program {
         let mut t = first;
         for _ in 0..max_probes {
             // (turned at t, the next instant after t)
+            // Stays `None` when the host cannot probe.
             let mut seen: Option<(bool, Option<i64>)> = None;
-            let probed = env.probe(t, &mut |later| {
+            env.probe(t, &mut |later| {
                 let is = eval(&self.root, later).is_true();
                 let next = if is == current {
                     self.next_change(later)
@@ -270,7 +271,7 @@ impl Program {
                 Some((true, _)) => return Some(t),
                 // Nothing left that time alone can change.
                 Some((false, None)) => return None,
-                Some((false, Some(next))) if probed && next > t => t = next,
+                Some((false, Some(next))) if next > t => t = next,
                 _ => return Some(first),
             }
         }
