@@ -72,9 +72,6 @@ pub fn interactions_of(ev: &Event, vocab: &Vocabulary) -> Vec<(String, Kind)> {
     let Some(name) = ev.event.as_deref() else {
         return Vec::new();
     };
-    if !names_interaction(name, vocab) {
-        return Vec::new();
-    }
     let p = &ev.properties;
     if vocab.is_order(name) {
         let mut out: Vec<(String, Kind)> = match p.get("products") {

@@ -93,9 +93,8 @@ pub struct Recs {
     snapshot: RwLock<Arc<Snapshot>>,
     status: Mutex<Status>,
     catalog_changed: AtomicBool,
-    /// Someone was erased since the last rebuild: check every person still exists.
-    erased: AtomicBool,
-    /// Erasures so far: the tailer forgets the identifiers it has looked up when it moves.
+    /// Erasures so far: when it moved since the last rebuild, the next one checks every
+    /// person still exists, and the tailer forgets the identifiers it has looked up.
     erasures: AtomicU64,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
 }
@@ -107,7 +106,6 @@ impl Recs {
             snapshot: RwLock::new(Arc::new(Snapshot::empty(config.model.clone()))),
             status: Mutex::new(Status::default()),
             catalog_changed: AtomicBool::new(true),
-            erased: AtomicBool::new(false),
             erasures: AtomicU64::new(0),
             tx: Mutex::new(None),
         }
@@ -142,7 +140,6 @@ impl Recs {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .forget(person);
-        self.erased.store(true, Ordering::Relaxed);
         self.erasures.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -295,6 +292,8 @@ struct Tail {
     /// See [`person_of`]; `erasures` is the count it was last cleared at.
     known: HashMap<IdKey, u64>,
     erasures: u64,
+    /// The erasure count the last rebuild checked people against.
+    checked_erasures: u64,
     dirty: bool,
     last_build: Option<Instant>,
     catalog: Arc<Vec<Item>>,
@@ -306,6 +305,7 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
         cursor: 0,
         known: HashMap::new(),
         erasures: 0,
+        checked_erasures: 0,
         dirty: true,
         last_build: None,
         catalog: Arc::new(Vec::new()),
@@ -325,7 +325,7 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
         state.recs.set_status(|s| s.caught_up = caught_up);
         let changed = t.dirty
             || state.recs.catalog_changed.load(Ordering::Relaxed)
-            || state.recs.erased.load(Ordering::Relaxed);
+            || state.recs.erasures.load(Ordering::Relaxed) != t.checked_erasures;
         let due = t.last_build.is_none_or(|b| b.elapsed() >= interval);
         if caught_up && changed && due {
             if let Err(e) = rebuild(state, &mut t) {
@@ -413,7 +413,9 @@ fn rebuild(state: &AppState, t: &mut Tail) -> Result<(), StoreError> {
     }
     let now = (state.clock)();
     let model = state.config.recommendations.model.clone();
-    let check_erased = recs.erased.swap(false, Ordering::Relaxed);
+    let erasures = recs.erasures.load(Ordering::Relaxed);
+    let check_erased = erasures != t.checked_erasures;
+    t.checked_erasures = erasures;
     // Lookups made before the merges followed below would keep feeding the old ids.
     t.known.clear();
     // Follow merges (and drop people erased meanwhile) before copying the histories.
