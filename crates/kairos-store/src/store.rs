@@ -12,6 +12,11 @@ use std::sync::{Arc, RwLock};
 pub(crate) const DEFINITIONS_KEY: &[u8] = b"definitions";
 /// The seq the next change record gets (kept so that erased records' seqs are not reused).
 pub(crate) const NEXT_CHANGE_KEY: &[u8] = b"next_change";
+/// Where the backfill of the definitions in force stands: their version, then the last
+/// profile id it brought up to date (absent before the first page). Written in the same
+/// batches as the pages, removed when the backfill is done: a backfill cut short by a crash
+/// resumes from it.
+pub(crate) const BACKFILL_KEY: &[u8] = b"backfill";
 const KNOWN_EVENT_PREFIX: &str = "event:";
 
 pub(crate) fn known_event_key(name: &str) -> Vec<u8> {
@@ -21,6 +26,20 @@ pub(crate) fn known_event_key(name: &str) -> Vec<u8> {
 /// Memtable size per keyspace. Smaller than fjall's 64 MB default: the single writer's
 /// inserts and point reads walk the memtable skiplist, and a shallower one is faster.
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// See [`Store::background_work`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundWork {
+    pub flushes_queued: usize,
+    pub compactions_running: usize,
+    pub time_compacting: std::time::Duration,
+}
+
+impl BackgroundWork {
+    pub fn is_idle(&self) -> bool {
+        self.flushes_queued == 0 && self.compactions_running == 0
+    }
+}
 
 /// Options for opening a store.
 #[derive(Clone, Debug)]
@@ -221,6 +240,22 @@ impl Store {
         }
     }
 
+    /// The unfinished backfill recorded in the store: its definitions version and the last
+    /// profile it brought up to date, if any.
+    pub(crate) fn backfill_cursor(&self) -> Result<Option<(u64, Option<ProfileId>)>, StoreError> {
+        let Some(v) = self.meta.get(BACKFILL_KEY)? else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::corrupt("backfill cursor");
+        let version = v.get(..8).and_then(read_u64).ok_or_else(corrupt)?;
+        let after = match v.get(8..) {
+            Some([]) => None,
+            Some(id) => Some(ProfileId(read_u64(id).ok_or_else(corrupt)?)),
+            None => return Err(corrupt()),
+        };
+        Ok(Some((version, after)))
+    }
+
     /// Every event name ever stored (for warnings about rules naming others).
     pub fn known_events(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         let mut out = std::collections::BTreeSet::new();
@@ -360,6 +395,17 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The storage engine's background work: memtable flushes queued, compactions running,
+    /// and the time spent compacting since the store was opened. (fjall marks these
+    /// counters experimental; benchmarks use them to wait for a quiet store.)
+    pub fn background_work(&self) -> BackgroundWork {
+        BackgroundWork {
+            flushes_queued: self.db.outstanding_flushes(),
+            compactions_running: self.db.active_compactions(),
+            time_compacting: self.db.time_compacting(),
+        }
     }
 
     /// fsyncs everything written so far.
@@ -596,6 +642,25 @@ impl Store {
     }
 
     /// Profiles in id order after `after` (for listing and backfills).
+    /// Up to `limit` stored profiles after `after`, undecoded, in id order.
+    pub(crate) fn profile_values_after(
+        &self,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<(ProfileId, fjall::Slice)>, StoreError> {
+        let start = after.map(|p| p.0.saturating_add(1)).unwrap_or(0);
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for guard in self.profiles.range(u64_key(start)..) {
+            let (k, v) = guard.into_inner()?;
+            let id = read_u64(&k).ok_or(StoreError::corrupt("profile key"))?;
+            out.push((ProfileId(id), v));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn profiles_after(
         &self,
         after: Option<ProfileId>,

@@ -26,8 +26,8 @@
 use crate::events::{Chunk, ChunkBuilder, NO_PREV};
 use crate::keys::*;
 use crate::store::{
-    day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, DEFINITIONS_KEY,
-    NEXT_CHANGE_KEY,
+    day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, BACKFILL_KEY,
+    DEFINITIONS_KEY, NEXT_CHANGE_KEY,
 };
 use crate::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -187,9 +187,9 @@ enum Command {
         profiles: Vec<ProfileId>,
         reply: Reply<usize>,
     },
-    /// Bring these profiles (as the backfill read them) up to the definitions in force.
+    /// A page of the backfill, evaluated by its threads: record it.
     Rebuild {
-        profiles: Vec<Profile>,
+        page: BackfillPage,
         done: Sender<()>,
     },
     /// The backfill for definitions of this version has read every profile.
@@ -205,6 +205,123 @@ enum Command {
         days: u32,
         reply: Reply<u64>,
     },
+}
+
+/// Which segments of the new definitions are new or edited, and where each old due index
+/// went ([`kairos_core::scoring::definitions_delta`]), from definitions of version `.0`.
+type Delta = (u64, Vec<bool>, Vec<Option<u16>>);
+
+/// The reason recorded for changes definitions made.
+const REDEFINED: &str = "definitions changed";
+
+/// Brings `profile` up to `scoring` from its own state. `None` when its history must be
+/// replayed (definitions that score events differently), which needs the event log.
+fn redefine(
+    profile: &mut Profile,
+    scoring: &Scoring,
+    delta: Option<&Delta>,
+    now: Millis,
+) -> Option<Vec<Change>> {
+    if profile.derived.replay_version != scoring.replay_version && !scoring.is_empty() {
+        return None;
+    }
+    Some(if profile.derived.version == scoring.version {
+        Vec::new()
+    } else {
+        match delta {
+            Some((from, changed, remap)) if *from == profile.derived.version => {
+                profile.redefine(scoring, now, changed, remap)
+            }
+            _ => profile.reevaluate(scoring, now, Reason::Replay(REDEFINED)),
+        }
+    })
+}
+
+/// A page of the backfill, read and evaluated by the backfill threads, for the writer to
+/// record ([`Writer::record_backfill_page`]).
+struct BackfillPage {
+    /// The definitions it was evaluated against.
+    version: u64,
+    /// The last profile read: the next page starts after it.
+    last: Option<ProfileId>,
+    /// Profiles whose memberships, tiers or timer moved, brought up to date.
+    moved: Vec<Moved>,
+    /// Profiles read and left as stored: nothing moved.
+    unchanged: Vec<ProfileId>,
+    /// Profiles whose history must be replayed, which the writer does.
+    replay: Vec<Profile>,
+}
+
+impl BackfillPage {
+    fn new(version: u64) -> Self {
+        Self {
+            version,
+            last: None,
+            moved: Vec::new(),
+            unchanged: Vec::new(),
+            replay: Vec::new(),
+        }
+    }
+
+    fn append(&mut self, other: BackfillPage) {
+        self.last = other.last.or(self.last);
+        self.moved.extend(other.moved);
+        self.unchanged.extend(other.unchanged);
+        self.replay.extend(other.replay);
+    }
+}
+
+struct Moved {
+    profile: Profile,
+    old_timer: Option<Millis>,
+    changes: Vec<Change>,
+}
+
+/// Decodes stored profiles and brings each up to `scoring` (at `now`).
+fn evaluate_profiles(
+    raw: &[(ProfileId, fjall::Slice)],
+    scoring: &Scoring,
+    delta: Option<&Delta>,
+    now: Millis,
+) -> Result<BackfillPage, StoreError> {
+    let mut page = BackfillPage::new(scoring.version);
+    for (id, bytes) in raw {
+        let mut profile = Profile::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let old_timer = profile.timer();
+        match redefine(&mut profile, scoring, delta, now) {
+            None => page.replay.push(profile),
+            Some(changes) if !changes.is_empty() || old_timer != profile.timer() => {
+                page.moved.push(Moved {
+                    profile,
+                    old_timer,
+                    changes,
+                })
+            }
+            Some(_) => page.unchanged.push(*id),
+        }
+    }
+    page.last = raw.last().map(|(id, _)| *id);
+    Ok(page)
+}
+
+/// [`evaluate_profiles`] over one page, its two halves on two threads: decoding is most of
+/// a backfill's work, and the writer has little left to do for it.
+fn evaluate_page(
+    raw: &[(ProfileId, fjall::Slice)],
+    scoring: &Scoring,
+    delta: Option<&Delta>,
+    now: Millis,
+) -> Result<BackfillPage, StoreError> {
+    let (a, b) = raw.split_at(raw.len() / 2);
+    let (first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| evaluate_profiles(b, scoring, delta, now));
+        let mine = evaluate_profiles(a, scoring, delta, now);
+        (mine, other.join())
+    });
+    let second = second.map_err(|_| StoreError::Io("a backfill thread panicked".into()))?;
+    let mut page = first?;
+    page.append(second?);
+    Ok(page)
 }
 
 /// Progress of bringing every profile up to new definitions.
@@ -288,6 +405,15 @@ impl Ingestor {
             hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
         ));
         let mut writer = Writer::new(store.clone(), opts, drop_tx, lateness.clone())?;
+        // A backfill the last run did not finish (cut short by a crash or a stop).
+        let version = store.scoring().version;
+        let resume = store
+            .backfill_cursor()?
+            .filter(|(v, _)| *v == version)
+            .map(|(_, after)| after);
+        if resume.is_some() {
+            writer.backfill_written = Some(HashSet::default());
+        }
         let (internal, internal_rx) = crossbeam_channel::unbounded();
         let handle = std::thread::Builder::new()
             .name("kairos-writer".into())
@@ -299,21 +425,24 @@ impl Ingestor {
                 .name("kairos-timers".into())
                 .spawn(move || run_timers(&store, &tx, &stop, interval, &clock))?
         };
-        Ok((
-            Self {
-                tx,
-                internal,
-                store,
-                backfill: Arc::new(Mutex::new(None)),
-                _timers: Arc::new(StopOnDrop {
-                    stop,
-                    thread: Some(timers),
-                }),
-                lateness,
-                clock: ingestor_clock,
-            },
-            handle,
-        ))
+        let ingestor = Self {
+            tx,
+            internal,
+            store,
+            backfill: Arc::new(Mutex::new(None)),
+            _timers: Arc::new(StopOnDrop {
+                stop,
+                thread: Some(timers),
+            }),
+            lateness,
+            clock: ingestor_clock,
+        };
+        if let Some(after) = resume {
+            let now = ingestor.clock.now();
+            // The definitions it started from are gone: every profile is re-evaluated whole.
+            ingestor.spawn_backfill(version, version, after, None, now)?;
+        }
+        Ok((ingestor, handle))
     }
 
     /// Stores new definitions, puts them in force for every event from now on, and starts
@@ -324,7 +453,8 @@ impl Ingestor {
         now: Millis,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let scoring = Arc::new(scoring);
-        let previous = self.store.scoring().version;
+        let old = self.store.scoring();
+        let previous = old.version;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Define {
@@ -336,9 +466,28 @@ impl Ingestor {
             // Only campaigns changed: no profile's segments or scores can differ.
             return Ok(rx);
         }
+        // The same delta the writer computes when it puts the definitions in force.
+        let delta = (old.replay_version == scoring.replay_version).then(|| {
+            let (changed, remap) = kairos_core::scoring::definitions_delta(&old, &scoring);
+            (old.version, changed, remap)
+        });
+        self.spawn_backfill(scoring.version, previous, None, delta, now)?;
+        Ok(rx)
+    }
+
+    /// Starts the backfill thread for definitions `version` (replacing `previous`), over
+    /// the profiles after `after`.
+    fn spawn_backfill(
+        &self,
+        version: u64,
+        previous: u64,
+        after: Option<ProfileId>,
+        delta: Option<Delta>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         let total = self.store.approximate_counts().profiles;
         let status = Backfill {
-            version: scoring.version,
+            version,
             done: 0,
             total,
             started_at: now,
@@ -347,11 +496,10 @@ impl Ingestor {
         if let Ok(mut g) = self.backfill.lock() {
             *g = Some(status);
         }
-        let (tx, store, progress, version, clock) = (
+        let (tx, store, progress, clock) = (
             self.internal.clone(),
             self.store.clone(),
             self.backfill.clone(),
-            scoring.version,
             self.clock.clone(),
         );
         std::thread::Builder::new()
@@ -365,11 +513,16 @@ impl Ingestor {
                 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                if let Err(e) = run_backfill(&store, &tx, &progress, version, &clock) {
+                let run = Run {
+                    version,
+                    after,
+                    delta,
+                };
+                if let Err(e) = run_backfill(&store, &tx, &progress, run, &clock) {
                     tracing::error!("backfill stopped: {e}");
                 }
             })?;
-        Ok(rx)
+        Ok(())
     }
 
     /// Runs a scheduled campaign at `at` over `profiles` (the caller lists its segment's
@@ -603,7 +756,7 @@ struct Writer {
     graveyard: Sender<Garbage>,
     /// From the previous definitions to these, when only segments changed: lets a backfill
     /// evaluate just the new and edited segments.
-    delta: Option<(u64, Vec<bool>, Vec<Option<u16>>)>,
+    delta: Option<Delta>,
     scoring: Arc<Scoring>,
     next_change: u64,
     /// `next_change` as the newest batch stores it.
@@ -727,12 +880,22 @@ impl Writer {
             return;
         }
         let started = std::time::Instant::now();
-        // Backfill pages, erasures and definitions read what earlier groups wrote and are
-        // answered by this thread: their groups are committed before going on. Timers read
-        // only profiles (cached while unwritten) and redirects (see `resolve_id`).
-        let pipelined = group
-            .iter()
-            .all(|c| matches!(c, Command::Ingest(_) | Command::Tick { .. }));
+        // Erasures and definitions read what earlier groups wrote and are answered by this
+        // thread: their groups are committed before going on. Timers and backfill pages read
+        // only profiles (cached while unwritten), redirects (see `resolve_id`) and events
+        // (`Unwritten`), and are answered by the committer.
+        let pipelined = group.iter().all(|c| {
+            matches!(
+                c,
+                Command::Ingest(_) | Command::Tick { .. } | Command::Rebuild { .. }
+            )
+        });
+        // Backfill pages alone are not fsync'd: they only bring derived state up to
+        // definitions already durable, the next fsync'd group persists them too (the
+        // journal is written in order), and after a crash the backfill resumes from the
+        // cursor that reached the disk with them. One fsync per page was most of a
+        // backfill's time.
+        let sync = self.opts.sync && !group.iter().all(|c| matches!(c, Command::Rebuild { .. }));
         let mut pruned: Vec<(Reply<u64>, u64)> = Vec::new();
         if self.recent.len() >= self.opts.dedupe_ingest_after {
             // Nothing of this group is planned yet: once the group in flight is committed,
@@ -797,18 +960,13 @@ impl Writer {
                         let n = self.schedule(&campaign, at, profiles)?;
                         scheduled.push((reply, n));
                     }
-                    Command::Rebuild { profiles, done } => {
-                        let mut unchanged = Vec::new();
-                        for p in profiles {
-                            if let Some(p) = self.bring_up_to_date(p)? {
-                                unchanged.push(p);
-                            }
-                        }
-                        self.discard(Garbage::Profiles(unchanged));
+                    Command::Rebuild { page, done } => {
+                        self.record_backfill_page(page)?;
                         dones.push(done);
                     }
                     Command::BackfillDone(v) if v == self.scoring.version => {
-                        self.backfill_written = None
+                        self.backfill_written = None;
+                        self.batch.remove(&self.store.meta, BACKFILL_KEY);
                     }
                     Command::BackfillDone(_) => {}
                     Command::Define { scoring, reply } => {
@@ -826,6 +984,10 @@ impl Writer {
                         // Campaign-only edits keep the version: no backfill follows.
                         if scoring.version != self.scoring.version {
                             self.backfill_written = Some(HashSet::default());
+                            // Committed with the definitions: a crash before the first
+                            // page still leaves a backfill to resume.
+                            let cursor = u64_key(scoring.version).to_vec();
+                            self.batch.insert(&self.store.meta, BACKFILL_KEY, cursor);
                         }
                         self.scoring = scoring.clone();
                         self.store.set_scoring(scoring);
@@ -846,7 +1008,7 @@ impl Writer {
             self.inflight_writes = std::mem::take(&mut self.pending);
             let handoff = Handoff {
                 batch,
-                sync: self.opts.sync,
+                sync,
                 replies: std::mem::take(&mut outcomes),
                 dones: std::mem::take(&mut dones),
                 events: n_events,
@@ -1543,44 +1705,100 @@ impl Writer {
         Ok(reached)
     }
 
-    /// Brings one profile up to the definitions in force: replays its history when scores or
-    /// windows changed, else re-evaluates its segments.
+    /// Whether the writer may hold a newer copy of profile `id` than one the backfill read:
+    /// cached here, or written (or merged away) since the backfill started.
+    fn has_newer_copy(&self, id: ProfileId) -> bool {
+        self.cache.contains_key(&id)
+            || self
+                .backfill_written
+                .as_ref()
+                .is_some_and(|w| w.contains(&id))
+    }
+
+    /// Records a backfill page, evaluated by the backfill threads against the definitions in
+    /// force (`version`): the profiles that moved are recorded as they come; those the
+    /// writer may hold a newer copy of, and those that need their history replayed, are
+    /// brought up to date here.
+    fn record_backfill_page(&mut self, page: BackfillPage) -> Result<(), StoreError> {
+        if page.version != self.scoring.version {
+            // Evaluated against definitions replaced meanwhile: the backfill of the newer
+            // ones covers these profiles again.
+            self.discard(Garbage::Backfill(page));
+            return Ok(());
+        }
+        let BackfillPage {
+            version,
+            last,
+            moved,
+            unchanged,
+            replay,
+        } = page;
+        let mut garbage = Vec::new();
+        for id in unchanged {
+            if self.has_newer_copy(id) {
+                self.bring_up_to_date(id, None)?;
+            }
+        }
+        for m in moved {
+            let pid = m.profile.id;
+            if self.has_newer_copy(pid) {
+                self.bring_up_to_date(pid, None)?;
+                garbage.push(m.profile);
+                continue;
+            }
+            self.record_effects(pid, m.old_timer, m.profile.timer(), &m.changes)?;
+            self.dirty.insert(pid);
+            self.cache.insert(pid, m.profile);
+        }
+        for p in replay {
+            if let Some(p) = self.bring_up_to_date(p.id, Some(p))? {
+                garbage.push(p);
+            }
+        }
+        self.discard(Garbage::Profiles(garbage));
+        if let Some(last) = last {
+            let mut cursor = u64_key(version).to_vec();
+            cursor.extend_from_slice(&u64_key(last.0));
+            self.batch.insert(&self.store.meta, BACKFILL_KEY, cursor);
+        }
+        Ok(())
+    }
+
+    /// Brings profile `id` up to the definitions in force: its cached or stored copy, or
+    /// `read` (the backfill's) when the writer holds none newer. Replays its history when
+    /// scores or windows changed, else re-evaluates its segments.
     /// Returns the profile when it did not change, for the caller to free elsewhere.
-    fn bring_up_to_date(&mut self, read: Profile) -> Result<Option<Profile>, StoreError> {
+    fn bring_up_to_date(
+        &mut self,
+        id: ProfileId,
+        read: Option<Profile>,
+    ) -> Result<Option<Profile>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
-        let cached = self.cache.remove(&read.id);
+        let cached = self.cache.remove(&id);
         let stale = self
             .backfill_written
             .as_ref()
-            .is_some_and(|w| w.contains(&read.id));
+            .is_some_and(|w| w.contains(&id));
         // A copy taken from the cache (also under the id a merge moved it to) goes back.
-        let from_cache = cached.is_some() || stale;
-        let mut profile = match cached {
-            Some(p) => p,
-            None if stale => match self.take_profile(read.id)? {
+        let from_cache = cached.is_some() || stale || read.is_none();
+        let mut profile = match (cached, read) {
+            (Some(p), _) => p,
+            (None, Some(read)) if !stale => read,
+            (None, _) => match self.take_profile(id)? {
                 Some(p) => p,
                 None => return Ok(None),
             },
-            None => read,
         };
         let pid = profile.id;
         let old_timer = profile.timer();
         let now = self.opts.clock.now();
-        let why = "definitions changed";
-        let changes = if profile.derived.replay_version != self.scoring.replay_version
-            && !self.scoring.is_empty()
-        {
-            let mut events = self.history(&profile.log_heads)?;
-            profile.rebuild(&mut events, &self.opts.core, &self.scoring, now, why)
-        } else if profile.derived.version != self.scoring.version {
-            match &self.delta {
-                Some((from, changed, remap)) if *from == profile.derived.version => {
-                    profile.redefine(&self.scoring, now, changed, remap)
-                }
-                _ => profile.reevaluate(&self.scoring, now, Reason::Replay(why)),
+        let changes = match redefine(&mut profile, &self.scoring, self.delta.as_ref(), now) {
+            Some(changes) => changes,
+            None => {
+                let mut events = self.history(&profile.log_heads)?;
+                let (core, scoring) = (&self.opts.core, &self.scoring);
+                profile.rebuild(&mut events, core, scoring, now, REDEFINED)
             }
-        } else {
-            Vec::new()
         };
         self.record_effects(pid, old_timer, profile.timer(), &changes)?;
         // Nothing else moved: the stored copy stays as it is and is re-evaluated, to the
@@ -1816,7 +2034,8 @@ impl Writer {
 fn group_size(cmd: &Command) -> usize {
     match cmd {
         Command::Ingest(s) => s.events.len().max(1),
-        Command::Rebuild { profiles, .. } => profiles.len().max(1) * 2,
+        // A page is a few hundred profiles, most of them only looked up.
+        Command::Rebuild { page, .. } => page.moved.len() + page.replay.len() + 1,
         Command::Tick { due, .. } => due.len().max(1),
         Command::Schedule { profiles, .. } => profiles.len().max(1),
         Command::Erase { .. }
@@ -1833,6 +2052,7 @@ fn group_size(cmd: &Command) -> usize {
 enum Garbage {
     Events(Vec<Prepared>),
     Profiles(Vec<Profile>),
+    Backfill(BackfillPage),
     Ids(HashMap<Vec<u8>, ProfileId>),
 }
 
@@ -1887,18 +2107,30 @@ fn run_timers(
     }
 }
 
-/// Walks every profile and has the writer bring it up to definitions `version`; stops early
-/// when newer definitions replace them.
+/// What one backfill covers: definitions `version`, the profiles after `after`, and the
+/// delta from the definitions before (when known).
+struct Run {
+    version: u64,
+    after: Option<ProfileId>,
+    delta: Option<Delta>,
+}
+
+/// Walks every profile, brings each up to the definitions of `run` and has the writer
+/// record what moved; stops early when newer definitions replace them.
 fn run_backfill(
     store: &Store,
     tx: &Sender<Command>,
     progress: &Mutex<Option<Backfill>>,
-    version: u64,
+    run: Run,
     clock: &Clock,
 ) -> Result<(), StoreError> {
     const PAGE: usize = 512;
-    let mut after = None;
-    // One page with the writer while the next is read and decoded here.
+    let Run {
+        version,
+        mut after,
+        delta,
+    } = run;
+    // One page with the writer while the next is read and evaluated here.
     let mut in_flight: Option<(crossbeam_channel::Receiver<()>, u64)> = None;
     let finish = |wait: Option<(crossbeam_channel::Receiver<()>, u64)>| {
         if let Some((wait, n)) = wait {
@@ -1912,18 +2144,20 @@ fn run_backfill(
         }
     };
     loop {
-        if store.scoring().version != version {
+        let scoring = store.scoring();
+        if scoring.version != version {
             finish(in_flight.take());
             return Ok(());
         }
-        let profiles = store.profiles_after(after, PAGE)?;
-        let Some(last) = profiles.last().map(|p| p.id) else {
+        let raw = store.profile_values_after(after, PAGE)?;
+        if raw.is_empty() {
             break;
-        };
-        after = Some(last);
-        let n = profiles.len() as u64;
+        }
+        let page = evaluate_page(&raw, &scoring, delta.as_ref(), clock.now())?;
+        after = page.last;
+        let n = raw.len() as u64;
         let (done, wait) = crossbeam_channel::bounded(1);
-        tx.send(Command::Rebuild { profiles, done })
+        tx.send(Command::Rebuild { page, done })
             .map_err(|_| StoreError::WriterStopped)?;
         finish(in_flight.replace((wait, n)));
     }

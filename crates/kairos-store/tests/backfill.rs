@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use kairos_core::defaults::default_definitions;
 use kairos_core::{IdKey, SegmentDef};
-use kairos_store::Clock;
+use kairos_store::{Clock, StoreOptions, WriterOptions};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,5 +85,85 @@ fn a_backfill_while_ingesting_ends_with_exactly_the_matching_members() {
     }
     assert_eq!(members.len(), expected.len());
     assert_eq!(members, expected);
+    h.close();
+}
+
+#[test]
+fn a_backfill_cut_short_by_a_stop_resumes_when_the_store_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Arc::new(|| T0 + 3_600_000));
+    let writer = || WriterOptions {
+        clock: clock.clone(),
+        timer_interval: Duration::from_millis(5),
+        ..WriterOptions::default()
+    };
+    let h = Harness::with_defaults(dir.path(), clock.clone());
+    let people = 10_000usize;
+    let orders: Vec<_> = (0..people)
+        .map(|u| {
+            track(
+                &format!("m{u}"),
+                "Order Completed",
+                Some(&format!("u{u}")),
+                None,
+                T0 + u as i64,
+                json!({"revenue": (u % 100) as i64}),
+            )
+        })
+        .collect();
+    for chunk in orders.chunks(1000) {
+        h.send(chunk.to_vec());
+    }
+    let mut defs = default_definitions();
+    defs.segments.insert(
+        "spenders".into(),
+        SegmentDef {
+            rule: "lifetime_revenue >= 90".into(),
+            priority: 0,
+            ..SegmentDef::default()
+        },
+    );
+    let version = h.define(defs);
+    // Stopped at once, a page or two into the backfill (20 pages of 512).
+    h.close();
+    // Read without a writer, which would resume it.
+    let partial = kairos_store::Store::open(dir.path(), &StoreOptions::default())
+        .unwrap()
+        .segment_size("spenders")
+        .unwrap();
+    assert!(
+        partial < (people / 10) as u64,
+        "the first run finished the backfill ({partial} members): nothing to resume"
+    );
+
+    // Reopened under the same definitions: nothing calls `define`, the store resumes.
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match h.ingest.backfill() {
+            Some(b) if b.version == version && b.finished_at.is_some() => break,
+            Some(b) => assert_eq!(b.version, version),
+            None => panic!("no backfill resumed"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backfill did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let members = h.store.segment_size("spenders").unwrap();
+    assert_eq!(members, (people / 10) as u64);
+    for u in [0usize, 89, 90, 4_321, 9_999] {
+        let p = h.profile_of(&IdKey::user(&format!("u{u}"))).unwrap();
+        assert_eq!(
+            p.derived.segments.get("spenders").is_some(),
+            u % 100 >= 90,
+            "u{u}"
+        );
+    }
+    h.close();
+    // Done means done: the next start has nothing to resume.
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer());
+    assert_eq!(h.ingest.backfill(), None);
     h.close();
 }
