@@ -22,8 +22,8 @@ pub use store::{
     StoredEvent,
 };
 pub use writer::{
-    Backfill, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull, Submission,
-    TimerLateness, WriterOptions,
+    Backfill, BackfillHook, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull,
+    Submission, TimerLateness, WriterOptions,
 };
 
 /// Errors of the store.

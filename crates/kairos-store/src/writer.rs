@@ -74,6 +74,22 @@ pub struct WriterOptions {
     /// Accepted messageIds kept in memory (and in one record per group) before they are
     /// moved into the dedupe index in bulk (see `crate::dedupe`).
     pub dedupe_ingest_after: usize,
+    /// Called by the backfill thread with each page's number once it has read and evaluated
+    /// the page, before the writer records it. Lets tests interleave writes with a backfill
+    /// deterministically; `None` otherwise.
+    #[doc(hidden)]
+    pub backfill_hook: Option<BackfillHook>,
+}
+
+/// See [`WriterOptions::backfill_hook`].
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct BackfillHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for BackfillHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackfillHook")
+    }
 }
 
 /// Milliseconds since the epoch, from the system or from a test.
@@ -112,6 +128,7 @@ impl Default for WriterOptions {
             clock: Clock::system(),
             key_filter_rebuild_after: crate::probe::REBUILD_AFTER_MIN,
             dedupe_ingest_after: crate::dedupe::INGEST_AFTER,
+            backfill_hook: None,
         }
     }
 }
@@ -348,6 +365,7 @@ pub struct Ingestor {
     _timers: Arc<StopOnDrop>,
     lateness: Lateness,
     clock: Clock,
+    backfill_hook: Option<BackfillHook>,
 }
 
 /// How late due timers were processed, in milliseconds.
@@ -401,6 +419,7 @@ impl Ingestor {
         let interval = opts.timer_interval;
         let clock = opts.clock.clone();
         let ingestor_clock = opts.clock.clone();
+        let backfill_hook = opts.backfill_hook.clone();
         let lateness: Lateness = Arc::new(Mutex::new(
             hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
         ));
@@ -436,6 +455,7 @@ impl Ingestor {
             }),
             lateness,
             clock: ingestor_clock,
+            backfill_hook,
         };
         if let Some(after) = resume {
             let now = ingestor.clock.now();
@@ -496,11 +516,12 @@ impl Ingestor {
         if let Ok(mut g) = self.backfill.lock() {
             *g = Some(status);
         }
-        let (tx, store, progress, clock) = (
+        let (tx, store, progress, clock, hook) = (
             self.internal.clone(),
             self.store.clone(),
             self.backfill.clone(),
             self.clock.clone(),
+            self.backfill_hook.clone(),
         );
         std::thread::Builder::new()
             .name("kairos-backfill".into())
@@ -517,6 +538,7 @@ impl Ingestor {
                     version,
                     after,
                     delta,
+                    hook,
                 };
                 if let Err(e) = run_backfill(&store, &tx, &progress, run, &clock) {
                     tracing::error!("backfill stopped: {e}");
@@ -766,6 +788,9 @@ struct Writer {
     /// While a backfill runs: profiles written since it started, whose copy the backfill
     /// read may be stale.
     backfill_written: Option<HashSet<ProfileId>>,
+    /// While a backfill runs: profiles erased since it started. A copy the backfill read
+    /// before must not come back.
+    backfill_erased: HashSet<ProfileId>,
     lateness: Lateness,
     /// Campaign report counters written so far (see [`Writer::count_stat`]).
     stats: HashMap<Vec<u8>, (u64, f64)>,
@@ -796,6 +821,7 @@ impl Writer {
             inflight_writes: Unwritten::default(),
             lateness,
             backfill_written: None,
+            backfill_erased: HashSet::default(),
             known_events,
             scoring: store.scoring(),
             next_change,
@@ -966,6 +992,7 @@ impl Writer {
                     }
                     Command::BackfillDone(v) if v == self.scoring.version => {
                         self.backfill_written = None;
+                        self.backfill_erased.clear();
                         self.batch.remove(&self.store.meta, BACKFILL_KEY);
                     }
                     Command::BackfillDone(_) => {}
@@ -983,7 +1010,12 @@ impl Writer {
                             });
                         // Campaign-only edits keep the version: no backfill follows.
                         if scoring.version != self.scoring.version {
+                            // The backfill thread starts reading as soon as the definitions
+                            // are in force: whatever the writer wrote before must be in the
+                            // store by then, and whatever it writes after is tracked.
+                            self.settle()?;
                             self.backfill_written = Some(HashSet::default());
+                            self.backfill_erased.clear();
                             // Committed with the definitions: a crash before the first
                             // page still leaves a backfill to resume.
                             let cursor = u64_key(scoring.version).to_vec();
@@ -1706,9 +1738,10 @@ impl Writer {
     }
 
     /// Whether the writer may hold a newer copy of profile `id` than one the backfill read:
-    /// cached here, or written (or merged away) since the backfill started.
+    /// changed in this group, or written (or merged away) since the backfill started. A
+    /// cached copy that is neither is the stored one, which the backfill read.
     fn has_newer_copy(&self, id: ProfileId) -> bool {
-        self.cache.contains_key(&id)
+        self.dirty.contains(&id)
             || self
                 .backfill_written
                 .as_ref()
@@ -1735,12 +1768,19 @@ impl Writer {
         } = page;
         let mut garbage = Vec::new();
         for id in unchanged {
+            if self.backfill_erased.contains(&id) {
+                continue;
+            }
             if self.has_newer_copy(id) {
                 self.bring_up_to_date(id, None)?;
             }
         }
         for m in moved {
             let pid = m.profile.id;
+            if self.backfill_erased.contains(&pid) {
+                garbage.push(m.profile);
+                continue;
+            }
             if self.has_newer_copy(pid) {
                 self.bring_up_to_date(pid, None)?;
                 garbage.push(m.profile);
@@ -1751,6 +1791,10 @@ impl Writer {
             self.cache.insert(pid, m.profile);
         }
         for p in replay {
+            if self.backfill_erased.contains(&p.id) {
+                garbage.push(p);
+                continue;
+            }
             if let Some(p) = self.bring_up_to_date(p.id, Some(p))? {
                 garbage.push(p);
             }
@@ -2027,6 +2071,9 @@ impl Writer {
         self.batch.remove(&s.profiles, u64_key(id.0));
         self.cache.remove(&id);
         self.dirty.remove(&id);
+        if self.backfill_written.is_some() {
+            self.backfill_erased.extend(ids);
+        }
         Ok(Some(erased))
     }
 }
@@ -2113,6 +2160,7 @@ struct Run {
     version: u64,
     after: Option<ProfileId>,
     delta: Option<Delta>,
+    hook: Option<BackfillHook>,
 }
 
 /// Walks every profile, brings each up to the definitions of `run` and has the writer
@@ -2129,7 +2177,9 @@ fn run_backfill(
         version,
         mut after,
         delta,
+        hook,
     } = run;
+    let mut pages = 0u64;
     // One page with the writer while the next is read and evaluated here.
     let mut in_flight: Option<(crossbeam_channel::Receiver<()>, u64)> = None;
     let finish = |wait: Option<(crossbeam_channel::Receiver<()>, u64)>| {
@@ -2155,6 +2205,10 @@ fn run_backfill(
         }
         let page = evaluate_page(&raw, &scoring, delta.as_ref(), clock.now())?;
         after = page.last;
+        if let Some(h) = &hook {
+            (h.0)(pages);
+        }
+        pages += 1;
         let n = raw.len() as u64;
         let (done, wait) = crossbeam_channel::bounded(1);
         tx.send(Command::Rebuild { page, done })

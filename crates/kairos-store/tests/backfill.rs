@@ -167,3 +167,106 @@ fn a_backfill_cut_short_by_a_stop_resumes_when_the_store_reopens() {
     assert_eq!(h.ingest.backfill(), None);
     h.close();
 }
+
+/// The backfill read a person, the person was erased, then the writer recorded the page:
+/// the copy read before the erasure used to be written back, identifiers and all.
+#[test]
+fn a_profile_erased_while_the_backfill_holds_its_copy_stays_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Arc::new(|| T0 + 3_600_000));
+    // The first page waits, read and evaluated, until the erasure is durable.
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new((read_tx, go_rx));
+    let hook = kairos_store::BackfillHook(Arc::new(move |page| {
+        if page == 0 {
+            let g = gate.lock().unwrap();
+            g.0.send(()).unwrap();
+            g.1.recv().unwrap();
+        }
+    }));
+    let writer = WriterOptions {
+        clock: clock.clone(),
+        timer_interval: Duration::from_millis(5),
+        backfill_hook: Some(hook),
+        ..WriterOptions::default()
+    };
+    let h = Harness::open_full(dir.path(), &StoreOptions::default(), writer);
+    // No rule with a window or a clock: no timer touches a profile behind the test's back.
+    let segment = |rule: &str| SegmentDef {
+        rule: rule.into(),
+        priority: 0,
+        ..SegmentDef::default()
+    };
+    let mut defs = kairos_core::Definitions::default();
+    defs.segments
+        .insert("whales".into(), segment("orders >= 1000"));
+    // Over no profiles: done before any is stored, so its thread never calls the hook.
+    let first = h.define(defs.clone());
+    wait_for_backfill(&h, first);
+    let orders: Vec<_> = (0..100usize)
+        .map(|u| {
+            track(
+                &format!("m{u}"),
+                "Order Completed",
+                Some(&format!("erased-or-not-{u}")),
+                None,
+                T0 + u as i64,
+                json!({"revenue": 10}),
+            )
+        })
+        .collect();
+    h.send(orders);
+    let victim = h.profile_of(&IdKey::user("erased-or-not-7")).unwrap().id;
+    // Everyone enters the new segment: every profile of the page moved.
+    defs.segments
+        .insert("buyers".into(), segment("orders >= 1"));
+    let version = h.define(defs);
+    read_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let erased = h
+        .ingest
+        .erase(victim, false, T0 + 1_000)
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert!(erased.is_some());
+    go_tx.send(()).unwrap();
+    wait_for_backfill(&h, version);
+    h.close();
+    let h = Harness::open(dir.path());
+    assert_eq!(h.store.segment_size("buyers").unwrap(), 99);
+    assert!(h.store.profile(victim).unwrap().is_none());
+    // No stored byte names the person (`erased-or-not-7`, not `...-70` to `...-79`).
+    let id = b"erased-or-not-7";
+    let names = |b: &[u8]| {
+        b.ends_with(id)
+            || b.windows(id.len() + 1)
+                .any(|w| &w[..id.len()] == id && !w[id.len()].is_ascii_digit())
+    };
+    let mut hits = 0;
+    h.store
+        .scan_all(|k, v| {
+            if names(k) || names(v) {
+                hits += 1;
+            }
+        })
+        .unwrap();
+    assert_eq!(hits, 0, "the erased person is stored again");
+    h.close();
+}
+
+fn wait_for_backfill(h: &Harness, version: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !h
+        .ingest
+        .backfill()
+        .is_some_and(|b| b.version == version && b.finished_at.is_some())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backfill did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
