@@ -17,6 +17,19 @@ pub(crate) const NEXT_CHANGE_KEY: &[u8] = b"next_change";
 /// batches as the pages, removed when the backfill is done: a backfill cut short by a crash
 /// resumes from it.
 pub(crate) const BACKFILL_KEY: &[u8] = b"backfill";
+/// Definitions put in force before, under this prefix and a sequence number, so that a
+/// backfill can tell what changed for a profile last evaluated under any of them, not only
+/// under the definitions just replaced (most profiles are not rewritten by a backfill, so
+/// they keep the version they were last evaluated under).
+pub(crate) const DEFINITIONS_HISTORY_PREFIX: &[u8] = b"definitions_history:";
+/// Earlier definitions kept: a profile evaluated under an older one is re-evaluated whole.
+pub(crate) const DEFINITIONS_HISTORY: usize = 16;
+
+pub(crate) fn definitions_history_key(seq: u64) -> Vec<u8> {
+    let mut k = DEFINITIONS_HISTORY_PREFIX.to_vec();
+    k.extend_from_slice(&u64_key(seq));
+    k
+}
 const KNOWN_EVENT_PREFIX: &str = "event:";
 
 pub(crate) fn known_event_key(name: &str) -> Vec<u8> {
@@ -238,6 +251,23 @@ impl Store {
             }
             None => Ok(None),
         }
+    }
+
+    /// The definitions put in force before (see [`DEFINITIONS_HISTORY_PREFIX`]), oldest
+    /// first, with their sequence numbers. Entries that no longer parse are skipped: they
+    /// only make backfills faster.
+    pub(crate) fn definitions_history(&self) -> Result<Vec<(u64, Definitions)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(DEFINITIONS_HISTORY_PREFIX) {
+            let (k, v) = guard.into_inner()?;
+            let Some(seq) = k.get(DEFINITIONS_HISTORY_PREFIX.len()..).and_then(read_u64) else {
+                continue;
+            };
+            if let Ok(d) = serde_json::from_slice(&v) {
+                out.push((seq, d));
+            }
+        }
+        Ok(out)
     }
 
     /// The unfinished backfill recorded in the store: its definitions version and the last

@@ -214,6 +214,10 @@ enum Command {
     /// Store and put in force new definitions (already compiled by the caller).
     Define {
         scoring: Arc<Scoring>,
+        /// `None` when the version stays (only campaigns changed).
+        deltas: Option<Arc<Deltas>>,
+        /// Told once they are in force (the backfill thread waits for it).
+        in_force: Sender<()>,
         reply: Reply<()>,
     },
     /// Forget messageIds that arrived more than `days` before `now`.
@@ -224,9 +228,52 @@ enum Command {
     },
 }
 
-/// Which segments of the new definitions are new or edited, and where each old due index
-/// went ([`kairos_core::scoring::definitions_delta`]), from definitions of version `.0`.
-type Delta = (u64, Vec<bool>, Vec<Option<u16>>);
+/// For a profile last evaluated under earlier definitions, by their version: which
+/// segments of the definitions in force are new or edited since, and where each old due
+/// index went ([`kairos_core::scoring::definitions_delta`]). A profile under definitions
+/// not in here (forgotten, or scoring events differently) is re-evaluated whole.
+#[derive(Debug, Default)]
+pub(crate) struct Deltas {
+    by_version: HashMap<u64, (Vec<bool>, Vec<Option<u16>>)>,
+}
+
+impl Deltas {
+    /// Deltas to `new` from the definitions `in_force` and from those the store remembers.
+    fn compute(store: &Store, in_force: Option<&Scoring>, new: &Scoring) -> Self {
+        let mut out = Self::default();
+        let mut add = |old: &Scoring| {
+            if old.version != new.version
+                && old.replay_version == new.replay_version
+                && !out.by_version.contains_key(&old.version)
+            {
+                let delta = kairos_core::scoring::definitions_delta(old, new);
+                out.by_version.insert(old.version, delta);
+            }
+        };
+        if let Some(old) = in_force {
+            add(old);
+        }
+        match store.definitions_history() {
+            Ok(history) => {
+                for (_, defs) in history.iter().rev() {
+                    // Definitions the rule language of this build no longer accepts only
+                    // cost a full re-evaluation of the profiles still under them.
+                    if let Ok(old) = Scoring::compile(defs, None) {
+                        add(&old);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("earlier definitions unreadable: {e}"),
+        }
+        out
+    }
+
+    fn get(&self, from: u64) -> Option<(&[bool], &[Option<u16>])> {
+        self.by_version
+            .get(&from)
+            .map(|(c, r)| (c.as_slice(), r.as_slice()))
+    }
+}
 
 /// The reason recorded for changes definitions made.
 const REDEFINED: &str = "definitions changed";
@@ -236,7 +283,7 @@ const REDEFINED: &str = "definitions changed";
 fn redefine(
     profile: &mut Profile,
     scoring: &Scoring,
-    delta: Option<&Delta>,
+    deltas: &Deltas,
     now: Millis,
 ) -> Option<Vec<Change>> {
     if profile.derived.replay_version != scoring.replay_version && !scoring.is_empty() {
@@ -245,11 +292,9 @@ fn redefine(
     Some(if profile.derived.version == scoring.version {
         Vec::new()
     } else {
-        match delta {
-            Some((from, changed, remap)) if *from == profile.derived.version => {
-                profile.redefine(scoring, now, changed, remap)
-            }
-            _ => profile.reevaluate(scoring, now, Reason::Replay(REDEFINED)),
+        match deltas.get(profile.derived.version) {
+            Some((changed, remap)) => profile.redefine(scoring, now, changed, remap),
+            None => profile.reevaluate(scoring, now, Reason::Replay(REDEFINED)),
         }
     })
 }
@@ -298,14 +343,14 @@ struct Moved {
 fn evaluate_profiles(
     raw: &[(ProfileId, fjall::Slice)],
     scoring: &Scoring,
-    delta: Option<&Delta>,
+    deltas: &Deltas,
     now: Millis,
 ) -> Result<BackfillPage, StoreError> {
     let mut page = BackfillPage::new(scoring.version);
     for (id, bytes) in raw {
         let mut profile = Profile::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let old_timer = profile.timer();
-        match redefine(&mut profile, scoring, delta, now) {
+        match redefine(&mut profile, scoring, deltas, now) {
             None => page.replay.push(profile),
             Some(changes) if !changes.is_empty() || old_timer != profile.timer() => {
                 page.moved.push(Moved {
@@ -326,13 +371,13 @@ fn evaluate_profiles(
 fn evaluate_page(
     raw: &[(ProfileId, fjall::Slice)],
     scoring: &Scoring,
-    delta: Option<&Delta>,
+    deltas: &Deltas,
     now: Millis,
 ) -> Result<BackfillPage, StoreError> {
     let (a, b) = raw.split_at(raw.len() / 2);
     let (first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| evaluate_profiles(b, scoring, delta, now));
-        let mine = evaluate_profiles(a, scoring, delta, now);
+        let other = s.spawn(|| evaluate_profiles(b, scoring, deltas, now));
+        let mine = evaluate_profiles(a, scoring, deltas, now);
         (mine, other.join())
     });
     let second = second.map_err(|_| StoreError::Io("a backfill thread panicked".into()))?;
@@ -366,6 +411,8 @@ pub struct Ingestor {
     lateness: Lateness,
     clock: Clock,
     backfill_hook: Option<BackfillHook>,
+    /// The version of the definitions last sent to the writer.
+    defined: Arc<Mutex<u64>>,
 }
 
 /// How late due timers were processed, in milliseconds.
@@ -430,8 +477,12 @@ impl Ingestor {
             .backfill_cursor()?
             .filter(|(v, _)| *v == version)
             .map(|(_, after)| after);
+        let mut resume_deltas = None;
         if resume.is_some() {
             writer.backfill_written = Some(HashSet::default());
+            let deltas = Arc::new(Deltas::compute(&store, None, &store.scoring()));
+            writer.deltas = deltas.clone();
+            resume_deltas = Some(deltas);
         }
         let (internal, internal_rx) = crossbeam_channel::unbounded();
         let handle = std::thread::Builder::new()
@@ -456,11 +507,11 @@ impl Ingestor {
             lateness,
             clock: ingestor_clock,
             backfill_hook,
+            defined: Arc::new(Mutex::new(version)),
         };
-        if let Some(after) = resume {
+        if let (Some(after), Some(deltas)) = (resume, resume_deltas) {
             let now = ingestor.clock.now();
-            // The definitions it started from are gone: every profile is re-evaluated whole.
-            ingestor.spawn_backfill(version, version, after, None, now)?;
+            ingestor.spawn_backfill(version, None, after, deltas, now)?;
         }
         Ok((ingestor, handle))
     }
@@ -473,36 +524,43 @@ impl Ingestor {
         now: Millis,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let scoring = Arc::new(scoring);
-        let old = self.store.scoring();
-        let previous = old.version;
+        // Compared with the definitions last sent, not those in force: the writer may not
+        // have reached those yet, and a revert to what is in force is still a change then.
+        let mut sent = self
+            .defined
+            .lock()
+            .map_err(|_| StoreError::Io("definitions lock poisoned".into()))?;
+        // Only campaigns changed: no profile's segments or scores can differ.
+        let same = scoring.version == *sent;
+        let deltas = (!same).then(|| {
+            let in_force = self.store.scoring();
+            Arc::new(Deltas::compute(&self.store, Some(&in_force), &scoring))
+        });
+        let (in_force_tx, in_force_rx) = crossbeam_channel::bounded(1);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Define {
                 scoring: scoring.clone(),
+                deltas: deltas.clone(),
+                in_force: in_force_tx,
                 reply,
             })
             .map_err(|_| StoreError::WriterStopped)?;
-        if scoring.version == previous {
-            // Only campaigns changed: no profile's segments or scores can differ.
-            return Ok(rx);
+        *sent = scoring.version;
+        if let Some(deltas) = deltas {
+            self.spawn_backfill(scoring.version, Some(in_force_rx), None, deltas, now)?;
         }
-        // The same delta the writer computes when it puts the definitions in force.
-        let delta = (old.replay_version == scoring.replay_version).then(|| {
-            let (changed, remap) = kairos_core::scoring::definitions_delta(&old, &scoring);
-            (old.version, changed, remap)
-        });
-        self.spawn_backfill(scoring.version, previous, None, delta, now)?;
         Ok(rx)
     }
 
-    /// Starts the backfill thread for definitions `version` (replacing `previous`), over
-    /// the profiles after `after`.
+    /// Starts the backfill thread for definitions `version`, over the profiles after
+    /// `after`, once `in_force` says the writer has put them in force.
     fn spawn_backfill(
         &self,
         version: u64,
-        previous: u64,
+        in_force: Option<crossbeam_channel::Receiver<()>>,
         after: Option<ProfileId>,
-        delta: Option<Delta>,
+        deltas: Arc<Deltas>,
         now: Millis,
     ) -> Result<(), StoreError> {
         let total = self.store.approximate_counts().profiles;
@@ -526,18 +584,14 @@ impl Ingestor {
         std::thread::Builder::new()
             .name("kairos-backfill".into())
             .spawn(move || {
-                // Start once the writer has put the definitions in force.
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while store.scoring().version == previous
-                    && previous != version
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(2));
+                // Gone without a word: the writer stopped.
+                if in_force.is_some_and(|rx| rx.recv().is_err()) {
+                    return;
                 }
                 let run = Run {
                     version,
                     after,
-                    delta,
+                    deltas,
                     hook,
                 };
                 if let Err(e) = run_backfill(&store, &tx, &progress, run, &clock) {
@@ -776,9 +830,11 @@ struct Writer {
     next_dead: u64,
     suppress_active: bool,
     graveyard: Sender<Garbage>,
-    /// From the previous definitions to these, when only segments changed: lets a backfill
+    /// From earlier definitions to these, when only segments changed: lets a backfill
     /// evaluate just the new and edited segments.
-    delta: Option<Delta>,
+    deltas: Arc<Deltas>,
+    /// The sequence number the next entry of the definitions history gets.
+    next_history: u64,
     scoring: Arc<Scoring>,
     next_change: u64,
     /// `next_change` as the newest batch stores it.
@@ -806,6 +862,10 @@ impl Writer {
         let (last_seq, last_dead) = store.last_seqs()?;
         let next_change = store.next_change_seq()?;
         let known_events = store.known_events()?.into_iter().collect();
+        let next_history = store
+            .definitions_history()?
+            .last()
+            .map_or(0, |(seq, _)| seq + 1);
         let committer = Committer::start(store.clone())?;
         Ok(Self {
             dedupe_probe: crate::probe::Probe::start(
@@ -839,7 +899,8 @@ impl Writer {
             next_seq: last_seq + 1,
             next_dead: last_dead + 1,
             graveyard,
-            delta: None,
+            deltas: Arc::default(),
+            next_history,
             stats: HashMap::default(),
         })
     }
@@ -996,20 +1057,22 @@ impl Writer {
                         self.batch.remove(&self.store.meta, BACKFILL_KEY);
                     }
                     Command::BackfillDone(_) => {}
-                    Command::Define { scoring, reply } => {
+                    Command::Define {
+                        scoring,
+                        deltas,
+                        in_force,
+                        reply,
+                    } => {
                         let json = serde_json::to_vec(&scoring.definitions)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        self.batch.insert(&self.store.meta, DEFINITIONS_KEY, json);
-                        self.delta =
-                            (self.scoring.replay_version == scoring.replay_version).then(|| {
-                                let (changed, remap) = kairos_core::scoring::definitions_delta(
-                                    &self.scoring,
-                                    &scoring,
-                                );
-                                (self.scoring.version, changed, remap)
-                            });
+                        self.batch
+                            .insert(&self.store.meta, DEFINITIONS_KEY, json.clone());
+                        if let Some(deltas) = deltas {
+                            self.deltas = deltas;
+                        }
                         // Campaign-only edits keep the version: no backfill follows.
                         if scoring.version != self.scoring.version {
+                            self.remember_definitions(json)?;
                             // The backfill thread starts reading as soon as the definitions
                             // are in force: whatever the writer wrote before must be in the
                             // store by then, and whatever it writes after is tracked.
@@ -1023,6 +1086,7 @@ impl Writer {
                         }
                         self.scoring = scoring.clone();
                         self.store.set_scoring(scoring);
+                        let _ = in_force.send(());
                         defined.push(reply);
                     }
                     Command::PruneDedupe { now, days, reply } => {
@@ -1737,6 +1801,23 @@ impl Writer {
         Ok(reached)
     }
 
+    /// Adds definitions (as stored) to the history the backfill's deltas come from, and
+    /// forgets the oldest beyond [`crate::store::DEFINITIONS_HISTORY`].
+    fn remember_definitions(&mut self, json: Vec<u8>) -> Result<(), StoreError> {
+        let seq = self.next_history;
+        self.next_history += 1;
+        let meta = &self.store.meta;
+        self.batch
+            .insert(meta, crate::store::definitions_history_key(seq), json);
+        let keep = crate::store::DEFINITIONS_HISTORY as u64;
+        if seq >= keep {
+            // One in, one out: only the entry that fell off can still be there.
+            self.batch
+                .remove(meta, crate::store::definitions_history_key(seq - keep));
+        }
+        Ok(())
+    }
+
     /// Whether the writer may hold a newer copy of profile `id` than one the backfill read:
     /// changed in this group, or written (or merged away) since the backfill started. A
     /// cached copy that is neither is the stored one, which the backfill read.
@@ -1788,7 +1869,10 @@ impl Writer {
             }
             self.record_effects(pid, m.old_timer, m.profile.timer(), &m.changes)?;
             self.dirty.insert(pid);
-            self.cache.insert(pid, m.profile);
+            // The copy it replaces, if cached, is freed off this thread.
+            if let Some(old) = self.cache.insert(pid, m.profile) {
+                garbage.push(old);
+            }
         }
         for p in replay {
             if self.backfill_erased.contains(&p.id) {
@@ -1836,7 +1920,7 @@ impl Writer {
         let pid = profile.id;
         let old_timer = profile.timer();
         let now = self.opts.clock.now();
-        let changes = match redefine(&mut profile, &self.scoring, self.delta.as_ref(), now) {
+        let changes = match redefine(&mut profile, &self.scoring, &self.deltas, now) {
             Some(changes) => changes,
             None => {
                 let mut events = self.history(&profile.log_heads)?;
@@ -2155,11 +2239,11 @@ fn run_timers(
 }
 
 /// What one backfill covers: definitions `version`, the profiles after `after`, and the
-/// delta from the definitions before (when known).
+/// deltas from earlier definitions.
 struct Run {
     version: u64,
     after: Option<ProfileId>,
-    delta: Option<Delta>,
+    deltas: Arc<Deltas>,
     hook: Option<BackfillHook>,
 }
 
@@ -2176,7 +2260,7 @@ fn run_backfill(
     let Run {
         version,
         after,
-        delta,
+        deltas,
         hook,
     } = run;
     let mut pages = 0u64;
@@ -2226,7 +2310,7 @@ fn run_backfill(
         if raw.is_empty() {
             return Ok(true);
         }
-        let page = evaluate_page(&raw, &scoring, delta.as_ref(), clock.now())?;
+        let page = evaluate_page(&raw, &scoring, &deltas, clock.now())?;
         if let Some(h) = &hook {
             (h.0)(pages);
         }
@@ -2251,4 +2335,89 @@ fn run_backfill(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use kairos_core::{Definitions, SegmentDef};
+
+    fn segment(rule: &str) -> SegmentDef {
+        SegmentDef {
+            rule: rule.into(),
+            ..SegmentDef::default()
+        }
+    }
+
+    fn define(ingest: &Ingestor, defs: &Definitions) -> Arc<Scoring> {
+        let scoring = Scoring::compile(defs, None).unwrap();
+        ingest
+            .define(scoring, 0)
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        ingest.store.scoring()
+    }
+
+    /// Most profiles are not rewritten by a backfill and keep the version they were last
+    /// evaluated under; the next backfill must know what changed since then, too.
+    #[test]
+    fn deltas_reach_back_to_every_remembered_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::StoreOptions::default()).unwrap();
+        let (ingest, handle) = Ingestor::start(store.clone(), WriterOptions::default()).unwrap();
+        let mut defs = Definitions::default();
+        defs.segments.insert("a".into(), segment("orders >= 1"));
+        let v0 = define(&ingest, &defs);
+        defs.segments.insert("b".into(), segment("orders >= 2"));
+        let v1 = define(&ingest, &defs);
+        defs.segments.insert("a".into(), segment("orders >= 3"));
+        defs.segments.insert("c".into(), segment("orders >= 4"));
+        let v2 = define(&ingest, &defs);
+        let deltas = Deltas::compute(&store, None, &v2);
+        // v2's segments by position: a (edited), b, c (new).
+        let names: Vec<&str> = v2.segments.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(deltas.get(v1.version).unwrap().0, [true, false, true]);
+        assert_eq!(deltas.get(v0.version).unwrap().0, [true, true, true]);
+        assert_eq!(deltas.get(v0.version).unwrap().1, [Some(0)]);
+        assert!(deltas.get(v2.version).is_none());
+        drop(ingest);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn the_definitions_history_keeps_the_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::StoreOptions::default()).unwrap();
+        let (ingest, handle) = Ingestor::start(store.clone(), WriterOptions::default()).unwrap();
+        let n = crate::store::DEFINITIONS_HISTORY + 5;
+        let mut defs = Definitions::default();
+        for i in 0..n {
+            defs.segments
+                .insert("s".into(), segment(&format!("orders >= {i}")));
+            define(&ingest, &defs);
+        }
+        drop(ingest);
+        handle.join().unwrap();
+        // Reopened: the sequence goes on from the stored entries.
+        let (ingest, handle) = Ingestor::start(store.clone(), WriterOptions::default()).unwrap();
+        defs.segments.insert("s".into(), segment("orders >= 1000"));
+        define(&ingest, &defs);
+        drop(ingest);
+        handle.join().unwrap();
+        let history = store.definitions_history().unwrap();
+        assert_eq!(history.len(), crate::store::DEFINITIONS_HISTORY);
+        let rules: Vec<String> = history
+            .iter()
+            .map(|(_, d)| d.segments["s"].rule.clone())
+            .collect();
+        let mut expected: Vec<String> = (n + 1 - crate::store::DEFINITIONS_HISTORY..n)
+            .map(|i| format!("orders >= {i}"))
+            .collect();
+        expected.push("orders >= 1000".into());
+        assert_eq!(rules, expected);
+    }
 }

@@ -270,3 +270,62 @@ fn wait_for_backfill(h: &Harness, version: u64) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Definitions edited and at once reverted, both before the writer reached the edit: the
+/// revert compared itself with the definitions still in force, took itself for a no-op
+/// and started no backfill, so the edit's backfill stopped half way and its cursor made
+/// every restart start it again.
+#[test]
+fn definitions_reverted_before_the_edit_took_effect_still_get_their_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with_defaults(dir.path(), Clock(Arc::new(|| T0 + 3_600_000)));
+    let orders: Vec<_> = (0..2000usize)
+        .map(|u| {
+            track(
+                &format!("m{u}"),
+                "Order Completed",
+                Some(&format!("u{u}")),
+                None,
+                T0 + u as i64,
+                json!({"revenue": (u % 100) as i64}),
+            )
+        })
+        .collect();
+    h.send(orders);
+    let original = default_definitions();
+    let mut edited = original.clone();
+    edited.segments.insert(
+        "spenders".into(),
+        SegmentDef {
+            rule: "lifetime_revenue >= 50".into(),
+            priority: 0,
+            ..SegmentDef::default()
+        },
+    );
+    let compile = |d: &kairos_core::Definitions| kairos_core::Scoring::compile(d, None).unwrap();
+    let reverted_version = compile(&original).version;
+    let pause = h.ingest.pause().unwrap();
+    let edit = h.ingest.define(compile(&edited), 0).unwrap();
+    let revert = h.ingest.define(compile(&original), 0).unwrap();
+    drop(pause);
+    edit.blocking_recv().unwrap().unwrap();
+    revert.blocking_recv().unwrap().unwrap();
+    assert_eq!(h.store.scoring().version, reverted_version);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match h.ingest.backfill() {
+            Some(b) if b.version == reverted_version && b.finished_at.is_some() => break,
+            b => assert!(
+                std::time::Instant::now() < deadline,
+                "no backfill of the reverted definitions finished: {b:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.store.segment_size("spenders").unwrap(), 0);
+    h.close();
+    // Nothing left to resume.
+    let h = Harness::open(dir.path());
+    assert_eq!(h.ingest.backfill(), None);
+    h.close();
+}
