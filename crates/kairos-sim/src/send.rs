@@ -27,6 +27,11 @@ pub struct SimulateArgs {
     /// simulated time starts now and runs N times faster than the wall clock.
     #[arg(long, default_value_t = 0.0)]
     pub speed: f64,
+    /// The instant the simulated history starts (ISO-8601, e.g. `2026-11-01T00:00:00Z`)
+    /// instead of `days` before now, so that the same seed gives the same events whatever
+    /// the day: weekdays, time zones and DST fall the same way. Not with `--speed`.
+    #[arg(long, conflicts_with = "speed")]
+    pub start: Option<jiff::Timestamp>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Also (or only, without --target) write the events as Segment JSONL (`.gz`: gzipped).
@@ -212,10 +217,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimSummary> {
         anyhow::bail!("a write key is needed to send: --write-key or KAIROS_WRITE_KEY (kairos serve prints one)");
     }
     let live = args.speed > 0.0;
-    let start_ms = if live {
-        now_ms()
-    } else {
-        (now_ms() - args.days as i64 * DAY).div_euclid(60_000) * 60_000
+    let start_ms = match args.start {
+        Some(t) => t.as_millisecond(),
+        None if live => now_ms(),
+        None => (now_ms() - args.days as i64 * DAY).div_euclid(60_000) * 60_000,
     };
     let sim = Simulation::new(SimConfig {
         people: args.people,

@@ -51,18 +51,7 @@ fn a_backfill_while_ingesting_ends_with_exactly_the_matching_members() {
     for chunk in second.chunks(50) {
         h.send(chunk.to_vec());
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !h
-        .ingest
-        .backfill()
-        .is_some_and(|b| b.version == version && b.finished_at.is_some())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backfill did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_backfill(&h, version);
     let members: std::collections::BTreeSet<_> = h
         .store
         .segment_members("spenders", None, usize::MAX)
@@ -99,18 +88,7 @@ fn a_backfill_cut_short_by_a_stop_resumes_when_the_store_reopens() {
     };
     let h = Harness::with_defaults(dir.path(), clock.clone());
     let people = 10_000usize;
-    let orders: Vec<_> = (0..people)
-        .map(|u| {
-            track(
-                &format!("m{u}"),
-                "Order Completed",
-                Some(&format!("u{u}")),
-                None,
-                T0 + u as i64,
-                json!({"revenue": (u % 100) as i64}),
-            )
-        })
-        .collect();
+    let orders = one_order_each(people);
     for chunk in orders.chunks(1000) {
         h.send(chunk.to_vec());
     }
@@ -256,6 +234,22 @@ fn a_profile_erased_while_the_backfill_holds_its_copy_stays_erased() {
     h.close();
 }
 
+/// Person `u{i}` orders once, for `i % 100`.
+fn one_order_each(people: usize) -> Vec<kairos_core::Event> {
+    (0..people)
+        .map(|u| {
+            track(
+                &format!("m{u}"),
+                "Order Completed",
+                Some(&format!("u{u}")),
+                None,
+                T0 + u as i64,
+                json!({"revenue": (u % 100) as i64}),
+            )
+        })
+        .collect()
+}
+
 fn wait_for_backfill(h: &Harness, version: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !h
@@ -279,19 +273,7 @@ fn wait_for_backfill(h: &Harness, version: u64) {
 fn definitions_reverted_before_the_edit_took_effect_still_get_their_backfill() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::with_defaults(dir.path(), Clock(Arc::new(|| T0 + 3_600_000)));
-    let orders: Vec<_> = (0..2000usize)
-        .map(|u| {
-            track(
-                &format!("m{u}"),
-                "Order Completed",
-                Some(&format!("u{u}")),
-                None,
-                T0 + u as i64,
-                json!({"revenue": (u % 100) as i64}),
-            )
-        })
-        .collect();
-    h.send(orders);
+    h.send(one_order_each(2000));
     let original = default_definitions();
     let mut edited = original.clone();
     edited.segments.insert(
