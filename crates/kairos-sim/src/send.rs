@@ -27,8 +27,9 @@ pub struct SimulateArgs {
     /// simulated time starts now and runs N times faster than the wall clock.
     #[arg(long, default_value_t = 0.0)]
     pub speed: f64,
-    /// The instant the simulated history starts (ISO-8601, e.g. `2026-11-01T00:00:00Z`)
-    /// instead of `days` before now, so that the same seed gives the same events whatever
+    /// The instant the simulated days start (ISO-8601, e.g. `2026-11-01T00:00:00Z`; people
+    /// in zones east of UTC begin their first day some hours before) instead of `days`
+    /// before now, so that the same seed gives the same events whatever
     /// the day: weekdays, time zones and DST fall the same way. Not with `--speed`.
     #[arg(long, conflicts_with = "speed")]
     pub start: Option<jiff::Timestamp>,
@@ -218,6 +219,11 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimSummary> {
     }
     let live = args.speed > 0.0;
     let start_ms = match args.start {
+        // A history running past now would send events from the future.
+        Some(t) if t.as_millisecond() + args.days as i64 * DAY > now_ms() => anyhow::bail!(
+            "--start {t} plus --days {} ends after now: start earlier or simulate fewer days",
+            args.days
+        ),
         Some(t) => t.as_millisecond(),
         None if live => now_ms(),
         None => (now_ms() - args.days as i64 * DAY).div_euclid(60_000) * 60_000,
