@@ -28,6 +28,9 @@ fn train_evaluate_and_manage_models_on_a_simulated_history() {
             "40",
             "--seed",
             "5",
+            // The same events whatever day the test runs.
+            "--start",
+            "2026-10-05T00:00:00Z",
             "--out",
             events.to_str().unwrap(),
         ],

@@ -22,6 +22,9 @@ fn the_send_time_model_beats_a_fixed_hour_and_the_populations_hour() {
             "35",
             "--seed",
             "3",
+            // The same events whatever day the test runs.
+            "--start",
+            "2026-10-05T00:00:00Z",
             "--out",
             events.to_str().unwrap(),
             "--truth",
