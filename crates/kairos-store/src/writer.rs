@@ -479,7 +479,7 @@ impl Ingestor {
             .map(|(_, after)| after);
         let mut resume_deltas = None;
         if resume.is_some() {
-            writer.backfill_written = Some(HashSet::default());
+            writer.backfill = Some(BackfillWatch::default());
             let deltas = Arc::new(Deltas::compute(&store, None, &store.scoring()));
             writer.deltas = deltas.clone();
             resume_deltas = Some(deltas);
@@ -841,12 +841,8 @@ struct Writer {
     written_next_change: u64,
     /// Event names ever seen, so rules naming others get a warning.
     known_events: HashSet<String>,
-    /// While a backfill runs: profiles written since it started, whose copy the backfill
-    /// read may be stale.
-    backfill_written: Option<HashSet<ProfileId>>,
-    /// While a backfill runs: profiles erased since it started. A copy the backfill read
-    /// before must not come back.
-    backfill_erased: HashSet<ProfileId>,
+    /// While a backfill runs: what happened to profiles since it started.
+    backfill: Option<BackfillWatch>,
     lateness: Lateness,
     /// Campaign report counters written so far (see [`Writer::count_stat`]).
     stats: HashMap<Vec<u8>, (u64, f64)>,
@@ -880,8 +876,7 @@ impl Writer {
             inflight: false,
             inflight_writes: Unwritten::default(),
             lateness,
-            backfill_written: None,
-            backfill_erased: HashSet::default(),
+            backfill: None,
             known_events,
             scoring: store.scoring(),
             next_change,
@@ -1052,8 +1047,7 @@ impl Writer {
                         dones.push(done);
                     }
                     Command::BackfillDone(v) if v == self.scoring.version => {
-                        self.backfill_written = None;
-                        self.backfill_erased.clear();
+                        self.backfill = None;
                         self.batch.remove(&self.store.meta, BACKFILL_KEY);
                     }
                     Command::BackfillDone(_) => {}
@@ -1072,13 +1066,12 @@ impl Writer {
                         }
                         // Campaign-only edits keep the version: no backfill follows.
                         if scoring.version != self.scoring.version {
-                            self.remember_definitions(json)?;
+                            self.remember_definitions(json);
                             // The backfill thread starts reading as soon as the definitions
                             // are in force: whatever the writer wrote before must be in the
                             // store by then, and whatever it writes after is tracked.
                             self.settle()?;
-                            self.backfill_written = Some(HashSet::default());
-                            self.backfill_erased.clear();
+                            self.backfill = Some(BackfillWatch::default());
                             // Committed with the definitions: a crash before the first
                             // page still leaves a backfill to resume.
                             let cursor = u64_key(scoring.version).to_vec();
@@ -1803,7 +1796,7 @@ impl Writer {
 
     /// Adds definitions (as stored) to the history the backfill's deltas come from, and
     /// forgets the oldest beyond [`crate::store::DEFINITIONS_HISTORY`].
-    fn remember_definitions(&mut self, json: Vec<u8>) -> Result<(), StoreError> {
+    fn remember_definitions(&mut self, json: Vec<u8>) {
         let seq = self.next_history;
         self.next_history += 1;
         let meta = &self.store.meta;
@@ -1815,18 +1808,25 @@ impl Writer {
             self.batch
                 .remove(meta, crate::store::definitions_history_key(seq - keep));
         }
-        Ok(())
     }
 
     /// Whether the writer may hold a newer copy of profile `id` than one the backfill read:
     /// changed in this group, or written (or merged away) since the backfill started. A
     /// cached copy that is neither is the stored one, which the backfill read.
     fn has_newer_copy(&self, id: ProfileId) -> bool {
-        self.dirty.contains(&id)
-            || self
-                .backfill_written
-                .as_ref()
-                .is_some_and(|w| w.contains(&id))
+        self.dirty.contains(&id) || self.written_since_backfill(id)
+    }
+
+    fn written_since_backfill(&self, id: ProfileId) -> bool {
+        self.backfill
+            .as_ref()
+            .is_some_and(|w| w.written.contains(&id))
+    }
+
+    fn erased_since_backfill(&self, id: ProfileId) -> bool {
+        self.backfill
+            .as_ref()
+            .is_some_and(|w| w.erased.contains(&id))
     }
 
     /// Records a backfill page, evaluated by the backfill threads against the definitions in
@@ -1849,7 +1849,7 @@ impl Writer {
         } = page;
         let mut garbage = Vec::new();
         for id in unchanged {
-            if self.backfill_erased.contains(&id) {
+            if self.erased_since_backfill(id) {
                 continue;
             }
             if self.has_newer_copy(id) {
@@ -1858,7 +1858,7 @@ impl Writer {
         }
         for m in moved {
             let pid = m.profile.id;
-            if self.backfill_erased.contains(&pid) {
+            if self.erased_since_backfill(pid) {
                 garbage.push(m.profile);
                 continue;
             }
@@ -1875,7 +1875,7 @@ impl Writer {
             }
         }
         for p in replay {
-            if self.backfill_erased.contains(&p.id) {
+            if self.erased_since_backfill(p.id) {
                 garbage.push(p);
                 continue;
             }
@@ -1903,10 +1903,7 @@ impl Writer {
     ) -> Result<Option<Profile>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
         let cached = self.cache.remove(&id);
-        let stale = self
-            .backfill_written
-            .as_ref()
-            .is_some_and(|w| w.contains(&id));
+        let stale = self.written_since_backfill(id);
         // A copy taken from the cache (also under the id a merge moved it to) goes back.
         let from_cache = cached.is_some() || stale || read.is_none();
         let mut profile = match (cached, read) {
@@ -1986,8 +1983,8 @@ impl Writer {
         }
         self.pending.redirects.insert(from.0, to.0);
         // A backfill that read `from` before must not write it back.
-        if let Some(w) = self.backfill_written.as_mut() {
-            w.insert(from);
+        if let Some(w) = self.backfill.as_mut() {
+            w.written.insert(from);
         }
         self.batch
             .insert(&s.redirects, u64_key(from.0), u64_key(to.0));
@@ -2025,8 +2022,8 @@ impl Writer {
         for id in self.dirty.drain() {
             if let Some(p) = self.cache.get(&id) {
                 batch.insert(&self.store.profiles, u64_key(id.0), p.encode());
-                if let Some(w) = self.backfill_written.as_mut() {
-                    w.insert(id);
+                if let Some(w) = self.backfill.as_mut() {
+                    w.written.insert(id);
                 }
             }
         }
@@ -2155,8 +2152,8 @@ impl Writer {
         self.batch.remove(&s.profiles, u64_key(id.0));
         self.cache.remove(&id);
         self.dirty.remove(&id);
-        if self.backfill_written.is_some() {
-            self.backfill_erased.extend(ids);
+        if let Some(w) = self.backfill.as_mut() {
+            w.erased.extend(ids);
         }
         Ok(Some(erased))
     }
@@ -2236,6 +2233,16 @@ fn run_timers(
             std::thread::sleep(interval);
         }
     }
+}
+
+/// What the writer did to profiles while a backfill runs, so that copies the backfill read
+/// before are not taken for current ones.
+#[derive(Default)]
+struct BackfillWatch {
+    /// Written (or merged away): the copy read may be stale.
+    written: HashSet<ProfileId>,
+    /// Erased: the copy read must not come back.
+    erased: HashSet<ProfileId>,
 }
 
 /// What one backfill covers: definitions `version`, the profiles after `after`, and the
