@@ -14,13 +14,14 @@
 //! | `meta`       | `definitions`, `next_change`, `event:<name>` | JSON, u64, empty      |
 //! | `timers`     | due time (i64), profile (u64)         | empty                        |
 //! | `members`    | segment name, 0, profile (u64)        | entered at (i64)             |
-//! | `stream_changes` | stream name, 0, change seq (u64)  | change (JSON)                |
+//! | `stream_changes` | stream name, 0, change seq (u64)  | change ([`Change::encode`])  |
 //! | `timeline`   | profile (u64), change seq (u64)       | stream name                  |
 //! | `catalog`    | product id (UTF-8)                    | item (JSON)                  |
 //!
 //! Stream names: `segment:<name>`, `tier:<score>`, `primary`.
 //!
 //! [`Profile`]: kairos_core::Profile
+//! [`Change::encode`]: kairos_core::Change::encode
 
 use kairos_core::{Millis, ProfileId};
 

@@ -160,7 +160,8 @@ pub struct Store {
 }
 
 fn decode_change(bytes: &[u8]) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("change: {e}")))
+    kairos_core::Change::decode_record(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("change: {e}")))
 }
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {

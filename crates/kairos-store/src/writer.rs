@@ -1669,7 +1669,7 @@ impl Writer {
                 _ => {}
             }
             let stream = c.stream();
-            let bytes = c.record(seq, &id.to_string());
+            let bytes = c.encode(seq, id);
             self.batch
                 .insert(&s.stream_changes, named_key(&stream, seq), bytes);
             self.batch
