@@ -27,7 +27,7 @@ use kairos_recs::model::{BuildStats, Seen};
 use kairos_recs::{
     Context, Item, Method, Recommendation, RecsConfig, RecsError, Request, Snapshot,
 };
-use kairos_store::{LogPage, Store, StoreError};
+use kairos_store::{EventParts, LogPage, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -197,7 +197,9 @@ impl Recs {
 /// only the events that can be interactions decoded (most of a shop's log is pages,
 /// sessions, checkouts and email events).
 fn read_log(store: &Store, after: u64, vocab: &Vocabulary) -> Result<LogPage, StoreError> {
-    store.log_after_where(after, LOG_BATCH, &|json| may_interact(json, vocab))
+    store.log_after_where(after, LOG_BATCH, EventParts::WithoutContext, &|json| {
+        may_interact(json, vocab)
+    })
 }
 
 /// Reads only `type` and `event` of a stored event (the rest is skipped, not built).

@@ -18,8 +18,8 @@ pub mod store;
 pub mod writer;
 
 pub use store::{
-    outbox_key, BackgroundWork, Counts, DeadLetter, LogPage, OutboxRow, Store, StoreOptions,
-    StoredEvent,
+    outbox_key, BackgroundWork, Counts, DeadLetter, EventParts, LogPage, OutboxRow, Store,
+    StoreOptions, StoredEvent,
 };
 pub use writer::{
     Backfill, BackfillHook, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull,

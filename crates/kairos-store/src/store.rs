@@ -101,6 +101,16 @@ pub struct DeadLetter {
     pub raw: String,
 }
 
+/// What [`Store::log_after_where`] decodes of each wanted event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventParts {
+    All,
+    /// Everything but `context` and `traits` (left empty): the context an SDK sends
+    /// (library, page, user agent...) is most of a stored event, and readers of product
+    /// interactions do not look at it.
+    WithoutContext,
+}
+
 /// A page of the log read by [`Store::log_after_where`].
 #[derive(Debug, Default)]
 pub struct LogPage {
@@ -166,6 +176,56 @@ fn decode_change(bytes: &[u8]) -> Result<serde_json::Value, StoreError> {
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
+}
+
+/// [`decode_event`] for [`EventParts::WithoutContext`]: the same fields as [`Event`]'s
+/// serde form, but `context` and `traits` are skipped over, not built.
+fn decode_event_without_context(bytes: &[u8]) -> Result<Event, StoreError> {
+    use kairos_core::EventKind;
+    use serde_json::{Map, Value};
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        message_id: String,
+        #[serde(rename = "type")]
+        kind: EventKind,
+        #[serde(default)]
+        event: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
+        anonymous_id: Option<String>,
+        #[serde(default)]
+        previous_id: Option<String>,
+        #[serde(default)]
+        group_id: Option<String>,
+        timestamp: Millis,
+        received_at: Millis,
+        #[serde(default)]
+        properties: Map<String, Value>,
+        #[serde(default)]
+        source: String,
+    }
+    let l: Lean =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?;
+    Ok(Event {
+        message_id: l.message_id,
+        kind: l.kind,
+        event: l.event,
+        name: l.name,
+        user_id: l.user_id,
+        anonymous_id: l.anonymous_id,
+        previous_id: l.previous_id,
+        group_id: l.group_id,
+        timestamp: l.timestamp,
+        received_at: l.received_at,
+        properties: l.properties,
+        traits: Map::new(),
+        context: Map::new(),
+        source: l.source,
+    })
 }
 
 impl Store {
@@ -631,18 +691,26 @@ impl Store {
 
     /// Events in arrival order with seq > `after` (export, replay, audits).
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        Ok(self.log_after_where(after, limit, &|_| true)?.events)
+        Ok(self
+            .log_after_where(after, limit, EventParts::All, &|_| true)?
+            .events)
     }
 
     /// The log after `after` in arrival order, `limit` events scanned, of which only those
     /// whose stored JSON `wanted` accepts are decoded and returned: a reader that needs a
-    /// few kinds of event (recommendations read product events) skips building the rest.
+    /// few kinds of event (recommendations read product events) skips building the rest,
+    /// and with [`EventParts::WithoutContext`] the bulk of the ones it wants.
     pub fn log_after_where(
         &self,
         after: u64,
         limit: usize,
+        parts: EventParts,
         wanted: &dyn Fn(&[u8]) -> bool,
     ) -> Result<LogPage, StoreError> {
+        let decode = match parts {
+            EventParts::All => decode_event,
+            EventParts::WithoutContext => decode_event_without_context,
+        };
         let mut page = LogPage::default();
         let from = after.saturating_add(1);
         let start = match self.chunk_of(from)? {
@@ -660,7 +728,7 @@ impl Store {
                         if wanted(r.payload) {
                             page.events.push(StoredEvent {
                                 seq,
-                                event: decode_event(r.payload)?,
+                                event: decode(r.payload)?,
                             });
                         }
                         page.last = Some(seq);

@@ -666,3 +666,39 @@ fn configured_traits_identify_people() {
     assert_eq!(p.user_ids(), vec!["crm-7".to_string()]);
     h.close();
 }
+
+#[test]
+fn the_log_read_without_context_holds_everything_else_of_each_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    let mut viewed = track(
+        "v1",
+        "Product Viewed",
+        Some("u1"),
+        None,
+        10,
+        json!({"product_id": "p1", "price": 12.5, "tags": ["a", "b"]}),
+    );
+    viewed.context = json!({"library": {"name": "analytics-python"}, "ip": "10.0.0.1"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    viewed.traits = json!({"plan": "pro"}).as_object().cloned().unwrap();
+    let page = ev(EventKind::Page, "pg", None, Some("a1"), 11);
+    h.send(vec![viewed, page]);
+    let full = h.store.log_after(0, 10).unwrap();
+    let lean = h
+        .store
+        .log_after_where(0, 10, kairos_store::EventParts::WithoutContext, &|_| true)
+        .unwrap();
+    assert_eq!(lean.scanned, 2);
+    assert_eq!(lean.events.len(), 2);
+    for (f, l) in full.iter().zip(&lean.events) {
+        let mut expected = f.event.clone();
+        expected.context.clear();
+        expected.traits.clear();
+        assert_eq!((l.seq, &l.event), (f.seq, &expected));
+    }
+    assert!(!full[0].event.context.is_empty() && !full[0].event.traits.is_empty());
+    h.close();
+}
