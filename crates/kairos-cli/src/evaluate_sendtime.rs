@@ -93,7 +93,7 @@ pub fn run(args: SendTimeArgs) -> anyhow::Result<()> {
         let zone = time_zone(&zone_name).or_else(|| time_zone("UTC"));
         for ev in &events {
             if ev.timestamp < cutoff {
-                engagement.record(ev, tz.as_deref());
+                engagement.record(ev, tz);
                 continue;
             }
             let mid = ev

@@ -1114,11 +1114,8 @@ fn optimal_moment(
     explore: f64,
 ) -> Option<(Millis, String)> {
     let campaigns = &view.scoring.campaigns;
-    let tz_name = view
-        .state
-        .timezone()
-        .unwrap_or_else(|| campaigns.default_timezone.clone());
-    let tz = time_zone(&tz_name)?;
+    let tz_name = view.state.timezone().unwrap_or(&campaigns.default_timezone);
+    let tz = time_zone(tz_name)?;
     let priors = view.scoring.send_time_priors();
     let prior = priors.prior(view.derived.primary.as_deref());
     let quiet = if c.quiet_hours {
@@ -1127,7 +1124,7 @@ fn optimal_moment(
         None
     };
     let slots: Vec<crate::sendtime::Slot> =
-        crate::sendtime::slots(view.engagement, &prior, Some(&tz_name), now, within)
+        crate::sendtime::slots(view.engagement, &prior, Some(tz_name), now, within)
             .into_iter()
             .filter(|s| quiet.is_none_or(|q| q.deferral(s.at, &tz).is_none()))
             .collect();
@@ -1598,10 +1595,8 @@ impl Messaging {
         let campaigns = &view.scoring.campaigns;
         if c.quiet_hours {
             if let Some(q) = campaigns.quiet_hours {
-                let tz_name = state
-                    .timezone()
-                    .unwrap_or_else(|| campaigns.default_timezone.clone());
-                if let Some(tz) = time_zone(&tz_name) {
+                let tz_name = state.timezone().unwrap_or(&campaigns.default_timezone);
+                if let Some(tz) = time_zone(tz_name) {
                     if let Some(until) = q.deferral(now, &tz) {
                         return Some(Block::Defer(
                             until,

@@ -250,7 +250,7 @@ impl Profile {
     ) -> Vec<Change> {
         let now = now.max(ev.timestamp);
         let campaigns = !scoring.campaigns.is_empty() || !self.messaging.is_empty();
-        self.engagement.record(ev, self.state.timezone().as_deref());
+        self.engagement.record(ev, self.state.timezone());
         let mut out = if scoring.is_empty() && !campaigns {
             Vec::new()
         } else {
@@ -401,7 +401,7 @@ impl Profile {
             fresh.score_event(&self.state, ev, scoring);
         }
         // Engagement hours in the zone known at the end, like the rest of the replay.
-        let tz = self.state.timezone();
+        let tz = self.state.timezone().map(str::to_string);
         for ev in events.iter() {
             self.engagement.record(ev, tz.as_deref());
         }

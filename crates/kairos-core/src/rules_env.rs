@@ -134,7 +134,7 @@ impl ProfileEnv<'_> {
         let tz = self
             .state
             .timezone()
-            .and_then(|z| time_zone(&z))
+            .and_then(time_zone)
             .unwrap_or(jiff::tz::TimeZone::UTC);
         Some(
             jiff::Timestamp::from_millisecond(self.now)
@@ -192,7 +192,7 @@ impl Env for ProfileEnv<'_> {
             }),
             Field::Timezone => s
                 .timezone()
-                .map_or(Val::Null, |z| Val::Str(std::borrow::Cow::Owned(z))),
+                .map_or(Val::Null, |z| Val::Str(std::borrow::Cow::Borrowed(z))),
             Field::Suppressed => Val::Bool(s.suppressed.is_some()),
             _ => Val::Null,
         }

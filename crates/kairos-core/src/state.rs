@@ -538,12 +538,11 @@ impl ProfileState {
 
     /// The person's time zone: the `timezone` trait if valid, else the newest one their
     /// devices reported.
-    pub fn timezone(&self) -> Option<String> {
+    pub fn timezone(&self) -> Option<&str> {
         self.trait_value("timezone")
             .and_then(Value::as_str)
             .filter(|tz| time_zone(tz).is_some())
-            .map(str::to_string)
-            .or_else(|| self.context_timezone.as_ref().map(|s| s.value.clone()))
+            .or_else(|| self.context_timezone.as_ref().map(|s| s.value.as_str()))
     }
 
     /// Activity by local hour of week. Events that carried no zone are shifted by the
@@ -552,7 +551,7 @@ impl ProfileState {
         let mut out = self.hours_local.dense();
         let offset_hours = self
             .timezone()
-            .and_then(|tz| time_zone(&tz))
+            .and_then(time_zone)
             .and_then(|tz| {
                 let ts = jiff::Timestamp::from_millisecond(now).ok()?;
                 Some(tz.to_offset(ts).seconds() as i64 / 3600)
@@ -835,6 +834,6 @@ mod tests {
         let hours = s.hour_of_week_local(parse_timestamp("2026-03-10T00:00:00Z").expect("t"));
         assert_eq!(hours[10], 1);
         assert_eq!(hours[11], 1, "15:00 UTC shifted by the profile's -4h");
-        assert_eq!(s.timezone().as_deref(), Some("America/New_York"));
+        assert_eq!(s.timezone(), Some("America/New_York"));
     }
 }

@@ -135,7 +135,7 @@ async fn send_time(
         let a = advise(
             &p.engagement,
             &prior,
-            tz.as_deref(),
+            tz,
             p.state.email.delivered,
             now,
             within,
@@ -269,10 +269,7 @@ async fn receptive(
             };
             let prior = priors.0.prior(p.derived.primary.as_deref());
             let tz = p.state.timezone();
-            let Some(here) = slots(&p.engagement, &prior, tz.as_deref(), now, 1)
-                .into_iter()
-                .next()
-            else {
+            let Some(here) = slots(&p.engagement, &prior, tz, now, 1).into_iter().next() else {
                 continue;
             };
             if here.lift >= min_lift {
