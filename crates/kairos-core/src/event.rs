@@ -75,6 +75,55 @@ pub struct Event {
 }
 
 impl Event {
+    /// Reads an event stored in its serde JSON form, skipping `context` and `traits` (left
+    /// empty) instead of building them: readers of product interactions need neither, and
+    /// the context an SDK sends is most of a stored event. Kept beside [`Event`] because it
+    /// mirrors its fields and their names.
+    pub fn from_json_without_context(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Lean {
+            message_id: String,
+            #[serde(rename = "type")]
+            kind: EventKind,
+            #[serde(default)]
+            event: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            user_id: Option<String>,
+            #[serde(default)]
+            anonymous_id: Option<String>,
+            #[serde(default)]
+            previous_id: Option<String>,
+            #[serde(default)]
+            group_id: Option<String>,
+            timestamp: Millis,
+            received_at: Millis,
+            #[serde(default)]
+            properties: Map<String, Value>,
+            #[serde(default)]
+            source: String,
+        }
+        let l: Lean = serde_json::from_slice(bytes)?;
+        Ok(Event {
+            message_id: l.message_id,
+            kind: l.kind,
+            event: l.event,
+            name: l.name,
+            user_id: l.user_id,
+            anonymous_id: l.anonymous_id,
+            previous_id: l.previous_id,
+            group_id: l.group_id,
+            timestamp: l.timestamp,
+            received_at: l.received_at,
+            properties: l.properties,
+            traits: Map::new(),
+            context: Map::new(),
+            source: l.source,
+        })
+    }
+
     /// The name windows and counters use: the track event name, or `Page Viewed` /
     /// `Screen Viewed` for page and screen calls, as Segment's destinations name them.
     pub fn activity_name(&self) -> Option<&str> {

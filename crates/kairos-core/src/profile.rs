@@ -401,9 +401,9 @@ impl Profile {
             fresh.score_event(&self.state, ev, scoring);
         }
         // Engagement hours in the zone known at the end, like the rest of the replay.
-        let tz = self.state.timezone().map(str::to_string);
+        let tz = self.state.timezone();
         for ev in events.iter() {
-            self.engagement.record(ev, tz.as_deref());
+            self.engagement.record(ev, tz);
         }
         let mut tiers: Vec<(String, Option<String>)> = Vec::new();
         for name in fresh.scores.keys() {

@@ -179,54 +179,9 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
 }
 
-/// [`decode_event`] for [`EventParts::WithoutContext`]: the same fields as [`Event`]'s
-/// serde form, but `context` and `traits` are skipped over, not built.
+/// [`decode_event`] for [`EventParts::WithoutContext`].
 fn decode_event_without_context(bytes: &[u8]) -> Result<Event, StoreError> {
-    use kairos_core::EventKind;
-    use serde_json::{Map, Value};
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Lean {
-        message_id: String,
-        #[serde(rename = "type")]
-        kind: EventKind,
-        #[serde(default)]
-        event: Option<String>,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        user_id: Option<String>,
-        #[serde(default)]
-        anonymous_id: Option<String>,
-        #[serde(default)]
-        previous_id: Option<String>,
-        #[serde(default)]
-        group_id: Option<String>,
-        timestamp: Millis,
-        received_at: Millis,
-        #[serde(default)]
-        properties: Map<String, Value>,
-        #[serde(default)]
-        source: String,
-    }
-    let l: Lean =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?;
-    Ok(Event {
-        message_id: l.message_id,
-        kind: l.kind,
-        event: l.event,
-        name: l.name,
-        user_id: l.user_id,
-        anonymous_id: l.anonymous_id,
-        previous_id: l.previous_id,
-        group_id: l.group_id,
-        timestamp: l.timestamp,
-        received_at: l.received_at,
-        properties: l.properties,
-        traits: Map::new(),
-        context: Map::new(),
-        source: l.source,
-    })
+    Event::from_json_without_context(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
 }
 
 impl Store {
