@@ -1069,15 +1069,12 @@ impl View<'_> {
         } else {
             self.derived.scores_at(self.scoring, now)
         };
-        let segments: smallvec::SmallVec<[bool; 32]> = if program.segments_used.is_empty() {
-            smallvec::SmallVec::new()
-        } else {
-            self.scoring
-                .segments
-                .iter()
-                .map(|s| self.derived.segments.get(&s.name).is_some())
-                .collect()
-        };
+        let mut segments = crate::bits::Bits::default();
+        if !program.segments_used.is_empty() {
+            for (i, s) in self.scoring.segments.iter().enumerate() {
+                segments.put(i, self.derived.segments.get(&s.name).is_some());
+            }
+        }
         let env = ProfileEnv {
             state: self.state,
             aggregates: &self.scoring.aggregates,

@@ -228,11 +228,10 @@ impl FeatureSet {
             }
         }
         if !self.expressions.is_empty() {
-            let segments: Vec<bool> = scoring
-                .segments
-                .iter()
-                .map(|x| p.derived.segments.get(&x.name).is_some())
-                .collect();
+            let mut segments = crate::bits::Bits::new(scoring.segments.len());
+            for (i, x) in scoring.segments.iter().enumerate() {
+                segments.put(i, p.derived.segments.get(&x.name).is_some());
+            }
             let env = ProfileEnv {
                 state: s,
                 aggregates: &scoring.aggregates,

@@ -6,6 +6,7 @@
 //! It must never depend on the store, the server, or any runtime crate; those are adapters
 //! around it. Replaying the same events through it gives the same profiles, byte for byte.
 
+pub mod bits;
 pub mod campaign;
 pub mod counter;
 pub mod defaults;

@@ -256,7 +256,7 @@ impl Profile {
         } else {
             self.catch_up(scoring, now)
         };
-        self.state.apply(ev, &cfg.vocabulary);
+        let touched = self.state.apply(ev, &cfg.vocabulary);
         self.state.apply_aggregates(ev, &scoring.aggregates);
         let scored = self.derived.score_event(&self.state, ev, scoring);
         if scoring.is_empty() {
@@ -270,6 +270,7 @@ impl Profile {
         let trigger = Trigger::Event {
             ev,
             scored: &scored,
+            touched,
         };
         self.derived.evaluate(
             &self.state,

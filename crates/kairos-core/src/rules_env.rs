@@ -24,7 +24,7 @@ pub struct ProfileEnv<'a> {
     /// Every score at `now`, in definition order.
     pub scores: &'a [ScoreNow<'a>],
     /// Memberships computed so far, in definition order.
-    pub segments: &'a [bool],
+    pub segments: &'a crate::bits::Bits,
     /// The state's series of every aggregate, resolved once per evaluation (see
     /// [`SeriesPlan`]); empty to look each up by name when asked.
     pub series: &'a [Option<Series<'a>>],
@@ -71,28 +71,91 @@ impl SeriesPlan {
 
     /// Every aggregate's series in `state` (`None`: no such event yet).
     pub fn resolve<'a>(&self, state: &'a ProfileState) -> ResolvedSeries<'a> {
-        fn join<'a, V>(
+        self.resolve_at(state, &self.positions(state))
+    }
+
+    /// Where each aggregate's series is in `state` ([`SERIES_NONE`], or a position in
+    /// `activity`, or [`SERIES_SUMS`] plus a position in `aggregates`). Positions hold
+    /// while neither map gains a name (they never lose one), which is what
+    /// [`SeriesSlots`] checks before reusing them.
+    pub fn positions(&self, state: &ProfileState) -> Vec<u32> {
+        fn join<V>(
             wanted: &[(String, AggId)],
-            have: &'a crate::vecmap::VecMap<V>,
-            out: &mut [Option<Series<'a>>],
-            wrap: impl Fn(&'a V) -> Series<'a>,
+            have: &crate::vecmap::VecMap<V>,
+            out: &mut [u32],
+            tag: u32,
         ) {
-            let mut it = have.iter().peekable();
+            let mut it = have.iter().enumerate().peekable();
             for (name, agg) in wanted {
-                while it.peek().is_some_and(|(k, _)| *k < name.as_str()) {
+                while it.peek().is_some_and(|(_, (k, _))| *k < name.as_str()) {
                     it.next();
                 }
-                if let Some((k, v)) = it.peek() {
+                if let Some((pos, (k, _))) = it.peek() {
                     if *k == name.as_str() {
-                        out[*agg] = Some(wrap(v));
+                        out[*agg] = tag | *pos as u32;
                     }
                 }
             }
         }
-        let mut out: ResolvedSeries = smallvec::smallvec![None; self.len];
-        join(&self.plain, &state.activity, &mut out, Series::Counts);
-        join(&self.sums, &state.aggregates, &mut out, Series::Sums);
+        let mut out = vec![SERIES_NONE; self.len];
+        join(&self.plain, &state.activity, &mut out, 0);
+        join(&self.sums, &state.aggregates, &mut out, SERIES_SUMS);
         out
+    }
+
+    /// The series at `positions` (from [`SeriesPlan::positions`] on this state's names).
+    pub fn resolve_at<'a>(&self, state: &'a ProfileState, positions: &[u32]) -> ResolvedSeries<'a> {
+        positions
+            .iter()
+            .map(|&p| match p {
+                SERIES_NONE => None,
+                p if p & SERIES_SUMS != 0 => state
+                    .aggregates
+                    .at((p & !SERIES_SUMS) as usize)
+                    .map(|(_, v)| Series::Sums(v)),
+                p => state.activity.at(p as usize).map(|(_, v)| Series::Counts(v)),
+            })
+            .collect()
+    }
+}
+
+/// No series for the aggregate (see [`SeriesPlan::positions`]).
+pub const SERIES_NONE: u32 = u32::MAX;
+/// Marks a position in the state's filtered aggregates rather than its activity counters.
+pub const SERIES_SUMS: u32 = 1 << 31;
+
+/// A profile's cached [`SeriesPlan::positions`], valid for the definitions it was made
+/// under while the state's two maps keep their sizes. Neither stored nor compared.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesSlots {
+    version: u64,
+    activity: usize,
+    sums: usize,
+    valid: bool,
+    positions: Vec<u32>,
+}
+
+impl PartialEq for SeriesSlots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl SeriesSlots {
+    /// The positions for `state` under definitions `version`, recomputed when stale.
+    pub fn refresh(&mut self, plan: &SeriesPlan, state: &ProfileState, version: u64) -> &[u32] {
+        let fresh = self.valid
+            && self.version == version
+            && self.activity == state.activity.len()
+            && self.sums == state.aggregates.len();
+        if !fresh {
+            self.positions = plan.positions(state);
+            self.version = version;
+            self.activity = state.activity.len();
+            self.sums = state.aggregates.len();
+            self.valid = true;
+        }
+        &self.positions
     }
 }
 
@@ -174,7 +237,7 @@ impl Env for ProfileEnv<'_> {
             Field::LifetimeRevenue => Val::Num(s.revenue_micros as f64 / 1e6),
             Field::EventCount => Val::Num(s.event_count as f64),
             Field::CartValue => Val::Num(s.cart.value_micros() as f64 / 1e6),
-            Field::CartItems => Val::Num(s.cart.items().iter().map(|i| i.quantity as f64).sum()),
+            Field::CartItems => Val::Num(s.cart.units() as f64),
             Field::EmailDelivered => Val::Num(s.email.delivered as f64),
             Field::EmailOpens => Val::Num(s.email.opened as f64),
             Field::EmailClicks => Val::Num(s.email.clicked as f64),
@@ -238,7 +301,7 @@ impl Env for ProfileEnv<'_> {
     }
 
     fn in_segment(&self, index: usize) -> bool {
-        self.segments.get(index).copied().unwrap_or(false)
+        self.segments.get(index)
     }
 
     /// Unknown subscription state means subscribed only for transactional messages:

@@ -25,10 +25,11 @@
 //! [`Profile::needs_replay`]: crate::Profile::needs_replay
 //! [`Profile::rebuild`]: crate::Profile::rebuild
 
+use crate::bits::Bits;
 use crate::event::Event;
 use crate::profile::Reason;
 use crate::rules_env::ProfileEnv;
-use crate::state::ProfileState;
+use crate::state::{ProfileState, Touched};
 use crate::time::{format_timestamp, Millis, DAY};
 use crate::vecmap::VecMap;
 use kairos_rules::{
@@ -236,10 +237,11 @@ pub struct Scoring {
     /// Score rules by the event name (by its number in `event_names`) or call type that
     /// can trigger them, so an event evaluates only the rules that can fire; `any` holds
     /// rules with no such guard.
-    rules_by_name: Vec<Vec<(u16, u16)>>,
-    rules_by_kind: Vec<(String, Vec<(u16, u16)>)>,
-    rules_any: Vec<(u16, u16)>,
+    /// For every (event name, call type): the (score, rule) pairs such an event may fire,
+    /// sorted (see [`Scoring::candidate_rules`]).
+    candidates: Vec<Vec<(u16, u16)>>,
     reads_scores: bool,
+    triggers: SegmentTriggers,
     series: crate::rules_env::SeriesPlan,
     pub campaigns: crate::campaign::Campaigns,
     pub features: crate::features::FeatureSet,
@@ -457,6 +459,13 @@ impl Scoring {
             }
         }
         let reads_scores = scores.iter().any(|s| s.reads_scores);
+        let candidates = candidate_table(
+            &rules_any,
+            &rules_by_name,
+            &rules_by_kind,
+            event_names.0.len(),
+        );
+        let triggers = SegmentTriggers::new(&segments, scores.len(), event_names.0.len());
         let digest = |s: String| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
         // Campaigns are not in the version: editing one re-evaluates no segment.
         let version = digest(format!(
@@ -479,10 +488,9 @@ impl Scoring {
             order,
             warnings,
             event_names,
-            rules_by_name,
-            rules_by_kind,
-            rules_any,
+            candidates,
             reads_scores,
+            triggers,
             series: crate::rules_env::SeriesPlan::new(&aggregates),
             aggregates,
             campaigns,
@@ -507,19 +515,11 @@ impl Scoring {
         })
     }
 
-    /// (score, rule) indices of the rules an event may fire, in order, without duplicates.
-    fn candidate_rules(&self, ev: &Event, name: Option<u16>) -> RuleRefs {
-        let mut out: RuleRefs = self.rules_any.iter().copied().collect();
-        if let Some(v) = name.and_then(|n| self.rules_by_name.get(n as usize)) {
-            out.extend_from_slice(v);
-        }
-        let kind = ev.kind.as_str();
-        if let Some((_, v)) = self.rules_by_kind.iter().find(|(k, _)| k == kind) {
-            out.extend_from_slice(v);
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
+    /// (score, rule) indices of the rules an event may fire, in order, without duplicates;
+    /// `name`: the event's name as numbered in [`EventNames`].
+    fn candidate_rules(&self, ev: &Event, name: Option<u16>) -> &[(u16, u16)] {
+        let slot = name.map_or(0, |n| n as usize + 1) * KINDS.len() + ev.kind as usize;
+        self.candidates.get(slot).map_or(&[], Vec::as_slice)
     }
 
     pub fn score(&self, name: &str) -> Option<&CompiledScore> {
@@ -539,6 +539,39 @@ impl Scoring {
             .binary_search_by(|s| s.name.as_str().cmp(name))
             .ok()
     }
+}
+
+/// Every call type, in the order of its discriminant.
+const KINDS: [crate::event::EventKind; 6] = {
+    use crate::event::EventKind as K;
+    [K::Identify, K::Track, K::Page, K::Screen, K::Group, K::Alias]
+};
+
+/// The candidate rules of every (event name number + 1, or 0 for a name no rule
+/// mentions) and call type, worked out once so that an event looks its list up.
+fn candidate_table(
+    any: &[(u16, u16)],
+    by_name: &[Vec<(u16, u16)>],
+    by_kind: &[(String, Vec<(u16, u16)>)],
+    names: usize,
+) -> Vec<Vec<(u16, u16)>> {
+    let mut table = Vec::with_capacity((names + 1) * KINDS.len());
+    for slot in 0..=names {
+        for (k, kind) in KINDS.iter().enumerate() {
+            debug_assert_eq!(*kind as usize, k);
+            let mut list = any.to_vec();
+            if let Some(v) = slot.checked_sub(1).and_then(|n| by_name.get(n)) {
+                list.extend_from_slice(v);
+            }
+            if let Some((_, v)) = by_kind.iter().find(|(x, _)| x == kind.as_str()) {
+                list.extend_from_slice(v);
+            }
+            list.sort_unstable();
+            list.dedup();
+            table.push(list);
+        }
+    }
+    table
 }
 
 /// Dependencies first; a cycle is an error naming a segment on it.
@@ -599,6 +632,9 @@ pub struct RuleState {
 /// How many instants at which a segment's result stays the same are looked past when
 /// setting its timer: each costs an evaluation, each one skipped saves a wake-up.
 const FLIP_PROBES: usize = 32;
+
+/// No due instant (evaluation keeps due instants in a plain array).
+const NEVER: Millis = Millis::MAX;
 
 /// How late an event may be and still be folded in place; older ones replay the history.
 pub const LATE_LIMIT: Millis = 7 * DAY;
@@ -968,13 +1004,20 @@ pub struct Derived {
     pub member_index: Vec<u16>,
     #[serde(skip)]
     pub(crate) slots: ScoreSlots,
+    #[serde(skip)]
+    pub(crate) series_slots: crate::rules_env::SeriesSlots,
 }
 
 /// What prompted an evaluation, which decides what must be re-evaluated.
 #[derive(Clone, Copy, Debug)]
 pub enum Trigger<'a> {
-    /// An event was folded in; `scored[i]`: score `i` received points.
-    Event { ev: &'a Event, scored: &'a [bool] },
+    /// An event was folded in; `scored[i]`: score `i` received points; `touched`: what
+    /// it wrote of the state.
+    Event {
+        ev: &'a Event,
+        scored: &'a [bool],
+        touched: Touched,
+    },
     /// A timer came due: only what was due, and what depends on what changed.
     Timer,
     /// Everything (new definitions, replays).
@@ -1019,11 +1062,8 @@ pub fn definitions_delta(old: &Scoring, new: &Scoring) -> (Vec<bool>, Vec<Option
 /// changed, and a late event is replayed only when it may change what a rule saw.
 #[derive(Clone, Debug, Default)]
 struct Deps {
-    /// Reads something any event changes (last_seen, the time zone, subscriptions...).
-    any_event: bool,
-    /// Reads order, cart or email fields, which track events change.
-    track: bool,
-    traits: bool,
+    /// The groups of profile fields it reads ([`Touched`]'s constants).
+    groups: u8,
     /// Event names (numbered in [`EventNames`]) of the aggregates it reads.
     names: Vec<u16>,
     scores: Vec<usize>,
@@ -1035,14 +1075,18 @@ impl Deps {
         use kairos_rules::Field as F;
         let reads = program.reads();
         let mut d = Deps {
-            traits: reads.traits,
-            any_event: reads.subscriptions,
             scores: program.scores_used.clone(),
             segments: program.segments_used.clone(),
             ..Self::default()
         };
+        if reads.traits {
+            d.groups |= Touched::TRAITS;
+        }
+        if reads.subscriptions {
+            d.groups |= Touched::SUBSCRIPTIONS;
+        }
         for f in reads.fields {
-            match f {
+            d.groups |= match f {
                 F::Orders
                 | F::LifetimeRevenue
                 | F::CartValue
@@ -1054,9 +1098,14 @@ impl Deps {
                 | F::LastOrder
                 | F::LastEmailOpen
                 | F::LastEmailClick
-                | F::Suppressed => d.track = true,
-                _ => d.any_event = true,
-            }
+                | F::Suppressed => Touched::TRACK,
+                F::EventCount | F::LastSeen => Touched::SEEN,
+                F::FirstSeen => Touched::FIRST_SEEN,
+                F::LocalHour | F::LocalWeekday | F::Timezone => Touched::ZONE,
+                // A field added later, until it is placed in a group: every event.
+                #[allow(unreachable_patterns)]
+                _ => Touched::ALL,
+            };
         }
         for &a in &program.aggregates_used {
             if let Some(spec) = aggregates.specs.get(a) {
@@ -1071,25 +1120,101 @@ impl Deps {
 
     /// Reads nothing of the profile.
     fn is_empty(&self) -> bool {
-        !self.any_event
-            && !self.track
-            && !self.traits
+        self.groups == 0
             && self.names.is_empty()
             && self.scores.is_empty()
             && self.segments.is_empty()
     }
 
     /// `name`: the event's name as numbered in [`EventNames`].
+    /// Whether `ev` may change what it reads, judged from the event alone (for late
+    /// events, before they are folded in: every group an event of its kind could write).
     fn touched_by(&self, ev: &Event, name: Option<u16>, scored: &[bool]) -> bool {
-        self.any_event
-            || (self.track && ev.kind == crate::event::EventKind::Track)
-            || (self.traits
-                && (ev.kind == crate::event::EventKind::Identify || !ev.traits.is_empty()))
+        use crate::event::EventKind;
+        let mut could = Touched::SEEN | Touched::FIRST_SEEN | Touched::ZONE;
+        if ev.kind == EventKind::Track {
+            could |= Touched::TRACK | Touched::SUBSCRIPTIONS;
+        }
+        if ev.kind == EventKind::Identify || !ev.traits.is_empty() {
+            could |= Touched::TRAITS | Touched::SUBSCRIPTIONS;
+        }
+        self.groups & could != 0
             || name.is_some_and(|n| self.names.contains(&n))
             || self
                 .scores
                 .iter()
                 .any(|&i| scored.get(i).copied().unwrap_or(false))
+    }
+}
+
+/// Which segments each kind of change can affect, from their [`Deps`], as masks over
+/// segment positions: an event or a timer re-evaluates the union of a few masks instead of
+/// asking every segment.
+#[derive(Clone, Debug, Default)]
+struct SegmentTriggers {
+    /// By bit of [`Touched`]: the segments reading that group of fields.
+    by_group: [Bits; 8],
+    /// By event name number ([`EventNames`]).
+    by_name: Vec<Bits>,
+    /// By score position: the segments that read the score.
+    by_score: Vec<Bits>,
+    /// Segments that read other segments (re-evaluated when one of those changes).
+    reads_segments: Bits,
+    /// Per segment, the scores it reads (a mask over score positions).
+    scores_read: Vec<Bits>,
+}
+
+impl SegmentTriggers {
+    fn new(segments: &[CompiledSegment], nscores: usize, nnames: usize) -> Self {
+        let n = segments.len();
+        let mut t = SegmentTriggers {
+            by_group: std::array::from_fn(|_| Bits::new(n)),
+            by_name: vec![Bits::new(n); nnames],
+            by_score: vec![Bits::new(n); nscores],
+            reads_segments: Bits::new(n),
+            scores_read: Vec::with_capacity(n),
+        };
+        for (i, seg) in segments.iter().enumerate() {
+            let d = &seg.deps;
+            for (g, b) in t.by_group.iter_mut().enumerate() {
+                b.put(i, d.groups & (1 << g) != 0);
+            }
+            t.reads_segments.put(i, !d.segments.is_empty());
+            for &name in &d.names {
+                if let Some(b) = t.by_name.get_mut(name as usize) {
+                    b.set(i);
+                }
+            }
+            let mut read = Bits::new(nscores);
+            for &s in &d.scores {
+                if let Some(b) = t.by_score.get_mut(s) {
+                    b.set(i);
+                }
+                read.set(s);
+            }
+            t.scores_read.push(read);
+        }
+        t
+    }
+
+    /// The segments an event may have changed: those reading a group of fields it wrote
+    /// (`touched`), the counts of its name, or a score it gave points to (`scored`).
+    fn touched(&self, touched: Touched, name: Option<u16>, scored: &[bool], out: &mut Bits) {
+        for (g, b) in self.by_group.iter().enumerate() {
+            if touched.0 & (1 << g) != 0 {
+                out.or(b);
+            }
+        }
+        if let Some(b) = name.and_then(|n| self.by_name.get(n as usize)) {
+            out.or(b);
+        }
+        for (i, s) in scored.iter().enumerate() {
+            if *s {
+                if let Some(b) = self.by_score.get(i) {
+                    out.or(b);
+                }
+            }
+        }
     }
 }
 
@@ -1173,7 +1298,7 @@ impl Derived {
         &self,
         scoring: &'s Scoring,
         now: Millis,
-        needed: Option<&[bool]>,
+        needed: Option<&Bits>,
     ) -> ScoresNow<'s> {
         let slots = self.slots.current(&self.scores, scoring);
         scoring
@@ -1181,7 +1306,7 @@ impl Derived {
             .iter()
             .enumerate()
             .map(|(i, sc)| {
-                if !needed.is_none_or(|n| n.get(i).copied().unwrap_or(false)) {
+                if !needed.is_none_or(|n| n.get(i)) {
                     return ScoreNow::default();
                 }
                 let st = slots
@@ -1241,12 +1366,13 @@ impl Derived {
             now: t,
             event: Some(ev),
             scores: &before,
-            segments: &[],
+            segments: &Bits::default(),
             series: &[],
             trigger: None,
         };
         let fired: RuleRefs = candidates
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&(si, ri)| {
                 scoring.scores[si as usize].rules[ri as usize]
                     .program
@@ -1354,59 +1480,74 @@ impl Derived {
         self.version = scoring.version;
         self.refresh_slots(scoring);
         let nseg = scoring.segments.len();
-        let mut due: SmallVec<[Option<Millis>; 48]> =
-            smallvec::smallvec![None; nseg + scoring.scores.len()];
-        if !all {
+        let nscores = scoring.scores.len();
+        let triggers = &scoring.triggers;
+        // Due instants by position (segments, then score tiers); `NEVER`: none.
+        let mut due: SmallVec<[Millis; 48]> = smallvec::smallvec![NEVER; nseg + nscores];
+        // What this evaluation looks at: the segments to evaluate, the scores whose tier to
+        // check.
+        let mut evaluate_segment = Bits::new(nseg);
+        let mut score_dirty = Bits::new(nscores);
+        if all {
+            evaluate_segment = Bits::full(nseg);
+            score_dirty = Bits::full(nscores);
+        } else {
             for &(i, t) in &self.due {
                 let j = match remap {
                     Some(r) => r.get(i as usize).copied().flatten(),
                     None => Some(i),
                 };
-                if let Some(d) = j.and_then(|j| due.get_mut(j as usize)) {
-                    *d = Some(t);
+                let Some(j) = j.map(usize::from).filter(|&j| j < due.len()) else {
+                    continue;
+                };
+                due[j] = t;
+                if t <= now {
+                    if j < nseg {
+                        evaluate_segment.set(j);
+                    } else {
+                        score_dirty.set(j - nseg);
+                    }
                 }
             }
-        }
-        let is_due = |d: Option<Millis>| d.is_some_and(|t| t <= now);
-        let (scored, event): (&[bool], _) = match trigger {
-            Trigger::Event { ev, scored } => (scored, Some((ev, scoring.event_names.id(ev)))),
-            _ => (&[], None),
-        };
-        let score_dirty: Flags = (0..scoring.scores.len())
-            .map(|i| all || scored.get(i).copied().unwrap_or(false) || is_due(due[nseg + i]))
-            .collect();
-        let mut evaluate_segment: Flags = scoring
-            .segments
-            .iter()
-            .enumerate()
-            .map(|(i, seg)| {
-                all || is_due(due[i])
-                    || changed_defs.is_some_and(|c| c.get(i).copied().unwrap_or(true))
-                    || event.is_some_and(|(ev, name)| seg.deps.touched_by(ev, name, scored))
-            })
-            .collect();
-        // Segments that may be evaluated: those prompted, and those that read other
-        // segments (evaluated if one of those changes).
-        let maybe: Flags = scoring
-            .segments
-            .iter()
-            .zip(&evaluate_segment)
-            .map(|(s, e)| *e || !s.deps.segments.is_empty())
-            .collect();
-        let mut needed = score_dirty.clone();
-        for (seg, m) in scoring.segments.iter().zip(&maybe) {
-            if *m {
-                for &i in &seg.deps.scores {
-                    if let Some(n) = needed.get_mut(i) {
-                        *n = true;
+            if let Some(c) = changed_defs {
+                for i in 0..nseg {
+                    if c.get(i).copied().unwrap_or(true) {
+                        evaluate_segment.set(i);
                     }
                 }
             }
         }
-        let scores = if needed.iter().any(|n| *n) {
-            self.scores_now(scoring, now, Some(&needed))
-        } else {
+        if let Trigger::Event {
+            ev,
+            scored,
+            touched,
+        } = trigger
+        {
+            for (i, s) in scored.iter().enumerate() {
+                if *s {
+                    score_dirty.set(i);
+                }
+            }
+            if !all {
+                let name = scoring.event_names.id(ev);
+                triggers.touched(touched, name, scored, &mut evaluate_segment);
+            }
+        }
+        // Segments that may be evaluated: those prompted, and those that read other
+        // segments (evaluated if one of those changes).
+        let mut maybe = evaluate_segment.clone();
+        maybe.or(&triggers.reads_segments);
+        let any_maybe = !maybe.is_empty();
+        let mut needed = score_dirty.clone();
+        for i in maybe.ones() {
+            if let Some(read) = triggers.scores_read.get(i) {
+                needed.or(read);
+            }
+        }
+        let scores = if needed.is_empty() {
             ScoresNow::new()
+        } else {
+            self.scores_now(scoring, now, Some(&needed))
         };
         // One reason text per evaluation, shared by its changes.
         let mut reason_text: Option<String> = None;
@@ -1417,86 +1558,86 @@ impl Derived {
         };
 
         // Tiers of the scores that received points or whose tier timer came due.
-        if !scores.is_empty() {
-            for (i, (sc, s)) in scoring.scores.iter().zip(&scores).enumerate() {
-                if !score_dirty[i] {
-                    continue;
-                }
-                let Some(st) = self.score_state_mut(i) else {
-                    continue;
-                };
-                due[nseg + i] = s.tier_change();
-                if st.tier.as_deref() != s.tier {
-                    let tier = s.tier.map(str::to_string);
-                    let from = std::mem::replace(&mut st.tier, tier.clone());
-                    out.push(Change {
-                        at: now,
-                        kind: ChangeKind::Tier {
-                            score: sc.name.clone(),
-                            from,
-                            to: tier,
-                        },
-                        reason: reason_text(),
-                    });
-                }
+        for i in score_dirty.ones() {
+            let (Some(sc), Some(s)) = (scoring.scores.get(i), scores.get(i)) else {
+                continue;
+            };
+            let Some(st) = self.score_state_mut(i) else {
+                continue;
+            };
+            due[nseg + i] = s.tier_change().unwrap_or(NEVER);
+            if st.tier.as_deref() != s.tier {
+                let tier = s.tier.map(str::to_string);
+                let from = std::mem::replace(&mut st.tier, tier.clone());
+                out.push(Change {
+                    at: now,
+                    kind: ChangeKind::Tier {
+                        score: sc.name.clone(),
+                        from,
+                        to: tier,
+                    },
+                    reason: reason_text(),
+                });
             }
         }
 
-        let any_maybe = maybe.iter().any(|m| *m);
-        let mut was: Flags = smallvec::smallvec![false; nseg];
+        let mut was = Bits::new(nseg);
         if any_maybe {
             if definitions_changed || self.member_index.len() != self.segments.len() {
                 for name in self.segments.keys() {
                     if let Some(i) = scoring.segment_position(name) {
-                        was[i] = true;
+                        was.set(i);
                     }
                 }
             } else {
                 for &i in &self.member_index {
-                    if let Some(w) = was.get_mut(i as usize) {
-                        *w = true;
+                    if (i as usize) < nseg {
+                        was.set(i as usize);
                     }
                 }
             }
         }
         let mut member = was.clone();
-        let mut changed: Flags = smallvec::smallvec![false; nseg];
+        let mut changed = Bits::new(nseg);
         if any_maybe {
-            // Resolving every series in one pass pays off only when many segments run.
-            let series = if maybe.iter().filter(|m| **m).count() >= 4 {
-                scoring.series.resolve(state)
-            } else {
-                Default::default()
-            };
+            let positions = self
+                .series_slots
+                .refresh(&scoring.series, state, scoring.version);
+            let series = scoring.series.resolve_at(state, positions);
             for &i in &scoring.order {
-                let seg = &scoring.segments[i];
-                if !evaluate_segment[i] && seg.deps.segments.iter().any(|&j| changed[j]) {
-                    evaluate_segment[i] = true;
-                }
-                if !evaluate_segment[i] {
+                if !maybe.get(i) {
                     continue;
                 }
-                let env = ProfileEnv {
-                    state,
-                    aggregates: &scoring.aggregates,
-                    now,
-                    event: None,
-                    scores: &scores,
-                    segments: &member,
-                    series: &series,
-                    trigger: None,
+                let seg = &scoring.segments[i];
+                if !evaluate_segment.get(i) && seg.deps.segments.iter().any(|&j| changed.get(j))
+                {
+                    evaluate_segment.set(i);
+                }
+                if !evaluate_segment.get(i) {
+                    continue;
+                }
+                let is = {
+                    let env = ProfileEnv {
+                        state,
+                        aggregates: &scoring.aggregates,
+                        now,
+                        event: None,
+                        scores: &scores,
+                        segments: &member,
+                        series: &series,
+                        trigger: None,
+                    };
+                    let is = seg.program.matches(&env);
+                    due[i] = seg.program.next_flip(&env, is, FLIP_PROBES).unwrap_or(NEVER);
+                    is
                 };
-                let is = seg.program.matches(&env);
-                due[i] = seg.program.next_flip(&env, is, FLIP_PROBES);
-                member[i] = is;
-                changed[i] = is != was[i];
+                member.put(i, is);
+                changed.put(i, is != was.get(i));
             }
         }
-        for (i, seg) in scoring.segments.iter().enumerate() {
-            if !changed[i] {
-                continue;
-            }
-            let kind = if member[i] {
+        for i in changed.ones() {
+            let seg = &scoring.segments[i];
+            let kind = if member.get(i) {
                 self.segments.insert(&seg.name, now);
                 ChangeKind::Enter {
                     segment: seg.name.clone(),
@@ -1533,17 +1674,13 @@ impl Derived {
         }
         if any_maybe || definitions_changed {
             self.member_index.clear();
-            self.member_index
-                .extend((0..nseg).filter(|&i| member[i]).map(|i| i as u16));
+            self.member_index.extend(member.ones().map(|i| i as u16));
         }
-        if all || definitions_changed || changed.iter().any(|c| *c) {
-            let primary = scoring
-                .segments
-                .iter()
-                .zip(&member)
-                .filter(|(_, is)| **is)
-                .min_by_key(|(s, _)| (s.priority, s.name.as_str()))
-                .map(|(s, _)| s);
+        if all || definitions_changed || !changed.is_empty() {
+            let primary = member
+                .ones()
+                .filter_map(|i| scoring.segments.get(i))
+                .min_by_key(|s| (s.priority, s.name.as_str()));
             if primary.map(|s| s.name.as_str()) != self.primary.as_deref() {
                 let to = primary.map(|s| s.name.clone());
                 let from = std::mem::replace(&mut self.primary, to.clone());
@@ -1558,7 +1695,8 @@ impl Derived {
         self.due.extend(
             due.iter()
                 .enumerate()
-                .filter_map(|(i, d)| d.filter(|t| *t > now).map(|t| (i as u16, t))),
+                .filter(|(_, t)| **t > now && **t != NEVER)
+                .map(|(i, t)| (i as u16, *t)),
         );
         self.timer = self.due.iter().map(|(_, t)| *t).min();
     }

@@ -215,10 +215,25 @@ impl Cart {
             .collect()
     }
 
+    /// What [`Cart::items`] adds up to, without building the items: rules read it on
+    /// every evaluation of a cart segment.
     pub fn value_micros(&self) -> i64 {
-        self.items()
-            .iter()
-            .map(|i| i.price_micros.saturating_mul(i.quantity as i64))
+        self.lines
+            .values()
+            .filter_map(|l| {
+                let latest = l.adds.last()?;
+                let quantity: u32 = l.adds.iter().map(|a| a.quantity).sum();
+                Some(latest.price_micros.saturating_mul(quantity as i64))
+            })
+            .sum()
+    }
+
+    /// The number of units in the cart (the sum of [`Cart::items`]' quantities).
+    pub fn units(&self) -> u64 {
+        self.lines
+            .values()
+            .flat_map(|l| &l.adds)
+            .map(|a| a.quantity as u64)
             .sum()
     }
 }
@@ -343,17 +358,81 @@ fn flag(v: &Value) -> Option<bool> {
     }
 }
 
+/// Which groups of the fields rules read an event may have changed (a superset: a group
+/// is marked when the event writes to it, whether or not the value moved). A segment that
+/// reads none of them keeps its result and its timer; see `scoring::Deps`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Touched(pub u8);
+
+impl Touched {
+    /// `last_seen`, `event_count`: every event.
+    pub const SEEN: u8 = 1;
+    pub const FIRST_SEEN: u8 = 1 << 1;
+    /// The time zone, so also the local clock (`local_hour`, `local_weekday`).
+    pub const ZONE: u8 = 1 << 2;
+    /// Orders, revenue, the cart, email counters and suppression: track events.
+    pub const TRACK: u8 = 1 << 3;
+    pub const TRAITS: u8 = 1 << 4;
+    /// Subscriptions and consent.
+    pub const SUBSCRIPTIONS: u8 = 1 << 5;
+    pub const ALL: u8 = (1 << 6) - 1;
+
+    pub fn has(self, groups: u8) -> bool {
+        self.0 & groups != 0
+    }
+}
+
+impl std::ops::BitOrAssign<u8> for Touched {
+    fn bitor_assign(&mut self, groups: u8) {
+        self.0 |= groups;
+    }
+}
+
 impl ProfileState {
-    /// Folds one event into the state. Order-independent (see the module doc).
-    pub fn apply(&mut self, ev: &Event, vocab: &Vocabulary) {
+    /// Folds one event into the state. Order-independent (see the module doc). Returns
+    /// which groups of fields it may have changed.
+    pub fn apply(&mut self, ev: &Event, vocab: &Vocabulary) -> Touched {
         let at = Stamp::of(ev);
         let ts = ev.timestamp;
+        let mut touched = Touched(Touched::SEEN);
         self.event_count += 1;
+        let first_seen = self.first_seen;
         self.first_seen = Some(self.first_seen.map_or(ts, |t| t.min(ts)));
+        if self.first_seen != first_seen {
+            touched |= Touched::FIRST_SEEN;
+        }
         max_opt(&mut self.last_seen, ts);
         if let Some(tz) = ev.context_timezone() {
             if time_zone(tz).is_some() {
                 lww(&mut self.context_timezone, at, tz.to_string());
+                touched |= Touched::ZONE;
+            }
+        }
+        if !ev.traits.is_empty() {
+            touched |= Touched::TRAITS;
+            for k in ev.traits.keys() {
+                match k.as_str() {
+                    "timezone" => touched |= Touched::ZONE,
+                    "unsubscribed" | "subscriptions" | "consent" => {
+                        touched |= Touched::SUBSCRIPTIONS
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if ev.kind == EventKind::Identify {
+            touched |= Touched::TRAITS;
+        }
+        if ev.kind == EventKind::Track {
+            touched |= Touched::TRACK;
+            if let Some(name) = ev.event.as_deref() {
+                if vocab.is_spam_complaint(name)
+                    || vocab.is_unsubscribe(name)
+                    || vocab.is_subscribe(name)
+                    || vocab.is_consent(name)
+                {
+                    touched |= Touched::SUBSCRIPTIONS;
+                }
             }
         }
         match ev.kind {
@@ -376,6 +455,7 @@ impl ProfileState {
                 }
             }
         }
+        touched
     }
 
     /// Folds an event into the filtered and summed aggregates that rules need.

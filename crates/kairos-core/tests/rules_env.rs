@@ -183,7 +183,7 @@ proptest! {
             state.apply(&events[i], &vocab);
             state.apply_aggregates(&events[i], &aggs);
         }
-        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &[], series: &[], trigger: None };
+        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &kairos_core::bits::Bits::default(), series: &[], trigger: None };
         for (q, count, sum) in &programs {
             let keep = |e: &Event| q.category.is_none_or(|c| e.properties.get("category") == Some(&json!(c)));
             let mut from = q.within.map_or(i64::MIN, |w| now - w);
@@ -235,13 +235,14 @@ fn since_compares_instants_exactly_within_one_minute() {
         state.apply(&e, &vocab);
         state.apply_aggregates(&e, &aggs);
     }
+    let no_segments = kairos_core::bits::Bits::default();
     let env = |now| ProfileEnv {
         state: &state,
         aggregates: &aggs,
         now,
         event: None,
         scores: &[],
-        segments: &[],
+        segments: &no_segments,
         series: &[],
         trigger: None,
     };
@@ -289,7 +290,8 @@ proptest! {
             state.apply(e, &vocab);
             state.apply_aggregates(e, &aggs);
         }
-        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &[], series: &[], trigger: None };
+        let no_segments = kairos_core::bits::Bits::default();
+        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &no_segments, series: &[], trigger: None };
         let current = program.matches(&env(now));
         let flip = program.next_flip(&env(now), current, 100_000);
         let horizon = flip.unwrap_or(now + 30 * DAY);

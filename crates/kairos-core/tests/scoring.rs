@@ -265,27 +265,57 @@ proptest! {
     /// re-evaluating everything gives: same memberships, tiers and timer, no change missed.
     #[test]
     fn selective_evaluation_equals_full_evaluation(
-        steps in prop::collection::vec((0usize..7, 0i64..90 * MINUTE), 1..80),
+        steps in prop::collection::vec((0usize..13, 0i64..90 * MINUTE), 1..80),
     ) {
         let mut d = kairos_core::defaults::default_definitions();
         d.segments.insert("hot_and_viewing".into(), segment(
             r#"tier.engagement == "hot" or (score.purchase_intent >= 15 and in_segment("recent_viewers"))"#, 0));
         d.segments.insert("evening".into(), segment("local_hour >= 18", 8));
         d.segments.insert("pro".into(), segment(r#"traits.plan == "pro""#, 9));
+        // Segments reading the groups of fields events write only sometimes: the zone,
+        // first_seen, subscriptions and consent.
+        d.segments.insert("berlin_monday".into(), segment(
+            r#"timezone == "Europe/Berlin" or local_weekday == 1"#, 10));
+        d.segments.insert("fresh".into(), segment("first_seen < 3h and event_count < 20", 11));
+        d.segments.insert("reachable".into(), segment(
+            r#"subscribed("marketing") and not subscribed("offers") and consented("analytics")"#, 12));
         let scoring = compiled(&d);
         let cfg = CoreConfig::default();
         let names = ["Product Viewed", "Added to Cart", "Order Completed", "Email Opened",
-                     "Email Clicked", "Checkout Started", "identify"];
+                     "Email Clicked", "Checkout Started", "identify", "Subscribed",
+                     "Unsubscribed", "Consent Updated", "page in a zone", "identify a zone",
+                     "identify subscriptions"];
+        let zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo"];
         let mut p = Profile::new(ProfileId(1));
         let mut t = T0;
         for (i, (k, gap)) in steps.iter().enumerate() {
             t += gap;
-            let mut e = track(i, names[*k], t, json!({"revenue": 400, "product_id": "p1", "price": 30}));
-            if names[*k] == "identify" {
+            let props = match names[*k] {
+                "Subscribed" | "Unsubscribed" => {
+                    json!({"list": if i % 3 == 0 { "offers" } else { "marketing" }})
+                }
+                "Consent Updated" => json!({"purposes": {"analytics": i % 2 == 0}}),
+                _ => json!({"revenue": 400, "product_id": "p1", "price": 30}),
+            };
+            let mut e = track(i, names[*k], t, props);
+            let identify = |e: &mut Event, traits: serde_json::Value| {
                 e.kind = EventKind::Identify;
                 e.event = None;
-                e.traits = json!({"plan": if i % 2 == 0 { "pro" } else { "free" }})
-                    .as_object().cloned().unwrap_or_default();
+                e.traits = traits.as_object().cloned().unwrap_or_default();
+            };
+            match names[*k] {
+                "identify" => identify(&mut e, json!({"plan": if i % 2 == 0 { "pro" } else { "free" }})),
+                "identify a zone" => identify(&mut e, json!({"timezone": zones[i % 3]})),
+                "identify subscriptions" => identify(&mut e, json!({
+                    "subscriptions": {"marketing": i % 2 == 0},
+                    "consent": {"analytics": "granted"},
+                })),
+                "page in a zone" => {
+                    e.kind = EventKind::Page;
+                    e.event = None;
+                    e.context.insert("timezone".into(), json!(zones[(i + 1) % 3]));
+                }
+                _ => {}
             }
             p.apply(&e, &cfg, &scoring, t);
             let mut full = p.clone();
