@@ -10,7 +10,7 @@ use crate::counter::{Buckets, Tally};
 use crate::event::Event;
 use crate::scoring::ScoreNow;
 use crate::state::ProfileState;
-use crate::time::{time_zone, Millis};
+use crate::time::{time_zone, Millis, DAY, HOUR};
 use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Val};
 use serde_json::Value;
 
@@ -113,7 +113,10 @@ impl SeriesPlan {
                     .aggregates
                     .at((p & !SERIES_SUMS) as usize)
                     .map(|(_, v)| Series::Sums(v)),
-                p => state.activity.at(p as usize).map(|(_, v)| Series::Counts(v)),
+                p => state
+                    .activity
+                    .at(p as usize)
+                    .map(|(_, v)| Series::Counts(v)),
             })
             .collect()
     }
@@ -193,17 +196,22 @@ impl ProfileEnv<'_> {
         }
     }
 
-    fn local(&self) -> Option<jiff::Zoned> {
-        let tz = self
-            .state
+    /// The person's zone (UTC when unknown) and `now` as local wall-clock milliseconds
+    /// (UTC milliseconds plus the zone's offset then). Hours and days of the local clock
+    /// are arithmetic on that; only the offset needs the zone's rules.
+    fn local(&self) -> Option<(jiff::tz::TimeZone, Millis)> {
+        let tz = self.zone();
+        let offset = tz
+            .to_offset(jiff::Timestamp::from_millisecond(self.now).ok()?)
+            .seconds();
+        Some((tz, self.now + offset as Millis * 1000))
+    }
+
+    fn zone(&self) -> jiff::tz::TimeZone {
+        self.state
             .timezone()
             .and_then(time_zone)
-            .unwrap_or(jiff::tz::TimeZone::UTC);
-        Some(
-            jiff::Timestamp::from_millisecond(self.now)
-                .ok()?
-                .to_zoned(tz),
-        )
+            .unwrap_or(jiff::tz::TimeZone::UTC)
     }
 }
 
@@ -224,6 +232,10 @@ impl Env for ProfileEnv<'_> {
         }
         f(&ProfileEnv { now: t, ..*self });
         true
+    }
+
+    fn later(&self, t: i64) -> Option<Self> {
+        (t > self.now).then_some(ProfileEnv { now: t, ..*self })
     }
 
     fn trigger_time(&self) -> Option<i64> {
@@ -247,11 +259,12 @@ impl Env for ProfileEnv<'_> {
             Field::LastOrder => time(s.last_order),
             Field::LastEmailOpen => time(s.email.last_opened),
             Field::LastEmailClick => time(s.email.last_clicked),
-            Field::LocalHour => self
-                .local()
-                .map_or(Val::Null, |z| Val::Num(z.hour() as f64)),
-            Field::LocalWeekday => self.local().map_or(Val::Null, |z| {
-                Val::Num(z.weekday().to_monday_one_offset() as f64)
+            Field::LocalHour => self.local().map_or(Val::Null, |(_, local)| {
+                Val::Num(local.div_euclid(HOUR).rem_euclid(24) as f64)
+            }),
+            // 1970-01-01 was a Thursday (4, counting Monday as 1).
+            Field::LocalWeekday => self.local().map_or(Val::Null, |(_, local)| {
+                Val::Num((local.div_euclid(DAY) + 3).rem_euclid(7) as f64 + 1.0)
             }),
             Field::Timezone => s
                 .timezone()
@@ -279,21 +292,19 @@ impl Env for ProfileEnv<'_> {
         crate::scoring::crossing(s.raw, s.half_life, self.now, value)
     }
 
+    /// The next local hour (or day) at the offset in force now, or the zone's next
+    /// transition if that comes first: the local clock may jump there, so the answer is
+    /// never late, and early only at a transition.
     fn local_change(&self, daily: bool) -> Option<i64> {
-        let z = self.local()?;
-        let next = if daily {
-            z.tomorrow().ok()?.start_of_day().ok()?
-        } else {
-            let hour_start = z
-                .with()
-                .minute(0)
-                .second(0)
-                .subsec_nanosecond(0)
-                .build()
-                .ok()?;
-            hour_start.checked_add(jiff::Span::new().hours(1)).ok()?
-        };
-        Some(next.timestamp().as_millisecond())
+        let (tz, local) = self.local()?;
+        let unit = if daily { DAY } else { HOUR };
+        let boundary = self.now + ((local.div_euclid(unit) + 1) * unit - local);
+        let transition = tz
+            .following(jiff::Timestamp::from_millisecond(self.now).ok()?)
+            .next()
+            .map(|t| t.timestamp().as_millisecond())
+            .filter(|t| *t > self.now);
+        Some(transition.map_or(boundary, |t| t.min(boundary)))
     }
 
     fn tier_change(&self, index: usize) -> Option<i64> {

@@ -544,7 +544,14 @@ impl Scoring {
 /// Every call type, in the order of its discriminant.
 const KINDS: [crate::event::EventKind; 6] = {
     use crate::event::EventKind as K;
-    [K::Identify, K::Track, K::Page, K::Screen, K::Group, K::Alias]
+    [
+        K::Identify,
+        K::Track,
+        K::Page,
+        K::Screen,
+        K::Group,
+        K::Alias,
+    ]
 };
 
 /// The candidate rules of every (event name number + 1, or 0 for a name no rule
@@ -1609,8 +1616,7 @@ impl Derived {
                     continue;
                 }
                 let seg = &scoring.segments[i];
-                if !evaluate_segment.get(i) && seg.deps.segments.iter().any(|&j| changed.get(j))
-                {
+                if !evaluate_segment.get(i) && seg.deps.segments.iter().any(|&j| changed.get(j)) {
                     evaluate_segment.set(i);
                 }
                 if !evaluate_segment.get(i) {
@@ -1628,7 +1634,10 @@ impl Derived {
                         trigger: None,
                     };
                     let is = seg.program.matches(&env);
-                    due[i] = seg.program.next_flip(&env, is, FLIP_PROBES).unwrap_or(NEVER);
+                    due[i] = seg
+                        .program
+                        .next_flip(&env, is, FLIP_PROBES)
+                        .unwrap_or(NEVER);
                     is
                 };
                 member.put(i, is);

@@ -403,9 +403,14 @@ impl ProfileState {
         }
         max_opt(&mut self.last_seen, ts);
         if let Some(tz) = ev.context_timezone() {
-            if time_zone(tz).is_some() {
-                lww(&mut self.context_timezone, at, tz.to_string());
-                touched |= Touched::ZONE;
+            // SDKs send the zone with every event: only a different one moves the clock.
+            match &mut self.context_timezone {
+                Some(s) if s.value == tz => s.at = s.at.max(at),
+                _ if time_zone(tz).is_some() => {
+                    lww(&mut self.context_timezone, at, tz.to_string());
+                    touched |= Touched::ZONE;
+                }
+                _ => {}
             }
         }
         if !ev.traits.is_empty() {

@@ -307,3 +307,129 @@ proptest! {
         }
     }
 }
+
+/// The local clock, read as arithmetic on the zone's offset, agrees with the calendar of
+/// the zone (jiff's), DST jumps and half- and quarter-hour zones included, and its next
+/// change is never after the instant the local hour (or day) really turns.
+mod local_clock {
+    use super::*;
+    use kairos_rules::{Env, Field, Val};
+
+    const ZONES: [&str; 8] = [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Kolkata",
+        "Asia/Kathmandu",
+        "America/St_Johns",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
+    ];
+
+    fn state_in(zone: &str) -> ProfileState {
+        let mut e = event(0, "x", 0, "c", 1);
+        e.kind = EventKind::Identify;
+        e.event = None;
+        e.traits = json!({ "timezone": zone })
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut state = ProfileState::default();
+        state.apply(&e, &Vocabulary::default());
+        state
+    }
+
+    fn calendar(zone: &str, t: i64) -> (i64, i64) {
+        let tz = jiff::tz::TimeZone::get(zone).unwrap_or_else(|e| panic!("{e}"));
+        let z = jiff::Timestamp::from_millisecond(t)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_zoned(tz);
+        (z.hour() as i64, z.weekday().to_monday_one_offset() as i64)
+    }
+
+    fn num(v: Val<'_>) -> i64 {
+        match v {
+            Val::Num(n) => n as i64,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn check(zone: &str, state: &ProfileState, now: i64) {
+        let aggs = Aggregates::default();
+        let no_segments = kairos_core::bits::Bits::default();
+        let env = |now| ProfileEnv {
+            state,
+            aggregates: &aggs,
+            now,
+            event: None,
+            scores: &[],
+            segments: &no_segments,
+            series: &[],
+            trigger: None,
+        };
+        let (hour, weekday) = calendar(zone, now);
+        assert_eq!(num(env(now).field(Field::LocalHour)), hour, "{zone} {now}");
+        assert_eq!(
+            num(env(now).field(Field::LocalWeekday)),
+            weekday,
+            "{zone} {now}"
+        );
+        for (daily, unit) in [(false, HOUR), (true, DAY)] {
+            let next = env(now).local_change(daily).unwrap_or(i64::MAX);
+            assert!(
+                next > now && next <= now + unit + 2 * HOUR,
+                "{zone} {now} {next}"
+            );
+            // Nothing turns before it (checked each minute, and just before it).
+            let read = |t| {
+                if daily {
+                    calendar(zone, t).1
+                } else {
+                    calendar(zone, t).0
+                }
+            };
+            let mut t = now;
+            while t < next {
+                assert_eq!(read(t), read(now), "{zone}: turned at {t} before {next}");
+                t = (t + MINUTE).min(next - 1).max(t + 1);
+            }
+        }
+    }
+
+    /// Every DST transition of these zones from 2024 to 2027, looked at from every seven
+    /// minutes of the three hours around it.
+    #[test]
+    fn the_local_clock_across_every_transition() {
+        for zone in ZONES {
+            let state = state_in(zone);
+            let tz = jiff::tz::TimeZone::get(zone).unwrap_or_else(|e| panic!("{e}"));
+            let from = jiff::Timestamp::from_millisecond(1_704_067_200_000)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for tr in tz
+                .following(from)
+                .take_while(|t| t.timestamp().as_millisecond() < 1_830_297_600_000)
+            {
+                let at = tr.timestamp().as_millisecond();
+                let mut now = at - 3 * HOUR + 17_000;
+                while now < at + 3 * HOUR {
+                    check(zone, &state, now);
+                    now += 7 * MINUTE;
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn local_hour_weekday_and_their_next_change_follow_the_zone(
+            zone in 0usize..ZONES.len(),
+            // 2024-01-01 to 2028-01-01, to the minute.
+            minute in 0i64..(4 * 365 + 1) * 24 * 60,
+        ) {
+            let zone = ZONES[zone];
+            check(zone, &state_in(zone), 1_704_067_200_000 + minute * MINUTE + 17_000);
+        }
+    }
+}

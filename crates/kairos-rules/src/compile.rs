@@ -148,8 +148,7 @@ pub struct Program {
     pub uses_event: bool,
     /// Whether [`Program::next_flip`] may look ahead: the result moves with windows, and
     /// reads nothing (scores, tiers, segments, the event) whose later values a host's view
-    /// at a later instant would not have, nor the local clock (a probe per hour turning
-    /// cost more than the wake-ups it saved).
+    /// at a later instant would not have.
     pub(crate) probe: bool,
 }
 
@@ -257,7 +256,8 @@ fn compile_as(
     })
 }
 
-/// See [`Program::probe`]. Ages alone are not worth it: their conservative instant is exact.
+/// See [`Program::probe`]. Ages alone are not worth it: their conservative instant is exact;
+/// windows and the local clock are.
 fn probe_worthy(root: &Node) -> bool {
     fn walk(n: &Node, windows: &mut bool, blocked: &mut bool) {
         match n {
@@ -269,7 +269,10 @@ fn probe_worthy(root: &Node) -> bool {
             | Node::EventTime
             | Node::EventProp(_) => *blocked = true,
             Node::Count(_, w) | Node::Sum(_, w) if w.within.is_some() => *windows = true,
-            Node::Field(Field::LocalHour | Field::LocalWeekday) => *blocked = true,
+            // The local clock turns by the hour (by the day for the weekday): looking a day
+            // ahead for the hour the result really turns saves a wake-up per hour between
+            // a person's sessions.
+            Node::Field(Field::LocalHour | Field::LocalWeekday) => *windows = true,
             _ => {}
         }
         n.for_each_child(|c| walk(c, windows, blocked));

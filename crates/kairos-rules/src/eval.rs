@@ -145,6 +145,16 @@ pub trait Env {
         let _ = (t, f);
         false
     }
+    /// This view as it will be at `t > now` if no event comes (what [`Env::probe`]
+    /// passes on), for hosts that evaluate with a concrete environment and so without a
+    /// dynamic call per node. `None` (the default) falls back to [`Env::probe`].
+    fn later(&self, t: i64) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = t;
+        None
+    }
 }
 
 /// Which events can make a rule true: an event whose name is in `names` or whose call type
@@ -213,13 +223,14 @@ fn guard_of(node: &Node) -> Option<EventGuard> {
 }
 
 impl Program {
-    /// Evaluates a boolean rule.
-    pub fn matches(&self, env: &dyn Env) -> bool {
+    /// Evaluates a boolean rule. Generic so that a host's concrete environment is called
+    /// directly (and inlined) rather than through a vtable at every node.
+    pub fn matches<E: Env + ?Sized>(&self, env: &E) -> bool {
         eval(&self.root, env).is_true()
     }
 
     /// Evaluates to a value (for numeric expressions and previews).
-    pub fn value<'e>(&'e self, env: &'e dyn Env) -> Val<'e> {
+    pub fn value<'e, E: Env + ?Sized>(&'e self, env: &'e E) -> Val<'e> {
         eval(&self.root, env)
     }
 
@@ -232,7 +243,7 @@ impl Program {
     /// The earliest instant after `env.now()` at which the result may change with no new
     /// event (a window expiring, an age crossing its bound, the local hour turning), or
     /// `None` if only events can change it. Conservative: at that instant re-evaluate.
-    pub fn next_change(&self, env: &dyn Env) -> Option<i64> {
+    pub fn next_change<E: Env + ?Sized>(&self, env: &E) -> Option<i64> {
         let mut best: Option<i64> = None;
         next_change(&self.root, env, &mut best);
         best
@@ -248,25 +259,22 @@ impl Program {
     /// When `max_probes` instants pass unchanged it returns the first of them, so that the
     /// answer is the same from any instant before that one (a host that evaluates only
     /// what is due gets the timers of one that evaluates everything).
-    pub fn next_flip(&self, env: &dyn Env, current: bool, max_probes: usize) -> Option<i64> {
+    pub fn next_flip<E: Env>(&self, env: &E, current: bool, max_probes: usize) -> Option<i64> {
         let first = self.next_change(env)?;
         if !self.probe {
             return Some(first);
         }
         let mut t = first;
         for _ in 0..max_probes {
-            // (turned at t, the next instant after t)
-            // Stays `None` when the host cannot probe.
-            let mut seen: Option<(bool, Option<i64>)> = None;
-            env.probe(t, &mut |later| {
-                let is = eval(&self.root, later).is_true();
-                let next = if is == current {
-                    self.next_change(later)
-                } else {
-                    None
-                };
-                seen = Some((is != current, next));
-            });
+            // (turned at t, the next instant after t); `None` when the host cannot probe.
+            let seen = match env.later(t) {
+                Some(later) => Some(self.probe_at(&later, current)),
+                None => {
+                    let mut seen = None;
+                    env.probe(t, &mut |later| seen = Some(self.probe_at(later, current)));
+                    seen
+                }
+            };
             match seen {
                 Some((true, _)) => return Some(t),
                 // Nothing left that time alone can change.
@@ -276,6 +284,18 @@ impl Program {
             }
         }
         Some(first)
+    }
+
+    /// Whether the result differs from `current` in `later`, and if not, the next instant
+    /// after that at which it may.
+    fn probe_at<E: Env + ?Sized>(&self, later: &E, current: bool) -> (bool, Option<i64>) {
+        let is = eval(&self.root, later).is_true();
+        let next = if is == current {
+            self.next_change(later)
+        } else {
+            None
+        };
+        (is != current, next)
     }
 }
 
@@ -331,7 +351,7 @@ impl Filter {
     }
 }
 
-fn window_from(w: &Window, env: &dyn Env) -> i64 {
+fn window_from<E: Env + ?Sized>(w: &Window, env: &E) -> i64 {
     let mut from = match w.within {
         Some(d) => env.now().saturating_sub(d),
         None => i64::MIN,
@@ -388,7 +408,7 @@ fn compare(op: CmpOp, a: &Val, b: &Val) -> bool {
     }
 }
 
-fn eval<'e>(node: &'e Node, env: &'e dyn Env) -> Val<'e> {
+fn eval<'e, E: Env + ?Sized>(node: &'e Node, env: &'e E) -> Val<'e> {
     match node {
         Node::Const(c) => Val::from_const(c),
         Node::Field(f) => env.field(*f),
@@ -461,7 +481,7 @@ fn eval<'e>(node: &'e Node, env: &'e dyn Env) -> Val<'e> {
     }
 }
 
-fn call<'e>(f: Func, args: &'e [Node], env: &'e dyn Env) -> Val<'e> {
+fn call<'e, E: Env + ?Sized>(f: Func, args: &'e [Node], env: &'e E) -> Val<'e> {
     let arg = |i: usize| args.get(i).map_or(Val::Null, |n| eval(n, env));
     match f {
         Func::Lower | Func::Upper => match arg(0) {
@@ -499,7 +519,7 @@ fn keep_min(best: &mut Option<i64>, t: i64) {
     *best = Some(best.map_or(t, |b| b.min(t)));
 }
 
-fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
+fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
     let now = env.now();
     match node {
         Node::Count(agg, w) | Node::Sum(agg, w) => {
@@ -568,6 +588,6 @@ fn next_change(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
     }
 }
 
-fn next_change_children(node: &Node, env: &dyn Env, best: &mut Option<i64>) {
+fn next_change_children<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
     node.for_each_child(|c| next_change(c, env, best));
 }
