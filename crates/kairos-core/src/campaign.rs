@@ -1084,6 +1084,7 @@ impl View<'_> {
             segments: &segments,
             series: &[],
             trigger,
+            zone: &Default::default(),
         };
         program.matches(&env)
     }

@@ -241,6 +241,7 @@ impl FeatureSet {
                 segments: &segments,
                 series: &[],
                 trigger: None,
+                zone: &Default::default(),
             };
             for prog in &self.expressions {
                 out.push(match prog.value(&env) {

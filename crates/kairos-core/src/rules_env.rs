@@ -30,7 +30,13 @@ pub struct ProfileEnv<'a> {
     pub series: &'a [Option<Series<'a>>],
     /// When the campaign journey being decided started (`since: trigger`).
     pub trigger: Option<Millis>,
+    /// The person's zone, looked up when a rule first reads the local clock and shared by
+    /// the views of this evaluation at later instants (time does not move it).
+    pub zone: &'a ZoneCell,
 }
+
+/// See [`ProfileEnv::zone`].
+pub type ZoneCell = std::cell::OnceCell<jiff::tz::TimeZone>;
 
 /// The time series an aggregate reads.
 #[derive(Clone, Copy)]
@@ -199,19 +205,17 @@ impl ProfileEnv<'_> {
     /// The person's zone (UTC when unknown) and `now` as local wall-clock milliseconds
     /// (UTC milliseconds plus the zone's offset then). Hours and days of the local clock
     /// are arithmetic on that; only the offset needs the zone's rules.
-    fn local(&self) -> Option<(jiff::tz::TimeZone, Millis)> {
-        let tz = self.zone();
+    fn local(&self) -> Option<(&jiff::tz::TimeZone, Millis)> {
+        let tz = self.zone.get_or_init(|| {
+            self.state
+                .timezone()
+                .and_then(time_zone)
+                .unwrap_or(jiff::tz::TimeZone::UTC)
+        });
         let offset = tz
             .to_offset(jiff::Timestamp::from_millisecond(self.now).ok()?)
             .seconds();
         Some((tz, self.now + offset as Millis * 1000))
-    }
-
-    fn zone(&self) -> jiff::tz::TimeZone {
-        self.state
-            .timezone()
-            .and_then(time_zone)
-            .unwrap_or(jiff::tz::TimeZone::UTC)
     }
 }
 

@@ -1376,6 +1376,7 @@ impl Derived {
             segments: &Bits::default(),
             series: &[],
             trigger: None,
+            zone: &Default::default(),
         };
         let fired: RuleRefs = candidates
             .iter()
@@ -1611,6 +1612,7 @@ impl Derived {
                 .series_slots
                 .refresh(&scoring.series, state, scoring.version);
             let series = scoring.series.resolve_at(state, positions);
+            let zone = crate::rules_env::ZoneCell::new();
             for &i in &scoring.order {
                 if !maybe.get(i) {
                     continue;
@@ -1632,6 +1634,7 @@ impl Derived {
                         segments: &member,
                         series: &series,
                         trigger: None,
+                        zone: &zone,
                     };
                     let is = seg.program.matches(&env);
                     due[i] = seg

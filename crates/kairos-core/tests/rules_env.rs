@@ -183,7 +183,7 @@ proptest! {
             state.apply(&events[i], &vocab);
             state.apply_aggregates(&events[i], &aggs);
         }
-        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &kairos_core::bits::Bits::default(), series: &[], trigger: None };
+        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &kairos_core::bits::Bits::default(), series: &[], trigger: None, zone: &Default::default() };
         for (q, count, sum) in &programs {
             let keep = |e: &Event| q.category.is_none_or(|c| e.properties.get("category") == Some(&json!(c)));
             let mut from = q.within.map_or(i64::MIN, |w| now - w);
@@ -236,6 +236,7 @@ fn since_compares_instants_exactly_within_one_minute() {
         state.apply_aggregates(&e, &aggs);
     }
     let no_segments = kairos_core::bits::Bits::default();
+    let zone = kairos_core::rules_env::ZoneCell::new();
     let env = |now| ProfileEnv {
         state: &state,
         aggregates: &aggs,
@@ -245,6 +246,7 @@ fn since_compares_instants_exactly_within_one_minute() {
         segments: &no_segments,
         series: &[],
         trigger: None,
+        zone: &zone,
     };
     assert!(rule.matches(&env(t + MINUTE)));
     // It leaves the segment by itself two hours later, and the timer knows when.
@@ -291,7 +293,8 @@ proptest! {
             state.apply_aggregates(e, &aggs);
         }
         let no_segments = kairos_core::bits::Bits::default();
-        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &no_segments, series: &[], trigger: None };
+        let zone = kairos_core::rules_env::ZoneCell::new();
+        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &no_segments, series: &[], trigger: None, zone: &zone };
         let current = program.matches(&env(now));
         let flip = program.next_flip(&env(now), current, 100_000);
         let horizon = flip.unwrap_or(now + 30 * DAY);
@@ -357,6 +360,7 @@ mod local_clock {
     fn check(zone: &str, state: &ProfileState, now: i64) {
         let aggs = Aggregates::default();
         let no_segments = kairos_core::bits::Bits::default();
+        let cell = kairos_core::rules_env::ZoneCell::new();
         let env = |now| ProfileEnv {
             state,
             aggregates: &aggs,
@@ -366,6 +370,7 @@ mod local_clock {
             segments: &no_segments,
             series: &[],
             trigger: None,
+            zone: &cell,
         };
         let (hour, weekday) = calendar(zone, now);
         assert_eq!(num(env(now).field(Field::LocalHour)), hour, "{zone} {now}");
