@@ -94,9 +94,11 @@ fn events() -> Vec<(usize, Event)> {
 const SIM_PEOPLE: usize = 2_000;
 const SIM_EVENTS: usize = 100_000;
 
-/// (person, event) of the simulated shop in time order, each event decoded from its
+/// (person, event) of the simulated shop in event-time order, each event decoded from its
 /// Segment JSON as an import would; a person's anonymous and identified events go to one
-/// profile (identity resolution is the store's, not the fold's, work).
+/// profile (identity resolution is the store's, not the fold's, work). The simulator sends
+/// some events late (mobile flushes); the store replays a person's history for those, so
+/// this in-order fold takes every event at its own time.
 fn sim_events() -> Vec<(usize, Event)> {
     let sim = kairos_sim::Simulation::new(kairos_sim::SimConfig {
         people: SIM_PEOPLE,
@@ -112,7 +114,8 @@ fn sim_events() -> Vec<(usize, Event)> {
         }
     }
     let limits = kairos_core::segment::Limits::default();
-    sim.events()
+    let mut events: Vec<(usize, Event)> = sim
+        .events()
         .take(SIM_EVENTS)
         .enumerate()
         .filter_map(|(i, e)| {
@@ -122,11 +125,14 @@ fn sim_events() -> Vec<(usize, Event)> {
                 source: String::new(),
             };
             let line = e.value.to_string();
-            let ev = kairos_core::segment::decode_line(&line, i, &env, &limits).ok()?;
+            let mut ev = kairos_core::segment::decode_line(&line, i, &env, &limits).ok()?;
+            ev.received_at = ev.timestamp;
             let id = ev.user_id.as_ref().or(ev.anonymous_id.as_ref())?;
             Some((*person.get(id)?, ev))
         })
-        .collect()
+        .collect();
+    events.sort_by_key(|(_, ev)| ev.order_key());
+    events
 }
 
 /// The built-in 2 scores and 7 segments plus 8 scores and 13 segments of the usual kinds.
@@ -288,6 +294,19 @@ fn fold_once(workload: &str) {
     let started = std::time::Instant::now();
     let (_, changes) = fold_all(&events, people, &cfg, &scoring);
     let took = started.elapsed();
+    // Every change, for comparing two builds' decisions (`KAIROS_FOLD_DUMP=file`).
+    if let Some(path) = std::env::var_os("KAIROS_FOLD_DUMP") {
+        let mut profiles: Vec<Profile> = (0..people)
+            .map(|i| Profile::new(ProfileId(i as u64)))
+            .collect();
+        let mut out = String::new();
+        for (person, ev) in &events {
+            for c in profiles[*person].apply(ev, &cfg, &scoring, ev.received_at) {
+                out.push_str(&format!("{person} {c:?}\n"));
+            }
+        }
+        std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
+    }
     println!(
         "{workload}: {} events, {changes} changes, {:.0} events/s",
         events.len(),

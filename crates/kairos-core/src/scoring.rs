@@ -1070,7 +1070,7 @@ pub fn definitions_delta(old: &Scoring, new: &Scoring) -> (Vec<bool>, Vec<Option
 #[derive(Clone, Debug, Default)]
 struct Deps {
     /// The groups of profile fields it reads ([`Touched`]'s constants).
-    groups: u8,
+    groups: u16,
     /// Event names (numbered in [`EventNames`]) of the aggregates it reads.
     names: Vec<u16>,
     scores: Vec<usize>,
@@ -1094,18 +1094,14 @@ impl Deps {
         }
         for f in reads.fields {
             d.groups |= match f {
-                F::Orders
-                | F::LifetimeRevenue
-                | F::CartValue
-                | F::CartItems
-                | F::EmailDelivered
+                F::Orders | F::LifetimeRevenue | F::FirstOrder | F::LastOrder => Touched::ORDERS,
+                F::CartValue | F::CartItems => Touched::CART,
+                F::EmailDelivered
                 | F::EmailOpens
                 | F::EmailClicks
-                | F::FirstOrder
-                | F::LastOrder
                 | F::LastEmailOpen
-                | F::LastEmailClick
-                | F::Suppressed => Touched::TRACK,
+                | F::LastEmailClick => Touched::EMAIL,
+                F::Suppressed => Touched::SUPPRESSED,
                 F::EventCount | F::LastSeen => Touched::SEEN,
                 F::FirstSeen => Touched::FIRST_SEEN,
                 F::LocalHour | F::LocalWeekday | F::Timezone => Touched::ZONE,
@@ -1160,7 +1156,7 @@ impl Deps {
 #[derive(Clone, Debug, Default)]
 struct SegmentTriggers {
     /// By bit of [`Touched`]: the segments reading that group of fields.
-    by_group: [Bits; 8],
+    by_group: [Bits; Touched::COUNT],
     /// By event name number ([`EventNames`]).
     by_name: Vec<Bits>,
     /// By score position: the segments that read the score.

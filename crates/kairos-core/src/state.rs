@@ -362,28 +362,36 @@ fn flag(v: &Value) -> Option<bool> {
 /// is marked when the event writes to it, whether or not the value moved). A segment that
 /// reads none of them keeps its result and its timer; see `scoring::Deps`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Touched(pub u8);
+pub struct Touched(pub u16);
 
 impl Touched {
     /// `last_seen`, `event_count`: every event.
-    pub const SEEN: u8 = 1;
-    pub const FIRST_SEEN: u8 = 1 << 1;
+    pub const SEEN: u16 = 1;
+    pub const FIRST_SEEN: u16 = 1 << 1;
     /// The time zone, so also the local clock (`local_hour`, `local_weekday`).
-    pub const ZONE: u8 = 1 << 2;
-    /// Orders, revenue, the cart, email counters and suppression: track events.
-    pub const TRACK: u8 = 1 << 3;
-    pub const TRAITS: u8 = 1 << 4;
+    pub const ZONE: u16 = 1 << 2;
+    pub const TRAITS: u16 = 1 << 3;
     /// Subscriptions and consent.
-    pub const SUBSCRIPTIONS: u8 = 1 << 5;
-    pub const ALL: u8 = (1 << 6) - 1;
+    pub const SUBSCRIPTIONS: u16 = 1 << 4;
+    /// Orders, revenue and the first and last order.
+    pub const ORDERS: u16 = 1 << 5;
+    /// The cart's items and value.
+    pub const CART: u16 = 1 << 6;
+    /// Email counters and their latest instants.
+    pub const EMAIL: u16 = 1 << 7;
+    pub const SUPPRESSED: u16 = 1 << 8;
+    /// Every group a track event can write.
+    pub const TRACK: u16 = Self::ORDERS | Self::CART | Self::EMAIL | Self::SUPPRESSED;
+    pub const COUNT: usize = 9;
+    pub const ALL: u16 = (1 << Self::COUNT) - 1;
 
-    pub fn has(self, groups: u8) -> bool {
+    pub fn has(self, groups: u16) -> bool {
         self.0 & groups != 0
     }
 }
 
-impl std::ops::BitOrAssign<u8> for Touched {
-    fn bitor_assign(&mut self, groups: u8) {
+impl std::ops::BitOrAssign<u16> for Touched {
+    fn bitor_assign(&mut self, groups: u16) {
         self.0 |= groups;
     }
 }
@@ -428,18 +436,6 @@ impl ProfileState {
         if ev.kind == EventKind::Identify {
             touched |= Touched::TRAITS;
         }
-        if ev.kind == EventKind::Track {
-            touched |= Touched::TRACK;
-            if let Some(name) = ev.event.as_deref() {
-                if vocab.is_spam_complaint(name)
-                    || vocab.is_unsubscribe(name)
-                    || vocab.is_subscribe(name)
-                    || vocab.is_consent(name)
-                {
-                    touched |= Touched::SUBSCRIPTIONS;
-                }
-            }
-        }
         match ev.kind {
             EventKind::Identify => self.apply_traits(&ev.traits, at),
             EventKind::Group => {
@@ -456,7 +452,7 @@ impl ProfileState {
                 }
                 self.record_hour(ev);
                 if ev.kind == EventKind::Track {
-                    self.apply_track(ev, at, vocab);
+                    touched |= self.apply_track(ev, at, vocab);
                 }
             }
         }
@@ -534,9 +530,10 @@ impl ProfileState {
         }
     }
 
-    fn apply_track(&mut self, ev: &Event, at: Stamp, vocab: &Vocabulary) {
+    /// Returns the groups of fields it wrote ([`Touched`]).
+    fn apply_track(&mut self, ev: &Event, at: Stamp, vocab: &Vocabulary) -> u16 {
         let Some(name) = ev.event.as_deref() else {
-            return;
+            return 0;
         };
         let p = &ev.properties;
         let ts = ev.timestamp;
@@ -550,6 +547,7 @@ impl ProfileState {
             self.first_order = Some(self.first_order.map_or(ts, |t| t.min(ts)));
             max_opt(&mut self.last_order, ts);
             self.cart.clear(at);
+            Touched::ORDERS | Touched::CART
         } else if vocab.is_cart_add(name) {
             if let Some(product) = product_id(p) {
                 self.cart.add(
@@ -565,19 +563,24 @@ impl ProfileState {
                     },
                 );
             }
+            Touched::CART
         } else if vocab.is_cart_remove(name) {
             if let Some(product) = product_id(p) {
                 self.cart.remove(&product, at);
             }
+            Touched::CART
         } else if vocab.is_email_delivered(name) {
             self.email.delivered += 1;
             max_opt(&mut self.email.last_delivered, ts);
+            Touched::EMAIL
         } else if vocab.is_email_opened(name) {
             self.email.opened += 1;
             max_opt(&mut self.email.last_opened, ts);
+            Touched::EMAIL
         } else if vocab.is_email_clicked(name) {
             self.email.clicked += 1;
             max_opt(&mut self.email.last_clicked, ts);
+            Touched::EMAIL
         } else if vocab.is_email_bounced(name) {
             self.email.bounced += 1;
             let kind = text(p.get("type"))
@@ -587,17 +590,21 @@ impl ProfileState {
             if kind == "hard" || kind == "permanent" {
                 lww(&mut self.suppressed, at, "hard_bounce".to_string());
             }
+            Touched::EMAIL | Touched::SUPPRESSED
         } else if vocab.is_spam_complaint(name) {
             self.email.complained += 1;
             lww(&mut self.suppressed, at, "spam_complaint".to_string());
             lww_map(&mut self.subscriptions, "marketing", at, false);
+            Touched::EMAIL | Touched::SUPPRESSED | Touched::SUBSCRIPTIONS
         } else if vocab.is_unsubscribe(name) {
             self.email.unsubscribed += 1;
             let list = text(p.get("list")).unwrap_or_else(|| "marketing".into());
             lww_map(&mut self.subscriptions, &list, at, false);
+            Touched::EMAIL | Touched::SUBSCRIPTIONS
         } else if vocab.is_subscribe(name) {
             let list = text(p.get("list")).unwrap_or_else(|| "marketing".into());
             lww_map(&mut self.subscriptions, &list, at, true);
+            Touched::SUBSCRIPTIONS
         } else if vocab.is_consent(name) {
             if let Some(Value::Object(m)) = p.get("purposes") {
                 for (purpose, state) in m {
@@ -610,6 +617,9 @@ impl ProfileState {
             {
                 lww_map(&mut self.consent, &purpose, at, granted);
             }
+            Touched::SUBSCRIPTIONS
+        } else {
+            0
         }
     }
 

@@ -265,7 +265,7 @@ proptest! {
     /// re-evaluating everything gives: same memberships, tiers and timer, no change missed.
     #[test]
     fn selective_evaluation_equals_full_evaluation(
-        steps in prop::collection::vec((0usize..13, 0i64..90 * MINUTE), 1..80),
+        steps in prop::collection::vec((0usize..16, 0i64..90 * MINUTE), 1..80),
     ) {
         let mut d = kairos_core::defaults::default_definitions();
         d.segments.insert("hot_and_viewing".into(), segment(
@@ -279,12 +279,14 @@ proptest! {
         d.segments.insert("fresh".into(), segment("first_seen < 3h and event_count < 20", 11));
         d.segments.insert("reachable".into(), segment(
             r#"subscribed("marketing") and not subscribed("offers") and consented("analytics")"#, 12));
+        d.segments.insert("mail_state".into(), segment(
+            "suppressed or email_delivered >= 2 or last_email_click < 1h or cart_value > 50", 13));
         let scoring = compiled(&d);
         let cfg = CoreConfig::default();
         let names = ["Product Viewed", "Added to Cart", "Order Completed", "Email Opened",
                      "Email Clicked", "Checkout Started", "identify", "Subscribed",
                      "Unsubscribed", "Consent Updated", "page in a zone", "identify a zone",
-                     "identify subscriptions"];
+                     "identify subscriptions", "Email Delivered", "Email Bounced", "Product Removed"];
         let zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo"];
         let mut p = Profile::new(ProfileId(1));
         let mut t = T0;
@@ -295,6 +297,7 @@ proptest! {
                     json!({"list": if i % 3 == 0 { "offers" } else { "marketing" }})
                 }
                 "Consent Updated" => json!({"purposes": {"analytics": i % 2 == 0}}),
+                "Email Bounced" => json!({"type": if i % 2 == 0 { "hard" } else { "soft" }}),
                 _ => json!({"revenue": 400, "product_id": "p1", "price": 30}),
             };
             let mut e = track(i, names[*k], t, props);
