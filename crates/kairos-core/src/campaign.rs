@@ -1185,7 +1185,7 @@ fn message_change(
             message_id,
             status,
         },
-        reason,
+        reason: reason.into(),
     }
 }
 
@@ -1285,13 +1285,20 @@ impl Messaging {
         for change in changes {
             for c in &view.scoring.campaigns.list {
                 let hit = match (&c.trigger, &change.kind) {
-                    (CompiledTrigger::Segment(s), ChangeKind::Enter { segment }) => s == segment,
+                    (CompiledTrigger::Segment(s), ChangeKind::Enter { segment }) => {
+                        s.as_str() == &**segment
+                    }
                     (
                         CompiledTrigger::Tier { score, to },
                         ChangeKind::Tier {
                             score: sc, to: t, ..
                         },
-                    ) => score == sc && to.as_ref().is_none_or(|want| t.as_ref() == Some(want)),
+                    ) => {
+                        score.as_str() == &**sc
+                            && to
+                                .as_ref()
+                                .is_none_or(|want| t.as_deref() == Some(want.as_str()))
+                    }
                     _ => false,
                 };
                 if hit {

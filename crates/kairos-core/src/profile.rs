@@ -406,7 +406,7 @@ impl Profile {
         for ev in events.iter() {
             self.engagement.record(ev, tz);
         }
-        let mut tiers: Vec<(String, Option<String>)> = Vec::new();
+        let mut tiers: Vec<(String, Option<crate::scoring::Name>)> = Vec::new();
         for name in fresh.scores.keys() {
             tiers.push((
                 name.to_string(),

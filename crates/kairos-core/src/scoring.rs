@@ -42,6 +42,10 @@ use serde_json::{json, Value};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A segment, score, tier or reason text shared by the definitions and the changes they
+/// cause: a change names its segment and reason by a reference count, not a copy.
+pub type Name = std::sync::Arc<str>;
+
 /// Per-definition flags and values during one evaluation, on the stack for the usual
 /// number of definitions: evaluation runs several times per event and must not allocate.
 type Flags = SmallVec<[bool; 64]>;
@@ -184,6 +188,9 @@ pub struct CompiledScore {
     pub tiers: Vec<TierBound>,
     /// Whether any rule reads scores or tiers (then they are computed for each event).
     reads_scores: bool,
+    /// `name` and the tier names, shared by the changes that name them.
+    label: Name,
+    tier_labels: Vec<Name>,
 }
 
 impl CompiledScore {
@@ -198,6 +205,15 @@ impl CompiledScore {
 
     pub fn clamp(&self, raw: f64) -> f64 {
         raw.clamp(self.min, self.max)
+    }
+
+    /// The shared name of tier `tier` (one of this score's).
+    fn tier_label(&self, tier: &str) -> Name {
+        self.tier_labels
+            .iter()
+            .find(|t| &***t == tier)
+            .cloned()
+            .unwrap_or_else(|| tier.into())
     }
 
     /// The tier a (clamped) value falls in.
@@ -216,6 +232,8 @@ pub struct CompiledSegment {
     pub program: Program,
     pub priority: i32,
     deps: Deps,
+    /// `name`, shared by the changes that name this segment.
+    label: Name,
 }
 
 /// Compiled definitions: every rule parsed and checked once.
@@ -242,6 +260,10 @@ pub struct Scoring {
     candidates: Vec<Vec<(u16, u16)>>,
     reads_scores: bool,
     triggers: SegmentTriggers,
+    /// The reason texts of events with a name the definitions know, and of timers, made
+    /// once (see [`Scoring::reason`]).
+    event_reasons: FxHashMap<String, Name>,
+    timer_reason: Name,
     series: crate::rules_env::SeriesPlan,
     pub campaigns: crate::campaign::Campaigns,
     pub features: crate::features::FeatureSet,
@@ -394,6 +416,8 @@ impl Scoring {
                 });
             }
             scores.push(CompiledScore {
+                label: name.as_str().into(),
+                tier_labels: tiers.iter().map(|t| t.name.as_str().into()).collect(),
                 name: name.clone(),
                 description: def.description.clone(),
                 reads_scores: rules.iter().any(|r| !r.program.scores_used.is_empty()),
@@ -416,6 +440,7 @@ impl Scoring {
             })?;
             note(&path, &program);
             segments.push(CompiledSegment {
+                label: name.as_str().into(),
                 name: name.clone(),
                 description: def.description.clone(),
                 deps: Deps::of(&program, &aggregates, &mut event_names),
@@ -466,6 +491,14 @@ impl Scoring {
             event_names.0.len(),
         );
         let triggers = SegmentTriggers::new(&segments, scores.len(), event_names.0.len());
+        let event_reasons = event_names
+            .0
+            .keys()
+            .map(String::as_str)
+            .chain(["Page Viewed", "Screen Viewed"])
+            .chain(KINDS.iter().map(|k| k.as_str()))
+            .map(|n| (n.to_string(), Reason::Event(n).to_string().into()))
+            .collect();
         let digest = |s: String| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
         // Campaigns are not in the version: editing one re-evaluates no segment.
         let version = digest(format!(
@@ -491,6 +524,8 @@ impl Scoring {
             candidates,
             reads_scores,
             triggers,
+            event_reasons,
+            timer_reason: Reason::Timer.to_string().into(),
             series: crate::rules_env::SeriesPlan::new(&aggregates),
             aggregates,
             campaigns,
@@ -502,6 +537,18 @@ impl Scoring {
 
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty() && self.segments.is_empty()
+    }
+
+    /// The text of a change's reason, shared when it is a known one.
+    fn reason(&self, why: Reason<'_>) -> Name {
+        match why {
+            Reason::Timer => self.timer_reason.clone(),
+            Reason::Event(name) => match self.event_reasons.get(name) {
+                Some(r) => r.clone(),
+                None => why.to_string().into(),
+            },
+            Reason::Replay(_) => why.to_string().into(),
+        }
     }
 
     /// Whether an event older than ones already scored must be replayed with the history:
@@ -655,7 +702,7 @@ pub struct ScoreState {
     /// By rule index; only rules that ever matched.
     pub rules: Vec<(u16, RuleState)>,
     /// The tier at the last evaluation, to notice changes.
-    pub tier: Option<String>,
+    pub tier: Option<Name>,
     /// For the trend: per UTC day with points, their sum decayed to the end of that day,
     /// oldest first; days before the last [`HISTORY_DAYS`] are folded into `older`. Sums
     /// per day do not depend on the order in which events arrived.
@@ -752,25 +799,25 @@ pub fn crossing(raw: f64, half_life: Option<Millis>, now: Millis, target: f64) -
 pub struct Change {
     pub at: Millis,
     pub kind: ChangeKind,
-    pub reason: String,
+    pub reason: Name,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChangeKind {
     Enter {
-        segment: String,
+        segment: Name,
     },
     Exit {
-        segment: String,
+        segment: Name,
     },
     Tier {
-        score: String,
-        from: Option<String>,
-        to: Option<String>,
+        score: Name,
+        from: Option<Name>,
+        to: Option<Name>,
     },
     Primary {
-        from: Option<String>,
-        to: Option<String>,
+        from: Option<Name>,
+        to: Option<Name>,
     },
     /// A campaign decision or an engagement with a campaign's message (see
     /// [`crate::campaign`]).
@@ -864,12 +911,10 @@ impl Change {
             profile,
         };
         match &self.kind {
-            ChangeKind::Enter { segment } => {
-                (r.kind, r.segment) = ("enter", Some(segment.as_str()))
-            }
-            ChangeKind::Exit { segment } => (r.kind, r.segment) = ("exit", Some(segment.as_str())),
+            ChangeKind::Enter { segment } => (r.kind, r.segment) = ("enter", Some(&**segment)),
+            ChangeKind::Exit { segment } => (r.kind, r.segment) = ("exit", Some(&**segment)),
             ChangeKind::Tier { score, from, to } => {
-                (r.kind, r.score) = ("tier", Some(score.as_str()));
+                (r.kind, r.score) = ("tier", Some(&**score));
                 (r.from, r.to) = (Some(from.as_deref()), Some(to.as_deref()));
             }
             ChangeKind::Primary { from, to } => {
@@ -943,10 +988,10 @@ impl Change {
     /// [`Change::decode_record`] reads either.
     pub fn encode(&self, seq: u64, profile: crate::identity::ProfileId) -> Vec<u8> {
         let kind = match &self.kind {
-            ChangeKind::Enter { segment } => CompactKind::Enter(segment.as_str()),
-            ChangeKind::Exit { segment } => CompactKind::Exit(segment.as_str()),
+            ChangeKind::Enter { segment } => CompactKind::Enter(&**segment),
+            ChangeKind::Exit { segment } => CompactKind::Exit(&**segment),
             ChangeKind::Tier { score, from, to } => {
-                CompactKind::Tier(score.as_str(), from.as_deref(), to.as_deref())
+                CompactKind::Tier(&**score, from.as_deref(), to.as_deref())
             }
             ChangeKind::Primary { from, to } => {
                 CompactKind::Primary(from.as_deref(), to.as_deref())
@@ -958,7 +1003,7 @@ impl Change {
             seq,
             profile: profile.0,
             kind,
-            reason: self.reason.as_str(),
+            reason: &*self.reason,
         };
         let mut out = Vec::with_capacity(64);
         out.push(COMPACT_RECORD);
@@ -974,15 +1019,26 @@ impl Change {
         };
         let r: CompactRecord<String> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
         let kind = match r.kind {
-            CompactKind::Enter(segment) => ChangeKind::Enter { segment },
-            CompactKind::Exit(segment) => ChangeKind::Exit { segment },
-            CompactKind::Tier(score, from, to) => ChangeKind::Tier { score, from, to },
-            CompactKind::Primary(from, to) => ChangeKind::Primary { from, to },
+            CompactKind::Enter(segment) => ChangeKind::Enter {
+                segment: segment.into(),
+            },
+            CompactKind::Exit(segment) => ChangeKind::Exit {
+                segment: segment.into(),
+            },
+            CompactKind::Tier(score, from, to) => ChangeKind::Tier {
+                score: score.into(),
+                from: from.map(Name::from),
+                to: to.map(Name::from),
+            },
+            CompactKind::Primary(from, to) => ChangeKind::Primary {
+                from: from.map(Name::from),
+                to: to.map(Name::from),
+            },
         };
         let c = Change {
             at: r.at,
             kind,
-            reason: r.reason,
+            reason: r.reason.into(),
         };
         let profile = crate::identity::ProfileId(r.profile).to_string();
         serde_json::from_slice(&c.record(r.seq, &profile)).map_err(|e| e.to_string())
@@ -1000,7 +1056,7 @@ pub struct Derived {
     pub scores: VecMap<ScoreState>,
     /// Member segments, with the instant each was entered.
     pub segments: VecMap<Millis>,
-    pub primary: Option<String>,
+    pub primary: Option<Name>,
     /// The next instant at which a membership or tier may change with no event.
     pub timer: Option<Millis>,
     /// The same, per segment (index `i`) and per score's tier (`segments + i`), for the
@@ -1296,29 +1352,28 @@ fn lookup_slots(scores: &VecMap<ScoreState>, scoring: &Scoring) -> Vec<u16> {
 
 impl Derived {
     /// The scores marked in `needed` (all if `None`) at `now`, the others left at zero, in
-    /// definition order. One merge pass over the profile's scores (both sorted by name).
+    /// definition order, into `out` (filled in place: the inline array is a kilobyte, and
+    /// returning it copied that at every evaluation).
     fn scores_now<'s>(
         &self,
         scoring: &'s Scoring,
         now: Millis,
         needed: Option<&Bits>,
-    ) -> ScoresNow<'s> {
+        out: &mut ScoresNow<'s>,
+    ) {
         let slots = self.slots.current(&self.scores, scoring);
-        scoring
-            .scores
-            .iter()
-            .enumerate()
-            .map(|(i, sc)| {
-                if !needed.is_none_or(|n| n.get(i)) {
-                    return ScoreNow::default();
-                }
-                let st = slots
-                    .get(i)
-                    .and_then(|&p| self.scores.at(p as usize))
-                    .map(|(_, v)| v);
-                score_now(sc, st, now)
-            })
-            .collect()
+        out.clear();
+        for (i, sc) in scoring.scores.iter().enumerate() {
+            if !needed.is_none_or(|n| n.get(i)) {
+                out.push(ScoreNow::default());
+                continue;
+            }
+            let st = slots
+                .get(i)
+                .and_then(|&p| self.scores.at(p as usize))
+                .map(|(_, v)| v);
+            out.push(score_now(sc, st, now));
+        }
     }
 
     /// Brings the score positions up to the definitions and the map (see [`ScoreSlots`]).
@@ -1339,7 +1394,9 @@ impl Derived {
 
     /// Every score at `now`, for rule evaluation.
     pub fn scores_at<'s>(&self, scoring: &'s Scoring, now: Millis) -> Vec<ScoreNow<'s>> {
-        self.scores_now(scoring, now, None).into_vec()
+        let mut out = ScoresNow::new();
+        self.scores_now(scoring, now, None, &mut out);
+        out.into_vec()
     }
 
     /// Returns, per score, whether it received points.
@@ -1358,11 +1415,10 @@ impl Derived {
         if candidates.is_empty() {
             return scored;
         }
-        let before = if scoring.reads_scores {
-            self.scores_now(scoring, t, None)
-        } else {
-            ScoresNow::new()
-        };
+        let mut before = ScoresNow::new();
+        if scoring.reads_scores {
+            self.scores_now(scoring, t, None, &mut before);
+        }
         let env = ProfileEnv {
             state,
             aggregates: &scoring.aggregates,
@@ -1548,16 +1604,15 @@ impl Derived {
                 needed.or(read);
             }
         }
-        let scores = if needed.is_empty() {
-            ScoresNow::new()
-        } else {
-            self.scores_now(scoring, now, Some(&needed))
-        };
+        let mut scores = ScoresNow::new();
+        if !needed.is_empty() {
+            self.scores_now(scoring, now, Some(&needed), &mut scores);
+        }
         // One reason text per evaluation, shared by its changes.
-        let mut reason_text: Option<String> = None;
+        let mut reason_text: Option<Name> = None;
         let mut reason_text = || {
             reason_text
-                .get_or_insert_with(|| reason.to_string())
+                .get_or_insert_with(|| scoring.reason(reason))
                 .clone()
         };
 
@@ -1571,12 +1626,12 @@ impl Derived {
             };
             due[nseg + i] = s.tier_change().unwrap_or(NEVER);
             if st.tier.as_deref() != s.tier {
-                let tier = s.tier.map(str::to_string);
+                let tier = s.tier.map(|t| sc.tier_label(t));
                 let from = std::mem::replace(&mut st.tier, tier.clone());
                 out.push(Change {
                     at: now,
                     kind: ChangeKind::Tier {
-                        score: sc.name.clone(),
+                        score: sc.label.clone(),
                         from,
                         to: tier,
                     },
@@ -1648,12 +1703,12 @@ impl Derived {
             let kind = if member.get(i) {
                 self.segments.insert(&seg.name, now);
                 ChangeKind::Enter {
-                    segment: seg.name.clone(),
+                    segment: seg.label.clone(),
                 }
             } else {
                 self.segments.remove(&seg.name);
                 ChangeKind::Exit {
-                    segment: seg.name.clone(),
+                    segment: seg.label.clone(),
                 }
             };
             out.push(Change {
@@ -1674,7 +1729,9 @@ impl Derived {
                 self.segments.remove(&name);
                 out.push(Change {
                     at: now,
-                    kind: ChangeKind::Exit { segment: name },
+                    kind: ChangeKind::Exit {
+                        segment: name.into(),
+                    },
                     reason: "segment deleted".into(),
                 });
             }
@@ -1690,7 +1747,7 @@ impl Derived {
                 .filter_map(|i| scoring.segments.get(i))
                 .min_by_key(|s| (s.priority, s.name.as_str()));
             if primary.map(|s| s.name.as_str()) != self.primary.as_deref() {
-                let to = primary.map(|s| s.name.clone());
+                let to = primary.map(|s| s.label.clone());
                 let from = std::mem::replace(&mut self.primary, to.clone());
                 out.push(Change {
                     at: now,
@@ -1912,7 +1969,7 @@ mod tests {
             Change {
                 at: 0,
                 kind,
-                reason: String::new(),
+                reason: "".into(),
             }
             .stream()
         })

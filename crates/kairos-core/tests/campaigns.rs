@@ -68,7 +68,12 @@ fn messages(changes: &[Change]) -> Vec<(String, &'static str, i64, String)> {
         .filter_map(|c| match &c.kind {
             ChangeKind::Message {
                 campaign, status, ..
-            } => Some((campaign.clone(), status.as_str(), c.at, c.reason.clone())),
+            } => Some((
+                campaign.clone(),
+                status.as_str(),
+                c.at,
+                c.reason.to_string(),
+            )),
             _ => None,
         })
         .collect()

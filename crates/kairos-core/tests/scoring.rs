@@ -399,7 +399,7 @@ fn a_decaying_score_changes_tier_on_its_timer_and_clamps_on_read() {
         T0,
     );
     assert!(changes.iter().any(|c| matches!(&c.kind,
-        ChangeKind::Tier { to: Some(t), .. } if t == "hot")));
+        ChangeKind::Tier { to: Some(t), .. } if &**t == "hot")));
     // 80 decays to 70 after log2(80/70) days: the timer is set for that instant.
     let expected = T0 + (DAY as f64 * (80.0f64 / 70.0).log2()).ceil() as i64;
     let timer = p.derived.timer.unwrap_or(0);
@@ -443,7 +443,7 @@ fn activity_windows_exit_by_timer_without_a_new_event() {
             segment: "active_now".into()
         }
     );
-    assert_eq!(changes[0].reason, "time passed");
+    assert_eq!(&*changes[0].reason, "time passed");
     assert_eq!(
         changes[0].at,
         T0 + 15 * MINUTE,
