@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs `kairos bench ingest` and reports, besides its events/s, the CPU time the writer and
-# committer threads used (from /proc, in clock ticks), then that of every server thread. On a shared, noisy host throughput
-# moves by +-20% between runs of the same build; a thread's CPU time moves far less, so
-# alternating runs of two builds compare better by it.
+# Runs `kairos bench ingest` and reports, besides its events/s, the CPU time the writer,
+# committer and recommendations threads and the whole process (every thread, the load
+# generator's included) used (from /proc, in clock ticks), then that of every server
+# thread. On a shared, noisy host throughput moves by +-20% between runs of the same build;
+# a thread's CPU time moves far less, so alternating runs of two builds compare better by it.
 #
 # usage: scripts/thread-cpu.sh BINARY EVENTS DEFINITIONS(default|none)
 set -euo pipefail
@@ -22,12 +23,14 @@ while kill -0 "$pid" 2>/dev/null; do
   sleep 0.3
 done
 declare -A sum
+total=0
 for k in "${!ticks[@]}"; do
   n=${k%/*}
   sum[$n]=$((${sum[$n]:-0} + ticks[$k]))
+  total=$((total + ticks[$k]))
 done
 rate=$(awk '/durable ingest/ {print $4}' "$out")
-echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} ticks"
+echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} recs=${sum[kairos-recs]:-?} total=$total ticks"
 # Every server thread, busiest first; tokio-rt-worker holds the HTTP workers of both the
 # server and the load generator, which share one runtime in `bench ingest`.
 for n in "${!sum[@]}"; do

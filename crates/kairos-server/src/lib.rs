@@ -61,7 +61,8 @@ pub struct AppState {
     pub models: models::Models,
     /// Engagement-hour priors for send-time optimization.
     pub send_time: sendtime::SendTime,
-    /// Product recommendations: histories folded from the log and the model serving.
+    /// Product recommendations: histories folded from what the writer accepts, and the
+    /// model serving.
     pub recs: recs::Recs,
 }
 
@@ -97,6 +98,10 @@ impl Kairos {
             .map_err(store_err)?;
         let mut opts = config.writer_options();
         opts.clock = kairos_store::Clock(clock.clone());
+        let recs = recs::Recs::new(&config.recommendations);
+        if config.recommendations.enabled {
+            opts.observer = Some(recs.observer(&config.vocabulary));
+        }
         let (ingest, writer) = Ingestor::start(store.clone(), opts).map_err(store_err)?;
         let stored = store.definitions().map_err(store_err)?;
         let defs = config.definitions(stored.clone());
@@ -155,7 +160,7 @@ impl Kairos {
                 channels: Arc::new(channels),
                 models: models::Models::default(),
                 send_time: sendtime::SendTime::default(),
-                recs: recs::Recs::new(&config.recommendations),
+                recs,
                 config,
             }),
             writer: Some(writer),

@@ -1,10 +1,19 @@
 //! Product recommendations over HTTP, and the background work that keeps them current.
 //!
-//! A thread tails the event log (arrival order, a seq cursor) and folds product views,
+//! A thread follows the event log (arrival order, a seq cursor) and folds product views,
 //! cart additions and purchases into each person's recent history in memory; every
 //! `rebuild_interval_secs` with new interactions or catalog changes it rebuilds the model
 //! ([`kairos_recs::Snapshot`]) from a copy of them and swaps it in. Ingest never waits for
-//! any of it: the writer does not know this exists. Requests read the current snapshot.
+//! any of it. Requests read the current snapshot.
+//!
+//! The events come from the writer as it accepted them (the feed: a
+//! [`kairos_store::Observer`] turns each durable group into its interactions on the
+//! committer thread) rather than read back from the log: finding, decoding and looking up
+//! the product events there was a seventh of the server's CPU under ingest. The log is read
+//! at start, and whenever the feed missed events: it drops groups instead of waiting when
+//! the thread is behind (a rebuild runs), a group that failed to commit leaves seqs out, and
+//! a group handed over before an erasure may hold the erased person. Groups carry their
+//! seqs, so the thread knows where to read from.
 //!
 //! Nothing per person is written to disk here: the histories are rebuilt from the log at
 //! start (the log is the record, and erasure already removes a person from it), and
@@ -18,6 +27,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use crossbeam_channel::{Receiver, Sender};
 use kairos_core::identity::IdKey;
 use kairos_core::time::format_timestamp;
 use kairos_core::vocab::Vocabulary;
@@ -25,14 +35,13 @@ use kairos_core::{Event, Millis, Profile};
 use kairos_recs::interaction::{interactions_of, item_of, names_interaction, Interactions};
 use kairos_recs::model::{BuildStats, Seen};
 use kairos_recs::{
-    Context, Item, Method, Recommendation, RecsConfig, RecsError, Request, Snapshot,
+    Context, Item, Kind, Method, Recommendation, RecsConfig, RecsError, Request, Snapshot,
 };
-use kairos_store::{EventParts, LogPage, Store, StoreError};
+use kairos_store::{Accepted, EventParts, LogPage, Observer, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +76,15 @@ impl Default for RecommendationsConfig {
 /// Events read from the log per step of the tailing thread.
 const LOG_BATCH: usize = 5000;
 
+/// Groups the feed holds for the tailing thread; beyond it they are dropped and read from
+/// the log. A group is up to one request's worth of events while ingest keeps up (more when
+/// it does not), so this covers a rebuild of several seconds at full ingest. Unit tests
+/// use a small one to reach the fallback.
+const FEED_GROUPS: usize = if cfg!(test) { 4 } else { 1024 };
+
+/// Groups taken from the feed per step before rebuilds and requests are looked at again.
+const FEED_STEP: usize = 256;
+
 /// What the tailing thread has done, for the status endpoint.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -74,6 +92,11 @@ pub struct Status {
     pub cursor: u64,
     pub events_read: u64,
     pub interactions_folded: u64,
+    /// Of `events_read`, those that came from the writer's feed rather than from the log.
+    pub events_fed: u64,
+    /// Times the feed missed events (dropped, a failed commit, or handed over before an
+    /// erasure) and the log was read for them instead.
+    pub feed_gaps: u64,
     pub caught_up: bool,
     pub last_build: Option<BuildStats>,
     pub last_build_ms: Option<u64>,
@@ -94,9 +117,14 @@ pub struct Recs {
     status: Mutex<Status>,
     catalog_changed: AtomicBool,
     /// Erasures so far: when it moved since the last rebuild, the next one checks every
-    /// person still exists, and the tailer forgets the identifiers it has looked up.
-    erasures: AtomicU64,
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// person still exists, and the tailer forgets the identifiers it has looked up. Only
+    /// moved under the `interactions` lock (see [`take`]).
+    erasures: Arc<AtomicU64>,
+    tx: Mutex<Option<Sender<Msg>>>,
+    /// The receiving end of the feed until the tailing thread takes it.
+    feed: Mutex<Option<Receiver<Fed>>>,
+    /// Whether the tailing thread takes the feed: until it does, the feed does nothing.
+    listening: Arc<AtomicBool>,
 }
 
 impl Recs {
@@ -106,9 +134,23 @@ impl Recs {
             snapshot: RwLock::new(Arc::new(Snapshot::empty(config.model.clone()))),
             status: Mutex::new(Status::default()),
             catalog_changed: AtomicBool::new(true),
-            erasures: AtomicU64::new(0),
+            erasures: Arc::new(AtomicU64::new(0)),
             tx: Mutex::new(None),
+            feed: Mutex::new(None),
+            listening: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The writer's end of the feed, for [`kairos_store::WriterOptions::observer`].
+    pub fn observer(&self, vocab: &Vocabulary) -> Arc<dyn Observer> {
+        let (tx, rx) = crossbeam_channel::bounded(FEED_GROUPS);
+        *self.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        Arc::new(Feed {
+            tx,
+            vocab: vocab.clone(),
+            listening: self.listening.clone(),
+            erasures: self.erasures.clone(),
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -136,10 +178,9 @@ impl Recs {
 
     /// Drops everything held about a person (erasure).
     pub fn forget(&self, person: u64) {
-        self.interactions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget(person);
+        let mut inter = self.interactions.write().unwrap_or_else(|p| p.into_inner());
+        inter.forget(person);
+        // Under the lock, so that the feed's groups are checked against it (see `take`).
         self.erasures.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -255,6 +296,100 @@ fn person_of(
 /// Identifiers the tailer keeps looked up between rebuilds, at most.
 const KNOWN_IDS: usize = 200_000;
 
+/// A product event as the histories take it.
+struct Found {
+    seq: u64,
+    person: u64,
+    list: Vec<(String, Kind)>,
+    ts: Millis,
+    /// What it says about the product (single-product events only).
+    meta: Option<Item>,
+}
+
+/// The products an event is an interaction with, and what it says about the product.
+type Products = (Vec<(String, Kind)>, Option<Item>);
+
+/// What an event brings to the histories, if anything: the log and the feed both go through
+/// it, so that they fold the same interactions.
+fn interactions(ev: &Event, vocab: &Vocabulary) -> Option<Products> {
+    let list = interactions_of(ev, vocab);
+    if list.is_empty() {
+        return None;
+    }
+    // Orders list several products; their attributes come from the catalog.
+    let meta = if list.len() == 1 { item_of(ev) } else { None };
+    Some((list, meta))
+}
+
+/// Adds a product event to the histories; returns how many interactions it held.
+fn apply(inter: &mut Interactions, f: Found) -> u64 {
+    if let Some(m) = f.meta {
+        inter.record_meta(m);
+    }
+    let n = f.list.len() as u64;
+    for (item, kind) in f.list {
+        inter.push(f.person, &item, kind, f.ts);
+    }
+    n
+}
+
+/// One durable group of events as the feed hands it over: every seq from `first` to
+/// `last`, and the product events among them.
+struct Fed {
+    first: u64,
+    last: u64,
+    /// [`Recs::erasures`] when it was handed over. An erasure is answered only after the
+    /// groups committed before it were handed over, so a group older than an erasure the
+    /// tailer knows of may hold the erased person's events: the log is read instead.
+    erasures: u64,
+    found: Vec<Found>,
+}
+
+/// The writer's end of the feed ([`Recs::observer`]). Runs on the committer thread: it
+/// never waits for the tailing thread, and drops the group when that one is behind.
+struct Feed {
+    tx: Sender<Fed>,
+    vocab: Vocabulary,
+    listening: Arc<AtomicBool>,
+    erasures: Arc<AtomicU64>,
+}
+
+impl Observer for Feed {
+    fn durable(&self, events: &[Accepted<'_>]) {
+        if !self.listening.load(Ordering::Relaxed) {
+            return;
+        }
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let erasures = self.erasures.load(Ordering::Relaxed);
+        let found = events
+            .iter()
+            // The log's reader finds no person for an event without either id.
+            .filter(|a| a.event.user_id.is_some() || a.event.anonymous_id.is_some())
+            .filter_map(|a| {
+                let (list, meta) = interactions(a.event, &self.vocab)?;
+                Some(Found {
+                    seq: a.seq,
+                    person: a.profile.0,
+                    list,
+                    ts: a.event.timestamp,
+                    meta,
+                })
+            })
+            .collect();
+        let fed = Fed {
+            first: first.seq,
+            last: last.seq,
+            erasures,
+            found,
+        };
+        if self.tx.try_send(fed).is_err() {
+            metrics::counter!("kairos_recs_feed_dropped_total").increment(1);
+        }
+    }
+}
+
 /// Every catalog item, valid ones only (they were validated when stored).
 fn load_catalog(store: &Store) -> Result<Vec<Item>, StoreError> {
     let mut out = Vec::new();
@@ -280,17 +415,31 @@ pub fn start(state: Arc<AppState>) -> Option<std::thread::JoinHandle<()>> {
     if !state.config.recommendations.enabled {
         return None;
     }
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = crossbeam_channel::unbounded();
     *state.recs.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let feed = state
+        .recs
+        .feed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     state.recs.set_status(|s| s.running = true);
     std::thread::Builder::new()
         .name("kairos-recs".into())
-        .spawn(move || run(&state, rx))
+        .spawn(move || run(&state, rx, feed))
         .ok()
 }
 
 struct Tail {
     cursor: u64,
+    /// The log is read before the feed is taken again: at start, after the feed missed
+    /// events, and when the feed was quiet for a poll interval (it may have dropped the
+    /// last groups). Always, without a feed.
+    behind: bool,
+    /// The newest seq of a group the feed handed over while the log was to be read: once
+    /// a read reaches the log's end, the cursor is at least this (those events are in the
+    /// log, or were erased).
+    floor: u64,
     /// See [`person_of`]; `erasures` is the count it was last cleared at.
     known: HashMap<IdKey, u64>,
     erasures: u64,
@@ -301,10 +450,19 @@ struct Tail {
     catalog: Arc<Vec<Item>>,
 }
 
-fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
+/// What woke the tailing thread.
+enum Wake {
+    Control(Option<Msg>),
+    Fed(Option<Fed>),
+    Idle,
+}
+
+fn run(state: &AppState, rx: Receiver<Msg>, mut feed: Option<Receiver<Fed>>) {
     let cfg = &state.config.recommendations;
     let mut t = Tail {
         cursor: 0,
+        behind: true,
+        floor: 0,
         known: HashMap::new(),
         erasures: 0,
         checked_erasures: 0,
@@ -312,11 +470,16 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
         last_build: None,
         catalog: Arc::new(Vec::new()),
     };
+    // Before the first read of the log: groups committed from now on are handed over.
+    state
+        .recs
+        .listening
+        .store(feed.is_some(), Ordering::Relaxed);
     let poll = Duration::from_millis(cfg.poll_ms.max(10));
     let interval = Duration::from_secs(cfg.rebuild_interval_secs);
     loop {
-        let caught_up = match fold(state, &mut t) {
-            Ok(n) => n < LOG_BATCH,
+        let caught_up = match read_step(state, &mut t, feed.is_some()) {
+            Ok(c) => c,
             Err(e) => {
                 state
                     .recs
@@ -337,20 +500,136 @@ fn run(state: &AppState, rx: mpsc::Receiver<Msg>) {
             }
         }
         let wait = if caught_up { poll } else { Duration::ZERO };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Msg::Rebuild(reply)) => {
+        let wake = match &feed {
+            Some(f) => crossbeam_channel::select! {
+                recv(rx) -> m => Wake::Control(m.ok()),
+                recv(f) -> m => Wake::Fed(m.ok()),
+                default(wait) => Wake::Idle,
+            },
+            None => match rx.recv_timeout(wait) {
+                Ok(m) => Wake::Control(Some(m)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Wake::Idle,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Wake::Control(None),
+            },
+        };
+        match wake {
+            Wake::Control(None | Some(Msg::Stop)) => break,
+            Wake::Control(Some(Msg::Rebuild(reply))) => {
                 let res = (|| -> Result<Status, StoreError> {
-                    while fold(state, &mut t)? >= LOG_BATCH {}
+                    catch_up(state, &mut t, feed.as_ref())?;
                     rebuild(state, &mut t)?;
                     Ok(state.recs.status())
                 })();
                 let _ = reply.send(res.map_err(|e| e.to_string()));
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Wake::Fed(Some(m)) => {
+                take(state, &mut t, m);
+                if let Some(f) = &feed {
+                    for m in f.try_iter().take(FEED_STEP) {
+                        take(state, &mut t, m);
+                    }
+                }
+            }
+            // The writer stopped: what it committed last is in the log.
+            Wake::Fed(None) => {
+                feed = None;
+                t.behind = true;
+            }
+            // Nothing handed over for a while: the feed may have dropped the last groups,
+            // which reading the log from the cursor finds (cheaply when it did not).
+            Wake::Idle => t.behind = true,
         }
     }
+    state.recs.listening.store(false, Ordering::Relaxed);
     state.recs.set_status(|s| s.running = false);
+}
+
+/// Reads a batch of the log when it is to be read; returns whether the tailer is caught up.
+fn read_step(state: &AppState, t: &mut Tail, fed: bool) -> Result<bool, StoreError> {
+    if !t.behind {
+        return Ok(true);
+    }
+    if fold(state, t)? >= LOG_BATCH {
+        return Ok(false);
+    }
+    reached_end(state, t, fed);
+    Ok(true)
+}
+
+/// Takes what the feed holds, then reads the log to its end whatever the feed said: it may
+/// have dropped the last groups.
+fn catch_up(
+    state: &AppState,
+    t: &mut Tail,
+    feed: Option<&Receiver<Fed>>,
+) -> Result<(), StoreError> {
+    if let Some(f) = feed {
+        for m in f.try_iter().take(f.len()) {
+            take(state, t, m);
+        }
+    }
+    while fold(state, t)? >= LOG_BATCH {}
+    reached_end(state, t, feed.is_some());
+    Ok(())
+}
+
+/// A read of the log reached its end: every group handed over before it is in it.
+fn reached_end(state: &AppState, t: &mut Tail, fed: bool) {
+    if t.floor > t.cursor {
+        t.cursor = t.floor;
+        let cursor = t.cursor;
+        state.recs.set_status(|s| s.cursor = cursor);
+    }
+    t.behind = !fed;
+}
+
+/// Folds a group the feed handed over; or, when the feed missed events before it or it
+/// predates an erasure, leaves it to the log (see [`Tail::behind`]).
+fn take(state: &AppState, t: &mut Tail, m: Fed) {
+    let missed = |t: &mut Tail, m: &Fed| {
+        t.behind = true;
+        t.floor = t.floor.max(m.last);
+        state.recs.set_status(|s| s.feed_gaps += 1);
+    };
+    if t.behind || m.last <= t.cursor {
+        t.floor = t.floor.max(m.last);
+        return;
+    }
+    if m.first > t.cursor + 1 {
+        missed(t, &m);
+        return;
+    }
+    let mut folded = 0u64;
+    if !m.found.is_empty() {
+        let mut inter = state
+            .recs
+            .interactions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        // Compared under the lock `forget` counts under: either the person was forgotten
+        // after this fold, or the group is not folded.
+        if m.erasures != state.recs.erasures.load(Ordering::Relaxed) {
+            drop(inter);
+            missed(t, &m);
+            return;
+        }
+        for f in m.found {
+            // Part of the group was read from the log already.
+            if f.seq > t.cursor {
+                folded += apply(&mut inter, f);
+            }
+        }
+        t.dirty = true;
+    }
+    let n = m.last - t.cursor;
+    t.cursor = m.last;
+    let cursor = t.cursor;
+    state.recs.set_status(|s| {
+        s.cursor = cursor;
+        s.events_read += n;
+        s.events_fed += n;
+        s.interactions_folded += folded;
+    });
 }
 
 /// Reads one batch of the log into the histories; returns how many events it read.
@@ -366,14 +645,19 @@ fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
         t.erasures = erasures;
     }
     let mut found = Vec::new();
-    for stored in &page.events {
+    for stored in page.events {
         let ev = &stored.event;
-        let list = interactions_of(ev, vocab);
-        if list.is_empty() {
+        let Some((list, meta)) = interactions(ev, vocab) else {
             continue;
-        }
+        };
         if let Some(person) = person_of(&state.store, ev, &mut t.known)? {
-            found.push((person, list, ev.timestamp, item_of(ev)));
+            found.push(Found {
+                seq: stored.seq,
+                person,
+                list,
+                ts: ev.timestamp,
+                meta,
+            });
         }
     }
     let mut folded = 0u64;
@@ -383,17 +667,8 @@ fn fold(state: &AppState, t: &mut Tail) -> Result<usize, StoreError> {
             .interactions
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        for (person, list, ts, meta) in found {
-            // Orders list several products; their attributes come from the catalog.
-            if list.len() == 1 {
-                if let Some(m) = meta {
-                    inter.record_meta(m);
-                }
-            }
-            for (item, kind) in list {
-                inter.push(person, &item, kind, ts);
-                folded += 1;
-            }
+        for f in found {
+            folded += apply(&mut inter, f);
         }
         t.dirty = true;
     }
@@ -880,6 +1155,437 @@ async fn bulk_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::Source;
+    use crate::{Config, Kairos};
+    use kairos_store::{Outcome, Prepared, Submission};
+    use std::collections::BTreeMap;
+
+    /// 2026-11-22T10:00:00Z: the events' time, and the clock's.
+    const T0: Millis = 1_795_341_600_000;
+
+    fn open(dir: &std::path::Path) -> Kairos {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            sources: vec![Source {
+                name: "web".into(),
+                write_key: "wk_test_123".into(),
+            }],
+            admin_token: Some("admin-token-for-tests".into()),
+            ..Config::default()
+        };
+        // No reads of the log when the feed is quiet: the tests say when the log is read.
+        config.recommendations.poll_ms = 600_000;
+        Kairos::open(config, Arc::new(|| T0), None).expect("open")
+    }
+
+    /// Stops the tailing thread and the writer, so that the store can be opened again.
+    fn close(k: Kairos, tailer: Option<std::thread::JoinHandle<()>>) {
+        k.state.recs.stop();
+        if let Some(t) = tailer {
+            t.join().expect("the tailing thread panicked");
+        }
+        let Kairos { state, mut writer } = k;
+        let state = Arc::try_unwrap(state).unwrap_or_else(|_| panic!("state still shared"));
+        drop(state);
+        if let Some(w) = writer.take() {
+            w.join().expect("the writer panicked");
+        }
+    }
+
+    fn event(v: Value) -> Event {
+        let mut v = v;
+        v["receivedAt"] = json!(T0);
+        if v.get("timestamp").is_none() {
+            v["timestamp"] = json!(T0);
+        }
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("event: {e}"))
+    }
+
+    fn track(id: &str, who: (&str, &str), name: &str, props: Value, at: Millis) -> Event {
+        event(
+            json!({"messageId": id, "type": "track", who.0: who.1, "event": name,
+                     "properties": props, "timestamp": at}),
+        )
+    }
+
+    fn view(id: &str, who: (&str, &str), product: &str, at: Millis) -> Event {
+        track(
+            id,
+            who,
+            "Product Viewed",
+            json!({"product_id": product}),
+            at,
+        )
+    }
+
+    /// Submits one request's events and waits until they are durable.
+    fn submit(state: &AppState, events: Vec<Event>) -> Outcome {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        state
+            .ingest
+            .submit(Submission {
+                events: Prepared::all(events),
+                rejected: Vec::new(),
+                received_at: T0,
+                source: "web".into(),
+                reply: Some(reply),
+            })
+            .expect("submit");
+        rx.blocking_recv()
+            .expect("answered")
+            .unwrap_or_else(|e| panic!("ingest: {e}"))
+    }
+
+    /// Returns once the feed was handed every group answered so far: the committer hands a
+    /// group over after answering it, and answers the next group after that.
+    fn handed_over(state: &AppState) {
+        submit(state, Vec::new());
+    }
+
+    /// Erases a person as `DELETE /v1/profiles/{id}` does.
+    fn erase(state: &AppState, user: &str) {
+        let id = state
+            .store
+            .lookup(&IdKey::user(user))
+            .expect("lookup")
+            .expect("known");
+        let rx = state.ingest.erase(id, false, T0).expect("erase");
+        let erased = rx.blocking_recv().expect("answered").expect("erased");
+        state.recs.forget(erased.expect("found").profile.0);
+    }
+
+    fn rebuild_now(state: &AppState) -> Status {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let control = state
+            .recs
+            .tx
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("running");
+        control.send(Msg::Rebuild(tx)).expect("send");
+        rx.blocking_recv()
+            .expect("answered")
+            .unwrap_or_else(|e| panic!("rebuild: {e}"))
+    }
+
+    fn wait_until(state: &AppState, done: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = state.recs.status();
+            if done(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "not reached: {st:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    type Histories = BTreeMap<u64, Vec<(String, Kind, Millis, Option<Item>)>>;
+
+    /// Every person's history, with what the events said about each product.
+    fn histories(state: &AppState) -> Histories {
+        let inter = state.recs.interactions.read().expect("lock");
+        inter
+            .person_keys()
+            .into_iter()
+            .map(|p| {
+                let list = inter
+                    .history(p)
+                    .iter()
+                    .map(|r| {
+                        let id = inter.item_id(r.item).to_string();
+                        (id, r.kind, r.ts, inter.meta(r.item).cloned())
+                    })
+                    .collect();
+                (p, list)
+            })
+            .collect()
+    }
+
+    /// What a tailer that only reads the log folds from the store in `dir`, after a rebuild
+    /// (which follows merges, as the other side's rebuild did).
+    fn from_the_log(dir: &std::path::Path) -> (Histories, Status) {
+        let k = open(dir);
+        let tailer = start(k.state.clone());
+        let st = rebuild_now(&k.state);
+        let h = histories(&k.state);
+        close(k, tailer);
+        (h, st)
+    }
+
+    fn profile_of(state: &AppState, user: &str) -> u64 {
+        let id = state.store.lookup(&IdKey::user(user)).expect("lookup");
+        state
+            .store
+            .resolve_id(id.expect("known"))
+            .expect("resolve")
+            .0
+    }
+
+    /// The feed must give the histories reading the log gives: anonymous browsing merged
+    /// by an identify, an order of several products (one listed twice), product
+    /// attributes, events that are not interactions, and an erased person.
+    #[test]
+    fn the_feed_folds_what_reading_the_log_folds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = open(dir.path());
+        let state: &AppState = &k.state;
+        let tailer = start(k.state.clone());
+        // It listens to the feed from its first read of the log on, which its first
+        // (empty) build follows; what was committed before that, it reads from the log.
+        wait_until(state, |s| s.builds > 0);
+        let anon = ("anonymousId", "anon-z");
+        let requests = vec![
+            vec![
+                view("v1", anon, "stove", T0),
+                view("v2", anon, "tent", T0 + 1),
+                event(
+                    json!({"messageId": "p1", "type": "page", "anonymousId": "anon-z",
+                             "name": "Product Viewed"}),
+                ),
+            ],
+            vec![
+                track(
+                    "o1",
+                    ("userId", "zed"),
+                    "Order Completed",
+                    json!({"products": [{"product_id": "kettle"}, {"product_id": "mug"},
+                                        {"product_id": "kettle"}]}),
+                    T0 + 2,
+                ),
+                track(
+                    "e1",
+                    ("userId", "ann"),
+                    "Email Opened",
+                    json!({"product_id": "lamp"}),
+                    T0 + 4,
+                ),
+            ],
+            // The visitor logs in: the anonymous profile merges into zed's.
+            vec![event(
+                json!({"messageId": "i1", "type": "identify", "userId": "zed",
+                              "anonymousId": "anon-z"}),
+            )],
+            vec![
+                view("v3", anon, "lamp", T0 + 5),
+                track(
+                    "c1",
+                    ("userId", "ann"),
+                    "Added to Cart",
+                    json!({"product_id": "lamp", "name": "Desk Lamp", "price": 30}),
+                    T0 + 5,
+                ),
+                view("v4", ("userId", "eve"), "tent", T0 + 6),
+                track(
+                    "c2",
+                    ("userId", "eve"),
+                    "Product Added",
+                    json!({"sku": "stove"}),
+                    T0 + 7,
+                ),
+            ],
+        ];
+        let mut accepted = 0;
+        for events in requests {
+            accepted += submit(state, events).accepted as u64;
+            // One group at a time: none is dropped.
+            wait_until(state, |s| s.events_fed == accepted);
+        }
+        erase(state, "eve");
+        accepted +=
+            submit(state, vec![view("v5", ("userId", "bob"), "mug", T0 + 8)]).accepted as u64;
+        wait_until(state, |s| s.events_fed == accepted);
+        let st = rebuild_now(state);
+        assert_eq!(st.feed_gaps, 0, "{st:?}");
+        assert_eq!(st.events_fed, st.events_read, "{st:?}");
+        let fed = histories(state);
+        let zed = profile_of(state, "zed");
+        close(k, tailer);
+
+        let (logged, log_st) = from_the_log(dir.path());
+        assert_eq!(log_st.events_fed, 0, "{log_st:?}");
+        assert_eq!(fed, logged);
+        let items = |p: u64| -> Vec<&str> { fed[&p].iter().map(|r| r.0.as_str()).collect() };
+        assert_eq!(items(zed), ["stove", "tent", "kettle", "mug", "lamp"]);
+        assert_eq!(fed.len(), 3, "zed, ann and bob; eve erased: {fed:?}");
+        let meta = |item: &str| {
+            let r = fed.values().flatten().find(|r| r.0 == item);
+            r.and_then(|r| r.3.as_ref()).map(|i| i.title.clone())
+        };
+        // An order of several products says nothing about them; the latest event wins.
+        assert_eq!(meta("kettle"), None);
+        assert_eq!(meta("lamp").as_deref(), Some("Desk Lamp"));
+        // The log no longer holds eve's events; the feed gave her two, which she took along.
+        assert_eq!(st.interactions_folded, log_st.interactions_folded + 2);
+    }
+
+    /// Drives the tailer by hand: takes the feed's groups and reads the log as `run` does.
+    struct Hand {
+        t: Tail,
+        feed: Receiver<Fed>,
+    }
+
+    impl Hand {
+        fn new(state: &AppState) -> Self {
+            state.recs.listening.store(true, Ordering::Relaxed);
+            let feed = state.recs.feed.lock().expect("lock").take().expect("feed");
+            let mut hand = Self {
+                t: Tail {
+                    cursor: 0,
+                    behind: true,
+                    floor: 0,
+                    known: HashMap::new(),
+                    erasures: 0,
+                    checked_erasures: 0,
+                    dirty: false,
+                    last_build: None,
+                    catalog: Arc::new(Vec::new()),
+                },
+                feed,
+            };
+            hand.step(state);
+            hand
+        }
+
+        /// Takes every group handed over, then reads the log while it is to be read.
+        fn step(&mut self, state: &AppState) {
+            handed_over(state);
+            for m in self.feed.try_iter().collect::<Vec<_>>() {
+                take(state, &mut self.t, m);
+            }
+            while !read_step(state, &mut self.t, true).expect("log") {}
+        }
+    }
+
+    /// Groups the feed dropped (its channel was full) are read from the log when the next
+    /// group shows the gap: each event folded once, none missing.
+    #[test]
+    fn a_gap_in_the_feed_is_filled_from_the_log_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = open(dir.path());
+        let state: &AppState = &k.state;
+        let mut hand = Hand::new(state);
+        let mut n = 0;
+        let mut request = |who: &str| {
+            n += 1;
+            let events = vec![
+                view(&format!("v{n}"), ("userId", who), &format!("p{n}"), T0 + n),
+                track(
+                    &format!("o{n}"),
+                    ("userId", who),
+                    "Order Completed",
+                    json!({"products": [{"product_id": "a"}, {"product_id": "b"}]}),
+                    T0 + n,
+                ),
+            ];
+            assert_eq!(submit(state, events).accepted, 2);
+        };
+        request("ann");
+        hand.step(state);
+        assert_eq!(hand.t.cursor, 2);
+        // More groups than the feed holds while the tailer does not take them: the last
+        // three are dropped, unseen until the next group.
+        for who in ["ann", "bob", "cy", "dee", "eve", "fay", "gus"] {
+            request(who);
+        }
+        handed_over(state);
+        assert_eq!(hand.feed.len(), FEED_GROUPS);
+        hand.step(state);
+        assert_eq!(state.recs.status().feed_gaps, 0);
+        request("hal");
+        hand.step(state);
+        let st = state.recs.status();
+        assert_eq!(st.feed_gaps, 1, "{st:?}");
+        assert_eq!(st.cursor, 18, "{st:?}");
+        assert_eq!(st.events_read, 18, "{st:?}");
+        assert_eq!(st.events_fed, 2 + 2 * FEED_GROUPS as u64, "{st:?}");
+        assert_eq!(st.interactions_folded, 9 * 3, "{st:?}");
+        // Taken up again after the gap.
+        request("ivy");
+        hand.step(state);
+        let st = state.recs.status();
+        assert_eq!((st.cursor, st.events_fed, st.feed_gaps), (20, 12, 1));
+        assert_eq!(st.interactions_folded, 10 * 3, "{st:?}");
+        let fed = histories(state);
+        close(k, None);
+        // Nothing to rebuild here (no merges): the histories as folded.
+        assert_eq!(fed, from_the_log(dir.path()).0);
+    }
+
+    /// The feed's last groups dropped with nothing after them to show the gap: a rebuild
+    /// reads the log to its end, and so does the tailer once the feed is quiet.
+    #[test]
+    fn groups_dropped_at_the_end_of_the_feed_are_read_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = open(dir.path());
+        let state: &AppState = &k.state;
+        let mut hand = Hand::new(state);
+        let mut n = 0u64;
+        let mut drop_two = |hand: &mut Hand| {
+            for _ in 0..FEED_GROUPS + 2 {
+                n += 1;
+                let (id, who) = (format!("v{n}"), format!("u{n}"));
+                submit(state, vec![view(&id, ("userId", &who), "mug", T0)]);
+            }
+            hand.step(state);
+            assert_eq!(state.recs.status().cursor, n - 2);
+            n
+        };
+        let all = drop_two(&mut hand);
+        catch_up(state, &mut hand.t, Some(&hand.feed)).expect("catch up");
+        let st = state.recs.status();
+        assert_eq!((st.cursor, st.events_read), (all, all), "{st:?}");
+        let all = drop_two(&mut hand);
+        // As `run` does when the feed is quiet for a poll interval.
+        hand.t.behind = true;
+        hand.step(state);
+        let st = state.recs.status();
+        assert_eq!(
+            (st.cursor, st.events_read, st.interactions_folded),
+            (all, all, all),
+            "{st:?}"
+        );
+        assert_eq!(st.events_fed, 2 * FEED_GROUPS as u64, "{st:?}");
+        close(k, None);
+    }
+
+    /// A group handed over before an erasure and taken after it may hold the erased
+    /// person's events: it is read from the log instead, which no longer has them.
+    #[test]
+    fn a_group_handed_over_before_an_erasure_is_not_folded_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = open(dir.path());
+        let state: &AppState = &k.state;
+        let mut hand = Hand::new(state);
+        submit(
+            state,
+            vec![
+                view("v1", ("userId", "eve"), "tent", T0),
+                view("v2", ("userId", "bob"), "mug", T0),
+            ],
+        );
+        let eve = profile_of(state, "eve");
+        let bob = profile_of(state, "bob");
+        erase(state, "eve");
+        hand.step(state);
+        let st = state.recs.status();
+        assert_eq!((st.feed_gaps, st.events_fed), (1, 0), "{st:?}");
+        let h = histories(state);
+        assert!(!h.contains_key(&eve), "{h:?}");
+        assert_eq!(h[&bob].len(), 1);
+        // Groups handed over after it are taken.
+        submit(state, vec![view("v3", ("userId", "bob"), "lamp", T0 + 1)]);
+        hand.step(state);
+        let st = state.recs.status();
+        assert_eq!(
+            (st.feed_gaps, st.events_fed, st.cursor),
+            (1, 1, 3),
+            "{st:?}"
+        );
+        close(k, None);
+    }
 
     /// The head read must agree with `interactions_of` on what could be an interaction,
     /// or the tailer would skip products (or decode everything).

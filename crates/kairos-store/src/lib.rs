@@ -22,8 +22,8 @@ pub use store::{
     StoreOptions, StoredEvent,
 };
 pub use writer::{
-    Backfill, BackfillHook, Clock, Erased, Ingestor, Outcome, PauseGuard, Prepared, QueueFull,
-    Submission, TimerLateness, WriterOptions,
+    Accepted, Backfill, BackfillHook, Clock, Erased, Ingestor, Observer, Outcome, PauseGuard,
+    Prepared, QueueFull, Submission, TimerLateness, WriterOptions,
 };
 
 /// Errors of the store.

@@ -17,8 +17,10 @@
 //! they may still be unwritten: what the pending batch and the group in flight write
 //! (events, redirects, identity and dedupe keys) stays readable in memory
 //! (`Unwritten`) until it is committed. The committer answers the group's requests once the fsync
-//! returned. When a commit fails, the group planned on top of it fails as well and the
-//! writer forgets its caches, as after any failed group.
+//! returned, then hands the group's accepted events to the [`Observer`], when the process
+//! installed one, so that it need not read them back from the log. When a commit fails, the
+//! group planned on top of it fails as well and the writer forgets its caches, as after any
+//! failed group.
 //!
 //! Most dedupe checks and identity lookups are for keys that do not exist (a new event, a
 //! new person); in-memory key filters (`crate::probe`) rule those out without a store read.
@@ -79,6 +81,38 @@ pub struct WriterOptions {
     /// deterministically; `None` otherwise.
     #[doc(hidden)]
     pub backfill_hook: Option<BackfillHook>,
+    /// Told of every accepted event once it is durable (see [`Observer`]); `None` when no
+    /// part of the process follows the log (imports).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// An event the writer accepted, as an [`Observer`] is told of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted<'a> {
+    /// Its arrival sequence number: its place in the log.
+    pub seq: u64,
+    /// The profile it was folded into, canonical at that moment (a later merge may
+    /// redirect it, see [`Store::resolve_id`]).
+    pub profile: ProfileId,
+    pub event: &'a Event,
+}
+
+/// Follows the events the writer accepts without reading them back from the log (the
+/// server's recommendations do): the writer already holds each one decoded, and knows its
+/// seq and the profile it went into.
+pub trait Observer: Send + Sync {
+    /// The accepted events of one group, in seq order with no seq missing between the first
+    /// and the last, once the group is committed (and fsync'd, unless `sync` is off). Called
+    /// on the committer thread after the group's requests were answered, for groups in
+    /// commit order; a group that failed is never passed, so seqs may be missing between two
+    /// calls. The next group is not committed until this returns: it must not block.
+    fn durable(&self, events: &[Accepted<'_>]);
+}
+
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// See [`WriterOptions::backfill_hook`].
@@ -129,6 +163,7 @@ impl Default for WriterOptions {
             key_filter_rebuild_after: crate::probe::REBUILD_AFTER_MIN,
             dedupe_ingest_after: crate::dedupe::INGEST_AFTER,
             backfill_hook: None,
+            observer: None,
         }
     }
 }
@@ -734,6 +769,34 @@ struct Handoff {
     dones: Vec<Sender<()>>,
     events: usize,
     started: std::time::Instant,
+    /// For the observer, when there is one.
+    fed: Vec<Fed>,
+}
+
+/// A submission's events, kept for the observer until their group is durable, and which
+/// of them were accepted: (index in `events`, seq, profile).
+struct Fed {
+    events: Vec<Prepared>,
+    accepted: Vec<(usize, u64, ProfileId)>,
+}
+
+/// Tells `observer` of a durable group's accepted events.
+fn tell(observer: &dyn Observer, fed: &[Fed]) {
+    let accepted: Vec<Accepted<'_>> = fed
+        .iter()
+        .flat_map(|f| {
+            f.accepted.iter().filter_map(move |&(i, seq, profile)| {
+                f.events.get(i).map(|p| Accepted {
+                    seq,
+                    profile,
+                    event: &p.event,
+                })
+            })
+        })
+        .collect();
+    if !accepted.is_empty() {
+        observer.durable(&accepted);
+    }
 }
 
 /// The committer thread: commits and fsyncs handed-over groups in order and answers their
@@ -745,7 +808,11 @@ struct Committer {
 }
 
 impl Committer {
-    fn start(store: Store) -> Result<Self, StoreError> {
+    fn start(
+        store: Store,
+        observer: Option<Arc<dyn Observer>>,
+        graveyard: Sender<Garbage>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = crossbeam_channel::bounded::<Handoff>(1);
         let (done, results) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
@@ -769,6 +836,10 @@ impl Committer {
                             metrics::counter!("kairos_group_commits_total").increment(1);
                             metrics::histogram!("kairos_group_commit_seconds")
                                 .record(h.started.elapsed().as_secs_f64());
+                            // After the answers: acknowledgements do not wait for it.
+                            if let Some(o) = &observer {
+                                tell(o.as_ref(), &h.fed);
+                            }
                         }
                         Err(e) => {
                             tracing::error!("group commit failed: {e}");
@@ -778,6 +849,11 @@ impl Committer {
                         }
                     }
                     drop(h.dones);
+                    if !h.fed.is_empty() {
+                        if let Err(e) = graveyard.try_send(Garbage::Fed(h.fed)) {
+                            drop(e.into_inner());
+                        }
+                    }
                     if done.send(result).is_err() {
                         break;
                     }
@@ -797,7 +873,7 @@ pub struct PauseGuard {
 }
 
 enum Verdict {
-    Accepted,
+    Accepted { seq: u64, profile: ProfileId },
     Duplicate,
     Suppressed,
 }
@@ -862,7 +938,7 @@ impl Writer {
             .definitions_history()?
             .last()
             .map_or(0, |(seq, _)| seq + 1);
-        let committer = Committer::start(store.clone())?;
+        let committer = Committer::start(store.clone(), opts.observer.clone(), graveyard.clone())?;
         Ok(Self {
             dedupe_probe: crate::probe::Probe::start(
                 store.dedupe.clone(),
@@ -1007,18 +1083,25 @@ impl Writer {
         let mut erasures = Vec::new();
         let mut dones: Vec<Sender<()>> = Vec::new();
         let mut defined: Vec<Reply<()>> = Vec::new();
+        let mut fed: Vec<Fed> = Vec::new();
         let mut n_events = 0usize;
         let result = (|| -> Result<(), StoreError> {
             for cmd in group {
                 match cmd {
                     Command::Ingest(mut sub) => {
                         n_events += sub.events.len();
-                        let outcome = self.ingest(&sub)?;
+                        let mut accepted = Vec::new();
+                        let observed = self.opts.observer.is_some();
+                        let outcome = self.ingest(&sub, observed.then_some(&mut accepted))?;
                         if let Some(reply) = sub.reply.take() {
                             outcomes.push((reply, outcome));
                         }
                         let events = std::mem::take(&mut sub.events);
-                        self.discard(Garbage::Events(events));
+                        if accepted.is_empty() {
+                            self.discard(Garbage::Events(events));
+                        } else {
+                            fed.push(Fed { events, accepted });
+                        }
                     }
                     Command::Erase {
                         id,
@@ -1102,6 +1185,7 @@ impl Writer {
                 dones: std::mem::take(&mut dones),
                 events: n_events,
                 started,
+                fed: std::mem::take(&mut fed),
             };
             let committer = self.committer.as_ref().ok_or(StoreError::WriterStopped)?;
             committer
@@ -1229,7 +1313,12 @@ impl Writer {
         Ok(())
     }
 
-    fn ingest(&mut self, sub: &Submission) -> Result<Outcome, StoreError> {
+    /// Folds a submission's events in; lists the accepted ones in `accepted` when given.
+    fn ingest(
+        &mut self,
+        sub: &Submission,
+        mut accepted: Option<&mut Vec<(usize, u64, ProfileId)>>,
+    ) -> Result<Outcome, StoreError> {
         let mut out = Outcome::default();
         for r in &sub.rejected {
             let dl = DeadLetter {
@@ -1247,9 +1336,14 @@ impl Writer {
             self.next_dead += 1;
             out.dead_lettered += 1;
         }
-        for p in &sub.events {
+        for (i, p) in sub.events.iter().enumerate() {
             match self.ingest_event(&p.event, &p.bytes)? {
-                Verdict::Accepted => out.accepted += 1,
+                Verdict::Accepted { seq, profile } => {
+                    out.accepted += 1;
+                    if let Some(list) = accepted.as_deref_mut() {
+                        list.push((i, seq, profile));
+                    }
+                }
                 Verdict::Duplicate => out.duplicates += 1,
                 Verdict::Suppressed => out.suppressed += 1,
             }
@@ -1528,7 +1622,10 @@ impl Writer {
         self.record_effects(final_id, old_timer, profile.timer(), &changes)?;
         self.cache.insert(final_id, profile);
         self.dirty.insert(final_id);
-        Ok(Verdict::Accepted)
+        Ok(Verdict::Accepted {
+            seq,
+            profile: final_id,
+        })
     }
 
     /// Puts an event into the open chunk, starting a new chunk when it is full.
@@ -2182,6 +2279,7 @@ enum Garbage {
     Profiles(Vec<Profile>),
     Backfill(BackfillPage),
     Ids(HashMap<Vec<u8>, ProfileId>),
+    Fed(Vec<Fed>),
 }
 
 /// Finds due timers and hands them to the writer, one batch at a time, until stopped.

@@ -702,3 +702,94 @@ fn the_log_read_without_context_holds_everything_else_of_each_event() {
     assert!(!full[0].event.context.is_empty() && !full[0].event.traits.is_empty());
     h.close();
 }
+
+/// What an observer was told: (seq, profile, messageId), and whether each call's events
+/// were already readable in the log.
+struct Recorder {
+    store: kairos_store::Store,
+    told: std::sync::Mutex<Vec<(u64, u64, String)>>,
+    unreadable: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl kairos_store::Observer for Recorder {
+    fn durable(&self, events: &[kairos_store::Accepted<'_>]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        let first = events[0].seq;
+        let page = self
+            .store
+            .log_after_where(
+                first - 1,
+                events.len(),
+                kairos_store::EventParts::All,
+                &|_| true,
+            )
+            .unwrap();
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        let told: Vec<u64> = events.iter().map(|a| a.seq).collect();
+        if seqs != told {
+            self.unreadable.fetch_add(1, Relaxed);
+        }
+        let mut list = self.told.lock().unwrap();
+        for a in events {
+            list.push((a.seq, a.profile.0, a.event.message_id.clone()));
+        }
+    }
+}
+
+/// The recommendations follow the log through the observer instead of reading it back:
+/// it must be told of every accepted event once it is in the log, in seq order with no
+/// seq left out within a group, with the profile it was folded into (the merged one for
+/// the event that merged), and of nothing a duplicate or a suppression dropped.
+#[test]
+fn the_observer_is_told_of_each_accepted_event_in_the_log_with_its_seq_and_profile() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        kairos_store::Store::open(dir.path(), &kairos_store::StoreOptions::default()).unwrap();
+    let recorder = std::sync::Arc::new(Recorder {
+        store: store.clone(),
+        told: Default::default(),
+        unreadable: Default::default(),
+        calls: Default::default(),
+    });
+    let writer = kairos_store::WriterOptions {
+        observer: Some(recorder.clone()),
+        ..kairos_store::WriterOptions::default()
+    };
+    let (ingest, handle) = kairos_store::Ingestor::start(store.clone(), writer).unwrap();
+    let h = Harness {
+        store,
+        ingest,
+        handle: Some(handle),
+    };
+    h.send(vec![
+        ev(EventKind::Track, "a1", None, Some("anon"), 1_000),
+        ev(EventKind::Track, "a2", None, Some("anon"), 1_001),
+    ]);
+    let anon = h.profile_of(&IdKey::anonymous("anon")).unwrap().id.0;
+    let out = h.send(vec![
+        ev(EventKind::Track, "a1", None, Some("anon"), 1_000),
+        identify("i1", Some("zed"), Some("anon"), 1_002, json!({})),
+        ev(EventKind::Track, "u1", Some("zed"), None, 1_003),
+    ]);
+    assert_eq!((out.accepted, out.duplicates), (2, 1));
+    let zed = h.profile_of(&IdKey::user("zed")).unwrap().id.0;
+    assert_ne!(anon, zed);
+    // Nothing accepted: nothing told.
+    h.send(vec![ev(EventKind::Track, "u1", Some("zed"), None, 1_003)]);
+    h.close();
+    let told = recorder.told.lock().unwrap().clone();
+    assert_eq!(
+        told,
+        vec![
+            (1, anon, "a1".to_string()),
+            (2, anon, "a2".to_string()),
+            (3, zed, "i1".to_string()),
+            (4, zed, "u1".to_string()),
+        ]
+    );
+    assert_eq!(recorder.calls.load(Relaxed), 2);
+    assert_eq!(recorder.unreadable.load(Relaxed), 0);
+}
