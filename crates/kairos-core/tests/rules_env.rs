@@ -34,6 +34,37 @@ fn event(i: usize, name: &str, ts: i64, category: &str, price: u32) -> Event {
     }
 }
 
+/// What a view of a bare state (no scores, no segments) borrows besides the state.
+#[derive(Default)]
+struct Bare {
+    aggregates: Aggregates,
+    segments: kairos_core::bits::Bits,
+    zone: kairos_core::rules_env::ZoneCell,
+}
+
+impl Bare {
+    fn with(aggregates: Aggregates) -> Self {
+        Self {
+            aggregates,
+            ..Self::default()
+        }
+    }
+
+    fn env<'a>(&'a self, state: &'a ProfileState, now: i64) -> ProfileEnv<'a> {
+        ProfileEnv {
+            state,
+            aggregates: &self.aggregates,
+            now,
+            event: None,
+            scores: &[],
+            segments: &self.segments,
+            series: &[],
+            trigger: None,
+            zone: &self.zone,
+        }
+    }
+}
+
 /// Events `back` before a fixed instant, and the instant `ahead` after it to evaluate at.
 fn history(raw: &[(&str, i64, &str, u32)], ahead: i64) -> (Vec<Event>, i64) {
     let base = 1_000 * DAY;
@@ -183,7 +214,8 @@ proptest! {
             state.apply(&events[i], &vocab);
             state.apply_aggregates(&events[i], &aggs);
         }
-        let env = ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &kairos_core::bits::Bits::default(), series: &[], trigger: None, zone: &Default::default() };
+        let bare = Bare::with(aggs.clone());
+        let env = bare.env(&state, now);
         for (q, count, sum) in &programs {
             let keep = |e: &Event| q.category.is_none_or(|c| e.properties.get("category") == Some(&json!(c)));
             let mut from = q.within.map_or(i64::MIN, |w| now - w);
@@ -235,19 +267,8 @@ fn since_compares_instants_exactly_within_one_minute() {
         state.apply(&e, &vocab);
         state.apply_aggregates(&e, &aggs);
     }
-    let no_segments = kairos_core::bits::Bits::default();
-    let zone = kairos_core::rules_env::ZoneCell::new();
-    let env = |now| ProfileEnv {
-        state: &state,
-        aggregates: &aggs,
-        now,
-        event: None,
-        scores: &[],
-        segments: &no_segments,
-        series: &[],
-        trigger: None,
-        zone: &zone,
-    };
+    let bare = Bare::with(aggs);
+    let env = |now| bare.env(&state, now);
     assert!(rule.matches(&env(t + MINUTE)));
     // It leaves the segment by itself two hours later, and the timer knows when.
     let next = rule.next_change(&env(t + MINUTE)).unwrap_or(0);
@@ -292,9 +313,8 @@ proptest! {
             state.apply(e, &vocab);
             state.apply_aggregates(e, &aggs);
         }
-        let no_segments = kairos_core::bits::Bits::default();
-        let zone = kairos_core::rules_env::ZoneCell::new();
-        let env = |now| ProfileEnv { state: &state, aggregates: &aggs, now, event: None, scores: &[], segments: &no_segments, series: &[], trigger: None, zone: &zone };
+        let bare = Bare::with(aggs);
+        let env = |now| bare.env(&state, now);
         let current = program.matches(&env(now));
         let flip = program.next_flip(&env(now), current, 100_000);
         let horizon = flip.unwrap_or(now + 30 * DAY);
@@ -358,20 +378,8 @@ mod local_clock {
     }
 
     fn check(zone: &str, state: &ProfileState, now: i64) {
-        let aggs = Aggregates::default();
-        let no_segments = kairos_core::bits::Bits::default();
-        let cell = kairos_core::rules_env::ZoneCell::new();
-        let env = |now| ProfileEnv {
-            state,
-            aggregates: &aggs,
-            now,
-            event: None,
-            scores: &[],
-            segments: &no_segments,
-            series: &[],
-            trigger: None,
-            zone: &cell,
-        };
+        let bare = Bare::default();
+        let env = |now| bare.env(state, now);
         let (hour, weekday) = calendar(zone, now);
         assert_eq!(num(env(now).field(Field::LocalHour)), hour, "{zone} {now}");
         assert_eq!(

@@ -450,6 +450,23 @@ struct Tail {
     catalog: Arc<Vec<Item>>,
 }
 
+impl Tail {
+    /// At the start of the log, which is still to be read; `dirty`: build once caught up.
+    fn new(dirty: bool) -> Self {
+        Self {
+            cursor: 0,
+            behind: true,
+            floor: 0,
+            known: HashMap::new(),
+            erasures: 0,
+            checked_erasures: 0,
+            dirty,
+            last_build: None,
+            catalog: Arc::new(Vec::new()),
+        }
+    }
+}
+
 /// What woke the tailing thread.
 enum Wake {
     Control(Option<Msg>),
@@ -459,17 +476,7 @@ enum Wake {
 
 fn run(state: &AppState, rx: Receiver<Msg>, mut feed: Option<Receiver<Fed>>) {
     let cfg = &state.config.recommendations;
-    let mut t = Tail {
-        cursor: 0,
-        behind: true,
-        floor: 0,
-        known: HashMap::new(),
-        erasures: 0,
-        checked_erasures: 0,
-        dirty: true,
-        last_build: None,
-        catalog: Arc::new(Vec::new()),
-    };
+    let mut t = Tail::new(true);
     // Before the first read of the log: groups committed from now on are handed over.
     state
         .recs
@@ -1432,17 +1439,7 @@ mod tests {
             state.recs.listening.store(true, Ordering::Relaxed);
             let feed = state.recs.feed.lock().expect("lock").take().expect("feed");
             let mut hand = Self {
-                t: Tail {
-                    cursor: 0,
-                    behind: true,
-                    floor: 0,
-                    known: HashMap::new(),
-                    erasures: 0,
-                    checked_erasures: 0,
-                    dirty: false,
-                    last_build: None,
-                    catalog: Arc::new(Vec::new()),
-                },
+                t: Tail::new(false),
                 feed,
             };
             hand.step(state);
