@@ -283,7 +283,8 @@ fn fold(c: &mut Criterion) {
 /// Folds one workload (`KAIROS_FOLD_ONCE=mix` or `sim`) once with the 10 scores and 20
 /// segments and prints what happened, for instruction counts under `valgrind
 /// --tool=callgrind` (which the host's noise does not move, unlike wall time):
-/// `KAIROS_FOLD_ONCE=sim valgrind --tool=callgrind <bench binary>`.
+/// `KAIROS_FOLD_ONCE=sim valgrind --tool=callgrind <bench binary>`. Also prints the mean
+/// size of the profiles' stored encoding, by part.
 fn fold_once(workload: &str) {
     let (events, people) = match workload {
         "sim" => (sim_events(), SIM_PEOPLE),
@@ -292,8 +293,28 @@ fn fold_once(workload: &str) {
     let cfg = CoreConfig::default();
     let scoring = Scoring::compile(&definitions(), None).unwrap_or_else(|e| panic!("{e}"));
     let started = std::time::Instant::now();
-    let (_, changes) = fold_all(&events, people, &cfg, &scoring);
+    let (profiles, changes) = fold_all(&events, people, &cfg, &scoring);
     let took = started.elapsed();
+    // What the store would write per profile, part by part (postcard, as stored).
+    let seen: Vec<&Profile> = profiles
+        .iter()
+        .filter(|p| p.state.event_count > 0)
+        .collect();
+    let mean = |part: &dyn Fn(&Profile) -> usize| {
+        seen.iter().map(|p| part(p)).sum::<usize>() / seen.len().max(1)
+    };
+    println!(
+        "{workload}: {} profiles, mean encoded {} bytes: state {} (activity {}), derived {} \
+         (scores {}), engagement {}, messaging {}",
+        seen.len(),
+        mean(&|p| p.encode().len()),
+        mean(&|p| encoded(&p.state)),
+        mean(&|p| encoded(&p.state.activity)),
+        mean(&|p| encoded(&p.derived)),
+        mean(&|p| encoded(&p.derived.scores)),
+        mean(&|p| encoded(&p.engagement)),
+        mean(&|p| encoded(&p.messaging)),
+    );
     // Every change, for comparing two builds' decisions (`KAIROS_FOLD_DUMP=file`).
     if let Some(path) = std::env::var_os("KAIROS_FOLD_DUMP") {
         let mut profiles: Vec<Profile> = (0..people)
@@ -312,6 +333,11 @@ fn fold_once(workload: &str) {
         events.len(),
         events.len() as f64 / took.as_secs_f64()
     );
+}
+
+/// Bytes of `v` in the store's encoding.
+fn encoded<T: serde::Serialize>(v: &T) -> usize {
+    postcard::to_allocvec(v).map_or(0, |b| b.len())
 }
 
 criterion_group!(benches, fold);

@@ -23,8 +23,55 @@ pub struct CoreConfig {
 }
 
 /// Bumped when the encoding changes. Version 6 added `log_heads`; the store refuses data
-/// directories written before it (their events cannot be found from the profile).
-const ENCODING_VERSION: u8 = 6;
+/// directories written before it (their events cannot be found from the profile). Version
+/// 7 made the engagement weights sparse; version 6 is still read ([`ProfileV6`]).
+const ENCODING_VERSION: u8 = 7;
+
+/// Version 6 of the encoding: as now, but with one engagement weight per hour of week.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ProfileV6 {
+    id: ProfileId,
+    identifiers: BTreeSet<IdKey>,
+    state: ProfileState,
+    derived: Derived,
+    messaging: Messaging,
+    predictions: Vec<Prediction>,
+    engagement: EngagementV6,
+    log_heads: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EngagementV6 {
+    weights: Vec<f32>,
+    as_of: Millis,
+    deliveries: Vec<(u64, Millis)>,
+    human_opens: u32,
+    machine_opens: u32,
+}
+
+impl From<ProfileV6> for Profile {
+    fn from(p: ProfileV6) -> Self {
+        let e = p.engagement;
+        Profile {
+            id: p.id,
+            identifiers: p.identifiers,
+            state: p.state,
+            derived: p.derived,
+            messaging: p.messaging,
+            predictions: p.predictions,
+            engagement: Engagement::from_dense(
+                e.weights,
+                e.as_of,
+                e.deliveries,
+                e.human_opens,
+                e.machine_opens,
+            ),
+            log_heads: p.log_heads,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -182,6 +229,9 @@ impl Profile {
             Some((&ENCODING_VERSION, body)) => {
                 postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
             }
+            Some((6, body)) => postcard::from_bytes::<ProfileV6>(body)
+                .map(Profile::from)
+                .map_err(|e| DecodeError::Corrupt(e.to_string())),
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),
         }
@@ -477,5 +527,85 @@ impl Profile {
             "identifiers": ids,
             "state": self.state.view(now),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use crate::time::HOUR;
+    use serde_json::Map;
+
+    fn track(name: &str, at: Millis, props: serde_json::Value) -> Event {
+        Event {
+            message_id: format!("{name}-{at}"),
+            kind: EventKind::Track,
+            event: Some(name.into()),
+            name: None,
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            timestamp: at,
+            received_at: at,
+            properties: props.as_object().cloned().unwrap_or_default(),
+            traits: Map::new(),
+            context: Map::new(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn profiles_stored_as_version_6_still_decode() {
+        let scoring = Scoring::compile(&crate::defaults::default_definitions(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = CoreConfig::default();
+        let mut p = Profile::new(ProfileId(7));
+        let t0 = 1_790_000_000_000;
+        let events = [
+            ("Email Delivered", serde_json::json!({"message_id": "m1"})),
+            ("Email Opened", serde_json::json!({"message_id": "m1"})),
+            ("Product Viewed", serde_json::json!({"product_id": "p1"})),
+            ("Order Completed", serde_json::json!({"revenue": 120})),
+        ];
+        for (i, (name, props)) in events.into_iter().enumerate() {
+            let at = t0 + i as Millis * 5 * HOUR;
+            p.apply(&track(name, at, props), &cfg, &scoring, at);
+        }
+        let (as_of, deliveries) = p.engagement.stored_parts();
+        let v6 = ProfileV6 {
+            id: p.id,
+            identifiers: p.identifiers.clone(),
+            state: p.state.clone(),
+            derived: p.derived.clone(),
+            messaging: p.messaging.clone(),
+            predictions: p.predictions.clone(),
+            engagement: EngagementV6 {
+                weights: p.engagement.dense_weights(),
+                as_of,
+                deliveries,
+                human_opens: p.engagement.human_opens,
+                machine_opens: p.engagement.machine_opens,
+            },
+            log_heads: vec![3, 9],
+        };
+        p.log_heads = vec![3, 9];
+        let mut bytes = vec![6u8];
+        bytes.extend(postcard::to_allocvec(&v6).unwrap_or_else(|e| panic!("{e}")));
+        let back = Profile::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, p);
+        assert_eq!(Profile::decode(&p.encode()).ok(), Some(p.clone()));
+        // The sparse weights are what made version 7 smaller.
+        assert!(
+            p.encode().len() + 500 < bytes.len(),
+            "{} vs {}",
+            p.encode().len(),
+            bytes.len()
+        );
+        assert!(matches!(
+            Profile::decode(&[5, 0]),
+            Err(DecodeError::Version(5))
+        ));
     }
 }

@@ -51,8 +51,10 @@ fn message_hash(ev: &Event) -> Option<u64> {
 /// One person's engagement by local hour of week.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Engagement {
-    /// Weight per local hour of week, decayed to `as_of` (empty until the first engagement).
-    weights: Vec<f32>,
+    /// Weight per local hour of week with any, sorted by hour, decayed to `as_of` (empty
+    /// until the first engagement). Sparse: people engage in a few of the 168 hours, and a
+    /// dense vector was a fifth of a stored profile.
+    weights: Vec<(u8, f32)>,
     as_of: Millis,
     /// Recent deliveries (message id hash, time), newest last.
     deliveries: Vec<(u64, Millis)>,
@@ -97,15 +99,62 @@ impl Engagement {
             return;
         };
         if self.weights.is_empty() {
-            self.weights = vec![0.0; HOURS];
             self.as_of = ev.timestamp;
         }
         if ev.timestamp > self.as_of {
             let f = decay(ev.timestamp - self.as_of);
-            self.weights.iter_mut().for_each(|v| *v *= f);
+            self.weights.iter_mut().for_each(|(_, v)| *v *= f);
             self.as_of = ev.timestamp;
         }
-        self.weights[h as usize] += w * decay(self.as_of - ev.timestamp);
+        let add = w * decay(self.as_of - ev.timestamp);
+        match self.weights.binary_search_by_key(&h, |&(hour, _)| hour) {
+            Ok(i) => self.weights[i].1 += add,
+            Err(i) => self.weights.insert(i, (h, 0.0 + add)),
+        }
+    }
+
+    /// Takes the dense weights of profiles stored before they were sparse (one per hour
+    /// of week, or none).
+    pub(crate) fn from_dense(
+        dense: Vec<f32>,
+        as_of: Millis,
+        deliveries: Vec<(u64, Millis)>,
+        human_opens: u32,
+        machine_opens: u32,
+    ) -> Self {
+        let mut weights: Vec<(u8, f32)> = (0u8..)
+            .zip(dense.iter().copied())
+            .filter(|&(_, w)| w != 0.0)
+            .collect();
+        // A dense vector, even of zeros, meant "engaged before": `as_of` holds.
+        if weights.is_empty() && !dense.is_empty() {
+            weights.push((0, 0.0));
+        }
+        Self {
+            weights,
+            as_of,
+            deliveries,
+            human_opens,
+            machine_opens,
+        }
+    }
+
+    /// The weights as they were stored before they were sparse, for tests of that layout.
+    #[cfg(test)]
+    pub(crate) fn dense_weights(&self) -> Vec<f32> {
+        if self.weights.is_empty() {
+            return Vec::new();
+        }
+        let mut dense = vec![0.0; HOURS];
+        for &(h, w) in &self.weights {
+            dense[h as usize] = w;
+        }
+        dense
+    }
+
+    #[cfg(test)]
+    pub(crate) fn stored_parts(&self) -> (Millis, Vec<(u64, Millis)>) {
+        (self.as_of, self.deliveries.clone())
     }
 
     /// Weights per hour of week decayed to `now`, and their total.
@@ -115,8 +164,10 @@ impl Engagement {
             return (out, 0.0);
         }
         let f = decay((now - self.as_of).max(0)) as f64;
-        for (o, &w) in out.iter_mut().zip(&self.weights) {
-            *o = w as f64 * f;
+        for &(h, w) in &self.weights {
+            if let Some(o) = out.get_mut(h as usize) {
+                *o = w as f64 * f;
+            }
         }
         let total = out.iter().sum();
         (out, total)
@@ -405,6 +456,81 @@ mod tests {
             context: Map::new(),
             source: String::new(),
         }
+    }
+
+    /// The weights as they were kept before they were sparse: one per hour of week.
+    #[derive(Default)]
+    struct Dense {
+        weights: Vec<f32>,
+        as_of: Millis,
+    }
+
+    impl Dense {
+        fn record(&mut self, ev: &Event, tz: &str) {
+            let (Some(w), Some(zone)) = (weight(ev), time_zone(tz)) else {
+                return;
+            };
+            let Some(h) = hour_of_week(ev.timestamp, &zone) else {
+                return;
+            };
+            if self.weights.is_empty() {
+                self.weights = vec![0.0; HOURS];
+                self.as_of = ev.timestamp;
+            }
+            if ev.timestamp > self.as_of {
+                let f = decay(ev.timestamp - self.as_of);
+                self.weights.iter_mut().for_each(|v| *v *= f);
+                self.as_of = ev.timestamp;
+            }
+            self.weights[h as usize] += w * decay(self.as_of - ev.timestamp);
+        }
+    }
+
+    #[test]
+    fn sparse_weights_are_bit_for_bit_the_dense_ones() {
+        let names = [
+            "Order Completed",
+            "Email Clicked",
+            "Product Viewed",
+            "Added to Cart",
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let start = parse_timestamp("2026-01-05T00:00:00Z").unwrap_or(0);
+        let (mut sparse, mut dense) = (Engagement::default(), Dense::default());
+        let mut t = start;
+        for i in 0..2_000 {
+            // Mostly forward in time, now and then a late event up to a week old.
+            t += next(6 * HOUR as u64) as Millis;
+            let at = if next(10) == 0 {
+                t - next(7 * DAY as u64) as Millis
+            } else {
+                t
+            };
+            let mut e = ev(names[next(4) as usize], "2026-01-05T00:00:00Z", json!({}));
+            e.timestamp = at;
+            sparse.record(&e, Some("America/New_York"));
+            dense.record(&e, "America/New_York");
+            if i % 97 == 0 {
+                let now = t + next(30 * DAY as u64) as Millis;
+                let (a, ta) = sparse.weights_at(now);
+                let f = decay((now - dense.as_of).max(0)) as f64;
+                let b: Vec<f64> = dense.weights.iter().map(|&w| w as f64 * f).collect();
+                assert_eq!(
+                    a.map(f64::to_bits).to_vec(),
+                    b.iter().map(|w| w.to_bits()).collect::<Vec<_>>()
+                );
+                assert_eq!(ta.to_bits(), b.iter().sum::<f64>().to_bits());
+            }
+        }
+        assert_eq!(sparse.dense_weights(), dense.weights);
+        let back = Engagement::from_dense(dense.weights, dense.as_of, Vec::new(), 0, 0);
+        assert_eq!(back, sparse);
     }
 
     #[test]
