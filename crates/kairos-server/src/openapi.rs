@@ -408,7 +408,7 @@ pub fn document() -> Value {
     paths.insert("/v1/catalog/items".into(), items);
     paths.insert(
         "/v1/recommendations/status".into(),
-        admin_get("The recommendation model: log cursor, interactions folded, the last build and its duration, the settings", json!([])),
+        admin_get("The recommendation model: log cursor, events read (of which events_fed came from the writer's durable groups, not the log), feed_gaps (times the log was read for events the feed missed), interactions folded, the last build and its duration, the settings", json!([])),
     );
     paths.insert(
         "/v1/recommendations/rebuild".into(),
