@@ -73,7 +73,46 @@ pub struct Buckets<T> {
     pub last: Millis,
     /// Sorted sparse (key, tally) for all resolutions in one allocation: the key's top two
     /// bits are the resolution, the low 30 the bucket index (minutes fit until year 4011).
+    #[serde(with = "key_deltas")]
     buckets: Vec<(u32, T)>,
+}
+
+/// The stored form of a bucket list: the keys are sorted, so each is written as its
+/// distance from the one before, a byte or two instead of the five a key with its
+/// resolution in the top bits takes. Human-readable forms (JSON) keep the keys.
+/// Profiles of encoding 6 stored the keys ([`crate::profile::reading_version_6`]).
+mod key_deltas {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        buckets: &[(u32, T)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return buckets.serialize(s);
+        }
+        let mut prev = 0u32;
+        s.collect_seq(buckets.iter().map(|(k, t)| {
+            let delta = k.wrapping_sub(prev);
+            prev = *k;
+            (delta, t)
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<(u32, T)>, D::Error> {
+        let deltas = !d.is_human_readable() && !crate::profile::reading_version_6();
+        let mut buckets: Vec<(u32, T)> = Vec::deserialize(d)?;
+        if deltas {
+            let mut prev = 0u32;
+            for (k, _) in &mut buckets {
+                prev = prev.wrapping_add(*k);
+                *k = prev;
+            }
+        }
+        Ok(buckets)
+    }
 }
 
 /// Per-event-name activity counts.
@@ -227,6 +266,28 @@ mod tests {
         assert_eq!(c.count_within(90 * DAY, now), 5);
         assert_eq!(c.count_within(30 * MINUTE, now + HOUR), 0);
         assert_eq!(c.total, 5);
+    }
+
+    #[test]
+    fn stored_bucket_keys_are_deltas_and_json_keeps_the_keys() {
+        let now = 1_000 * DAY;
+        let mut c = Counter::default();
+        for i in 0..50 {
+            c.add(now - i * 47 * MINUTE);
+        }
+        let stored = postcard::to_allocvec(&c).unwrap_or_default();
+        let back: Counter = postcard::from_bytes(&stored).unwrap_or_default();
+        assert_eq!(back, c);
+        // Five bytes a key before; now most deltas are one byte.
+        assert!(
+            stored.len() < c.buckets.len() * 3 + 24,
+            "{} bytes",
+            stored.len()
+        );
+        let json = serde_json::to_value(&c).unwrap_or_default();
+        assert_eq!(json["buckets"][0][0], c.buckets[0].0);
+        let from_json: Counter = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!(from_json, c);
     }
 
     #[test]

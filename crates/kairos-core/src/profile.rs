@@ -24,12 +24,37 @@ pub struct CoreConfig {
 
 /// Bumped when the encoding changes. Version 6 added `log_heads`; the store refuses data
 /// directories written before it (their events cannot be found from the profile). Version
-/// 7 made the engagement weights sparse; version 6 is still read ([`ProfileV6`]).
+/// 7 made the engagement weights sparse ([`ProfileV6`]) and writes the keys of activity
+/// buckets as deltas ([`reading_version_6`]); version 6 is still read.
 const ENCODING_VERSION: u8 = 7;
+
+thread_local! {
+    static READING_VERSION_6: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the profile being decoded on this thread is of encoding 6, for the parts whose
+/// layout is the same but whose values are read differently (bucket keys).
+pub(crate) fn reading_version_6() -> bool {
+    READING_VERSION_6.with(std::cell::Cell::get)
+}
+
+fn decode_version_6(body: &[u8]) -> Result<Profile, DecodeError> {
+    /// Clears the flag however decoding ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            READING_VERSION_6.with(|f| f.set(false));
+        }
+    }
+    READING_VERSION_6.with(|f| f.set(true));
+    let _reset = Reset;
+    postcard::from_bytes::<ProfileV6>(body)
+        .map(Profile::from)
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))
+}
 
 /// Version 6 of the encoding: as now, but with one engagement weight per hour of week.
 #[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
 struct ProfileV6 {
     id: ProfileId,
     identifiers: BTreeSet<IdKey>,
@@ -42,7 +67,6 @@ struct ProfileV6 {
 }
 
 #[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
 struct EngagementV6 {
     weights: Vec<f32>,
     as_of: Millis,
@@ -229,9 +253,7 @@ impl Profile {
             Some((&ENCODING_VERSION, body)) => {
                 postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
             }
-            Some((6, body)) => postcard::from_bytes::<ProfileV6>(body)
-                .map(Profile::from)
-                .map_err(|e| DecodeError::Corrupt(e.to_string())),
+            Some((6, body)) => decode_version_6(body),
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),
         }
@@ -534,8 +556,8 @@ impl Profile {
 mod tests {
     use super::*;
     use crate::event::EventKind;
-    use crate::time::HOUR;
-    use serde_json::Map;
+    use crate::time::{DAY, HOUR};
+    use serde_json::{json, Map};
 
     fn track(name: &str, at: Millis, props: serde_json::Value) -> Event {
         Event {
@@ -556,56 +578,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn profiles_stored_as_version_6_still_decode() {
+    /// A person with email engagement, views, a cart and orders over three weeks, under
+    /// the built-in definitions: bucket lists at every resolution, engagement weights,
+    /// score states, memberships.
+    fn sample() -> Profile {
         let scoring = Scoring::compile(&crate::defaults::default_definitions(), None)
             .unwrap_or_else(|e| panic!("{e}"));
         let cfg = CoreConfig::default();
         let mut p = Profile::new(ProfileId(7));
         let t0 = 1_790_000_000_000;
-        let events = [
-            ("Email Delivered", serde_json::json!({"message_id": "m1"})),
-            ("Email Opened", serde_json::json!({"message_id": "m1"})),
-            ("Product Viewed", serde_json::json!({"product_id": "p1"})),
-            ("Order Completed", serde_json::json!({"revenue": 120})),
-        ];
-        for (i, (name, props)) in events.into_iter().enumerate() {
-            let at = t0 + i as Millis * 5 * HOUR;
-            p.apply(&track(name, at, props), &cfg, &scoring, at);
+        let mut t;
+        for day in 0..21 {
+            t = t0 + day * DAY + (day % 5) * HOUR;
+            let evs = [
+                ("Email Delivered", json!({"message_id": format!("m{day}")})),
+                ("Email Opened", json!({"message_id": format!("m{day}")})),
+                (
+                    "Product Viewed",
+                    json!({"product_id": "p1", "category": "shoes"}),
+                ),
+                ("Added to Cart", json!({"product_id": "p1", "price": 40})),
+                ("Order Completed", json!({"revenue": 40 + day})),
+            ];
+            for (i, (name, props)) in evs.into_iter().enumerate() {
+                if (day + i as i64) % 3 == 0 || i < 3 {
+                    t += 7 * 60_000;
+                    p.apply(&track(name, t, props), &cfg, &scoring, t);
+                }
+            }
         }
-        let (as_of, deliveries) = p.engagement.stored_parts();
-        let v6 = ProfileV6 {
-            id: p.id,
-            identifiers: p.identifiers.clone(),
-            state: p.state.clone(),
-            derived: p.derived.clone(),
-            messaging: p.messaging.clone(),
-            predictions: p.predictions.clone(),
-            engagement: EngagementV6 {
-                weights: p.engagement.dense_weights(),
-                as_of,
-                deliveries,
-                human_opens: p.engagement.human_opens,
-                machine_opens: p.engagement.machine_opens,
-            },
-            log_heads: vec![3, 9],
-        };
         p.log_heads = vec![3, 9];
-        let mut bytes = vec![6u8];
-        bytes.extend(postcard::to_allocvec(&v6).unwrap_or_else(|e| panic!("{e}")));
-        let back = Profile::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        p
+    }
+
+    /// `sample()` encoded by the build before encoding 7 (7032209).
+    const VERSION_6: &[u8] = include_bytes!("../tests/fixtures/profile-v6.bin");
+
+    #[test]
+    fn profiles_stored_as_version_6_still_decode() {
+        let p = sample();
+        assert_eq!(VERSION_6.first(), Some(&6));
+        let back = Profile::decode(VERSION_6).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, p);
+        assert!(!reading_version_6(), "the flag is cleared after decoding");
         assert_eq!(Profile::decode(&p.encode()).ok(), Some(p.clone()));
-        // The sparse weights are what made version 7 smaller.
+        // Sparse weights and bucket key deltas are what made version 7 smaller.
         assert!(
-            p.encode().len() + 500 < bytes.len(),
+            p.encode().len() + 600 < VERSION_6.len(),
             "{} vs {}",
             p.encode().len(),
-            bytes.len()
+            VERSION_6.len()
         );
         assert!(matches!(
             Profile::decode(&[5, 0]),
             Err(DecodeError::Version(5))
         ));
+        // A corrupt version 6 profile is an error, and leaves the flag cleared.
+        assert!(Profile::decode(&VERSION_6[..40]).is_err());
+        assert!(!reading_version_6());
     }
 }

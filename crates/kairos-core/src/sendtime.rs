@@ -152,11 +152,6 @@ impl Engagement {
         dense
     }
 
-    #[cfg(test)]
-    pub(crate) fn stored_parts(&self) -> (Millis, Vec<(u64, Millis)>) {
-        (self.as_of, self.deliveries.clone())
-    }
-
     /// Weights per hour of week decayed to `now`, and their total.
     pub fn weights_at(&self, now: Millis) -> ([f64; HOURS], f64) {
         let mut out = [0.0; HOURS];
