@@ -75,6 +75,28 @@ pub struct Event {
 }
 
 impl Event {
+    /// A track call of user `u1` named `name` at `at` (sent and received then), for unit
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn test_track(name: &str, at: Millis, props: Value) -> Event {
+        Event {
+            message_id: format!("{name}-{at}"),
+            kind: EventKind::Track,
+            event: Some(name.into()),
+            name: None,
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            timestamp: at,
+            received_at: at,
+            properties: props.as_object().cloned().unwrap_or_default(),
+            traits: Map::new(),
+            context: Map::new(),
+            source: String::new(),
+        }
+    }
+
     /// Reads an event stored in its serde JSON form, skipping `context` and `traits` (left
     /// empty) instead of building them: readers of product interactions need neither, and
     /// the context an SDK sends is most of a stored event. Kept beside [`Event`] because it

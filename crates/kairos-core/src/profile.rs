@@ -555,28 +555,8 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventKind;
     use crate::time::{DAY, HOUR};
-    use serde_json::{json, Map};
-
-    fn track(name: &str, at: Millis, props: serde_json::Value) -> Event {
-        Event {
-            message_id: format!("{name}-{at}"),
-            kind: EventKind::Track,
-            event: Some(name.into()),
-            name: None,
-            user_id: Some("u1".into()),
-            anonymous_id: None,
-            previous_id: None,
-            group_id: None,
-            timestamp: at,
-            received_at: at,
-            properties: props.as_object().cloned().unwrap_or_default(),
-            traits: Map::new(),
-            context: Map::new(),
-            source: String::new(),
-        }
-    }
+    use serde_json::json;
 
     /// A person with email engagement, views, a cart and orders over three weeks, under
     /// the built-in definitions: bucket lists at every resolution, engagement weights,
@@ -603,7 +583,7 @@ mod tests {
             for (i, (name, props)) in evs.into_iter().enumerate() {
                 if (day + i as i64) % 3 == 0 || i < 3 {
                     t += 7 * 60_000;
-                    p.apply(&track(name, t, props), &cfg, &scoring, t);
+                    p.apply(&Event::test_track(name, t, props), &cfg, &scoring, t);
                 }
             }
         }

@@ -432,25 +432,10 @@ fn next_local_hour(t: Millis, zone: &jiff::tz::TimeZone) -> Millis {
 mod tests {
     use super::*;
     use crate::time::parse_timestamp;
-    use serde_json::{json, Map, Value};
+    use serde_json::{json, Value};
 
     fn ev(name: &str, at: &str, props: Value) -> Event {
-        Event {
-            message_id: format!("{name}-{at}"),
-            kind: EventKind::Track,
-            event: Some(name.into()),
-            name: None,
-            user_id: Some("u".into()),
-            anonymous_id: None,
-            previous_id: None,
-            group_id: None,
-            timestamp: parse_timestamp(at).unwrap_or(0),
-            received_at: parse_timestamp(at).unwrap_or(0),
-            properties: props.as_object().cloned().unwrap_or_default(),
-            traits: Map::new(),
-            context: Map::new(),
-            source: String::new(),
-        }
+        Event::test_track(name, parse_timestamp(at).unwrap_or(0), props)
     }
 
     /// The weights as they were kept before they were sparse: one per hour of week.
