@@ -14,6 +14,10 @@ use crate::time::{time_zone, Millis, DAY, HOUR};
 use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Val};
 use serde_json::Value;
 
+/// Instants [`ProfileEnv::window_turns`] and [`ProfileEnv::local_turns`] look past
+/// before giving up (a day of local hours fits).
+const TURN_STEPS: usize = 32;
+
 /// One profile at one instant, with the scores, tiers and memberships computed so far.
 pub struct ProfileEnv<'a> {
     pub state: &'a ProfileState,
@@ -212,11 +216,33 @@ impl ProfileEnv<'_> {
                 .and_then(time_zone)
                 .unwrap_or(jiff::tz::TimeZone::UTC)
         });
-        let offset = tz
-            .to_offset(jiff::Timestamp::from_millisecond(self.now).ok()?)
-            .seconds();
-        Some((tz, self.now + offset as Millis * 1000))
+        Some((tz, self.now + offset_at(tz, self.now)?))
     }
+}
+
+/// The zone's offset from UTC at `t`, in milliseconds.
+fn offset_at(tz: &jiff::tz::TimeZone, t: Millis) -> Option<Millis> {
+    let offset = tz.to_offset(jiff::Timestamp::from_millisecond(t).ok()?);
+    Some(offset.seconds() as Millis * 1000)
+}
+
+/// The zone's first transition after `t`, if it has one.
+fn next_transition(tz: &jiff::tz::TimeZone, t: Millis) -> Option<Millis> {
+    tz.following(jiff::Timestamp::from_millisecond(t).ok()?)
+        .next()
+        .map(|t| t.timestamp().as_millisecond())
+        .filter(|next| *next > t)
+}
+
+/// The hour of the day (0-23) of a local wall-clock instant.
+fn local_hour(local: Millis) -> f64 {
+    local.div_euclid(HOUR).rem_euclid(24) as f64
+}
+
+/// The day of the week (1 = Monday) of a local wall-clock instant; 1970-01-01 was a
+/// Thursday.
+fn local_weekday(local: Millis) -> f64 {
+    (local.div_euclid(DAY) + 3).rem_euclid(7) as f64 + 1.0
 }
 
 fn time(t: Option<Millis>) -> Val<'static> {
@@ -263,13 +289,12 @@ impl Env for ProfileEnv<'_> {
             Field::LastOrder => time(s.last_order),
             Field::LastEmailOpen => time(s.email.last_opened),
             Field::LastEmailClick => time(s.email.last_clicked),
-            Field::LocalHour => self.local().map_or(Val::Null, |(_, local)| {
-                Val::Num(local.div_euclid(HOUR).rem_euclid(24) as f64)
-            }),
-            // 1970-01-01 was a Thursday (4, counting Monday as 1).
-            Field::LocalWeekday => self.local().map_or(Val::Null, |(_, local)| {
-                Val::Num((local.div_euclid(DAY) + 3).rem_euclid(7) as f64 + 1.0)
-            }),
+            Field::LocalHour => self
+                .local()
+                .map_or(Val::Null, |(_, local)| Val::Num(local_hour(local))),
+            Field::LocalWeekday => self
+                .local()
+                .map_or(Val::Null, |(_, local)| Val::Num(local_weekday(local))),
             Field::Timezone => s
                 .timezone()
                 .map_or(Val::Null, |z| Val::Str(std::borrow::Cow::Borrowed(z))),
@@ -303,11 +328,7 @@ impl Env for ProfileEnv<'_> {
         let (tz, local) = self.local()?;
         let unit = if daily { DAY } else { HOUR };
         let boundary = self.now + ((local.div_euclid(unit) + 1) * unit - local);
-        let transition = tz
-            .following(jiff::Timestamp::from_millisecond(self.now).ok()?)
-            .next()
-            .map(|t| t.timestamp().as_millisecond())
-            .filter(|t| *t > self.now);
+        let transition = next_transition(tz, self.now);
         Some(transition.map_or(boundary, |t| t.min(boundary)))
     }
 
@@ -360,6 +381,74 @@ impl Env for ProfileEnv<'_> {
             Series::Counts(b) => (b.total.count() > 0).then_some(b.first),
             Series::Sums(b) => (b.total.count() > 0).then_some(b.first),
         }
+    }
+
+    /// Steps from one window expiry to the next, reading only this aggregate, until the
+    /// comparison turns: much cheaper than evaluating the whole rule at each expiry.
+    fn window_turns(
+        &self,
+        agg: AggId,
+        within: i64,
+        sum: bool,
+        holds: &dyn Fn(f64) -> bool,
+    ) -> Option<i64> {
+        let value = |env: &ProfileEnv| {
+            let (count, total) = env.tally(agg, env.now.saturating_sub(within));
+            if sum {
+                total
+            } else {
+                count as f64
+            }
+        };
+        let now_holds = holds(value(self));
+        let mut at = ProfileEnv { ..*self };
+        let mut first = None;
+        for _ in 0..TURN_STEPS {
+            let t = at
+                .window_expiry(agg, at.now.saturating_sub(within))
+                .filter(|t| *t > at.now)?;
+            first.get_or_insert(t);
+            at.now = t;
+            if holds(value(&at)) != now_holds {
+                return Some(t);
+            }
+        }
+        // A long run of expiries that change nothing (many events, a low threshold): wake
+        // at the first, as a host that cannot look ahead would. That answer is the same
+        // from any instant before it, so timers do not depend on when they were computed.
+        first
+    }
+
+    /// Steps from one change of the local clock to the next as [`Env::local_change`] does,
+    /// but with the zone's offset and next transition looked up once, not at every hour.
+    fn local_turns(&self, daily: bool, holds: &dyn Fn(f64) -> bool) -> Option<i64> {
+        let (unit, read): (Millis, fn(Millis) -> f64) = if daily {
+            (DAY, local_weekday)
+        } else {
+            (HOUR, local_hour)
+        };
+        let Some((tz, local)) = self.local() else {
+            return self.local_change(daily);
+        };
+        let now_holds = holds(read(local));
+        let (mut now, mut offset) = (self.now, local - self.now);
+        let mut transition = next_transition(tz, now);
+        let mut first = None;
+        for _ in 0..TURN_STEPS {
+            let local = now + offset;
+            let boundary = now + ((local.div_euclid(unit) + 1) * unit - local);
+            now = transition.map_or(boundary, |t| t.min(boundary));
+            first.get_or_insert(now);
+            if transition.is_some_and(|t| t <= now) {
+                offset = offset_at(tz, now)?;
+                transition = next_transition(tz, now);
+            }
+            if holds(read(now + offset)) != now_holds {
+                return Some(now);
+            }
+        }
+        // As in `window_turns`: the first instant, the same from any instant before it.
+        first
     }
 
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {

@@ -6,7 +6,7 @@ use kairos_core::rules_env::ProfileEnv;
 use kairos_core::time::{DAY, HOUR, MINUTE};
 use kairos_core::vocab::Vocabulary;
 use kairos_core::{Event, EventKind, ProfileState};
-use kairos_rules::{compile, Aggregates, Schema, ScoreInfo};
+use kairos_rules::{compile, AggId, Aggregates, Env, EventRef, Field, Schema, ScoreInfo, Val};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -62,6 +62,59 @@ impl Bare {
             trigger: None,
             zone: &self.zone,
         }
+    }
+}
+
+/// A view that answers `window_turns` and `local_turns` with their conservative defaults
+/// (every window expiry, every turn of the local clock), so that walking its
+/// `next_change` visits every instant at which anything a rule reads can move.
+struct Conservative<'a>(ProfileEnv<'a>);
+
+impl Env for Conservative<'_> {
+    fn now(&self) -> i64 {
+        self.0.now()
+    }
+    fn field(&self, f: Field) -> Val<'_> {
+        self.0.field(f)
+    }
+    fn trait_value(&self, path: &[String]) -> Option<&Value> {
+        self.0.trait_value(path)
+    }
+    fn score(&self, index: usize) -> Option<f64> {
+        self.0.score(index)
+    }
+    fn tier(&self, index: usize) -> Option<&str> {
+        self.0.tier(index)
+    }
+    fn in_segment(&self, index: usize) -> bool {
+        self.0.in_segment(index)
+    }
+    fn subscribed(&self, list: &str) -> bool {
+        self.0.subscribed(list)
+    }
+    fn consented(&self, purpose: &str) -> bool {
+        self.0.consented(purpose)
+    }
+    fn event(&self) -> Option<EventRef<'_>> {
+        self.0.event()
+    }
+    fn count(&self, agg: AggId, from: i64) -> f64 {
+        self.0.count(agg, from)
+    }
+    fn sum(&self, agg: AggId, from: i64) -> f64 {
+        self.0.sum(agg, from)
+    }
+    fn last(&self, agg: AggId) -> Option<i64> {
+        self.0.last(agg)
+    }
+    fn first(&self, agg: AggId) -> Option<i64> {
+        self.0.first(agg)
+    }
+    fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {
+        self.0.window_expiry(agg, from)
+    }
+    fn local_change(&self, daily: bool) -> Option<i64> {
+        self.0.local_change(daily)
     }
 }
 
@@ -301,6 +354,11 @@ proptest! {
             r#"not (count("Product Viewed", within: 3h) < 2) and did("Added to Cart", within: 6h)"#,
             r#"count("Product Viewed", within: 7d) - count("Added to Cart", within: 1d) > 2"#,
             r#"last_seen < 15m or count("Order Completed", within: 36h) >= 2"#,
+            r#"30 > sum("Order Completed", "price", within: 3h) and 2 <= count("Product Viewed", within: 12h)"#,
+            // Rules of the clock alone that never turn would probe forever: each of these
+            // turns within days whatever the events.
+            r#"local_hour >= 18 or did("Product Viewed", within: 24h)"#,
+            r#"(local_weekday == 6 or 9 > local_hour) and count("Added to Cart", within: 90m) != 1"#,
         ]),
         ahead in 0i64..DAY,
     ) {
@@ -318,8 +376,10 @@ proptest! {
         let current = program.matches(&env(now));
         let flip = program.next_flip(&env(now), current, 100_000);
         let horizon = flip.unwrap_or(now + 30 * DAY);
+        // Every instant at which anything the rule reads may move, not only those at which
+        // one of its comparisons turns (which is what `next_change` looks for).
         let mut t = now;
-        while let Some(next) = program.next_change(&env(t)).filter(|n| *n < horizon) {
+        while let Some(next) = program.next_change(&Conservative(env(t))).filter(|n| *n < horizon) {
             prop_assert!(next > t);
             prop_assert_eq!(program.matches(&env(next)), current, "{} turned at {} before {:?}", rule, next, flip);
             t = next;
@@ -380,6 +440,40 @@ mod local_clock {
     fn check(zone: &str, state: &ProfileState, now: i64) {
         let bare = Bare::default();
         let env = |now| bare.env(state, now);
+        // Where a comparison of the local clock turns, found with the zone looked up once,
+        // is where stepping through every change of the clock finds it.
+        for (daily, field, values) in [
+            (false, Field::LocalHour, [0.0, 2.0, 9.0, 18.0, 23.0]),
+            (true, Field::LocalWeekday, [1.0, 3.0, 5.0, 6.0, 7.0]),
+        ] {
+            for value in values {
+                for holds in [
+                    &(|x: f64| x >= value) as &dyn Fn(f64) -> bool,
+                    &|x: f64| x == value,
+                    &|x: f64| value > x,
+                ] {
+                    let read = |t| match env(t).field(field) {
+                        Val::Num(x) => holds(x),
+                        other => panic!("{other:?}"),
+                    };
+                    let mut stepped = None;
+                    let mut t = now;
+                    for _ in 0..32 {
+                        t = env(t).local_change(daily).unwrap_or(i64::MAX);
+                        stepped.get_or_insert(t);
+                        if read(t) != read(now) {
+                            stepped = Some(t);
+                            break;
+                        }
+                    }
+                    assert_eq!(
+                        env(now).local_turns(daily, holds),
+                        stepped,
+                        "{zone} {now} {field:?} {value}"
+                    );
+                }
+            }
+        }
         let (hour, weekday) = calendar(zone, now);
         assert_eq!(num(env(now).field(Field::LocalHour)), hour, "{zone} {now}");
         assert_eq!(

@@ -120,6 +120,21 @@ pub trait Env {
     fn trigger_time(&self) -> Option<i64> {
         None
     }
+    /// The first instant after now at which the count of `agg` (with `sum`, the sum) over
+    /// the last `within`, as `holds` judges it, differs from what it is now with no new
+    /// event; `None` if it never does. Rules like `count(x, within: 24h) >= 3` then wake
+    /// once, when the count really falls below three. The default is the window's next
+    /// expiry, which is conservative: the comparison is checked again there.
+    fn window_turns(
+        &self,
+        agg: AggId,
+        within: i64,
+        sum: bool,
+        holds: &dyn Fn(f64) -> bool,
+    ) -> Option<i64> {
+        let _ = (sum, holds);
+        self.window_expiry(agg, self.now().saturating_sub(within))
+    }
     /// The first instant after now at which score `index`, decaying with time and no new
     /// event, reaches `value` (for `score.x >= 70`), if it ever does.
     fn score_reaches(&self, _index: usize, _value: f64) -> Option<i64> {
@@ -137,6 +152,13 @@ pub trait Env {
         let _ = daily;
         let q = HOUR / 4;
         Some((self.now().div_euclid(q) + 1) * q)
+    }
+    /// The first instant after now at which the local hour (`daily`: the weekday), as
+    /// `holds` judges it, differs from what it is now; `None` if it never does. The default
+    /// is the next [`Env::local_change`], which is conservative.
+    fn local_turns(&self, daily: bool, holds: &dyn Fn(f64) -> bool) -> Option<i64> {
+        let _ = holds;
+        self.local_change(daily)
     }
     /// Calls `f` with this view as it will be at `t > now` if no event comes, for
     /// [`Program::next_flip`]; returns false (the default) when the host cannot. Only what
@@ -243,6 +265,8 @@ impl Program {
     /// The earliest instant after `env.now()` at which the result may change with no new
     /// event (a window expiring, an age crossing its bound, the local hour turning), or
     /// `None` if only events can change it. Conservative: at that instant re-evaluate.
+    /// A window or the local clock compared with a number contributes the instant that
+    /// comparison turns ([`Env::window_turns`], [`Env::local_turns`]), not every edge.
     pub fn next_change<E: Env + ?Sized>(&self, env: &E) -> Option<i64> {
         let mut best: Option<i64> = None;
         next_change(&self.root, env, &mut best);
@@ -556,7 +580,33 @@ fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
             }
             next_change_children(node, env, best);
         }
-        Node::Cmp(_, a, b) => {
+        Node::Cmp(op, a, b) => {
+            if let Some((agg, within, sum, count_first, c)) = window_threshold(a, b) {
+                // The constant side never changes: only the comparison's turn matters.
+                let op = *op;
+                let holds = move |x: f64| {
+                    let (l, r) = if count_first { (x, c) } else { (c, x) };
+                    compare(op, &Val::Num(l), &Val::Num(r))
+                };
+                if let Some(t) = env
+                    .window_turns(agg, within, sum, &holds)
+                    .filter(|t| *t > now)
+                {
+                    keep_min(best, t);
+                }
+                return;
+            }
+            if let Some((daily, field_first, c)) = local_threshold(a, b) {
+                let op = *op;
+                let holds = move |x: f64| {
+                    let (l, r) = if field_first { (x, c) } else { (c, x) };
+                    compare(op, &Val::Num(l), &Val::Num(r))
+                };
+                if let Some(t) = env.local_turns(daily, &holds).filter(|t| *t > now) {
+                    keep_min(best, t);
+                }
+                return;
+            }
             if let (Node::Score(i), Node::Const(Const::Num(c)))
             | (Node::Const(Const::Num(c)), Node::Score(i)) = (a.as_ref(), b.as_ref())
             {
@@ -585,6 +635,37 @@ fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
             }
         }
         _ => next_change_children(node, env, best),
+    }
+}
+
+/// `count(...)` or `sum(...)` over a plain `within` window (no `since`) compared with a
+/// number: (aggregate, window, is a sum, the aggregate is the left side, the number).
+fn window_threshold(a: &Node, b: &Node) -> Option<(AggId, i64, bool, bool, f64)> {
+    let agg = |n: &Node| match n {
+        Node::Count(agg, w) | Node::Sum(agg, w) if w.since.is_none() && !w.since_trigger => {
+            Some((*agg, w.within?, matches!(n, Node::Sum(..))))
+        }
+        _ => None,
+    };
+    match (a, b) {
+        (n, Node::Const(Const::Num(c))) => agg(n).map(|(g, w, s)| (g, w, s, true, *c)),
+        (Node::Const(Const::Num(c)), n) => agg(n).map(|(g, w, s)| (g, w, s, false, *c)),
+        _ => None,
+    }
+}
+
+/// `local_hour` or `local_weekday` compared with a number: (it is the weekday, the field is
+/// the left side, the number).
+fn local_threshold(a: &Node, b: &Node) -> Option<(bool, bool, f64)> {
+    let daily = |n: &Node| match n {
+        Node::Field(Field::LocalHour) => Some(false),
+        Node::Field(Field::LocalWeekday) => Some(true),
+        _ => None,
+    };
+    match (a, b) {
+        (n, Node::Const(Const::Num(c))) => daily(n).map(|d| (d, true, *c)),
+        (Node::Const(Const::Num(c)), n) => daily(n).map(|d| (d, false, *c)),
+        _ => None,
     }
 }
 
