@@ -257,8 +257,21 @@ fn compile_as(
 }
 
 /// See [`Program::probe`]. Ages alone are not worth it: their conservative instant is exact;
-/// windows and the local clock are.
+/// windows and the local clock are. So is a rule that is one comparison of a window or the
+/// local clock with a number: the host finds where that comparison turns
+/// ([`crate::Env::window_turns`], [`crate::Env::local_turns`]), which is where the rule does.
 fn probe_worthy(root: &Node) -> bool {
+    let mut atom = root;
+    while let Node::Not(n) = atom {
+        atom = n;
+    }
+    if let Node::Cmp(_, a, b) = atom {
+        if crate::eval::window_threshold(a, b).is_some()
+            || crate::eval::local_threshold(a, b).is_some()
+        {
+            return false;
+        }
+    }
     fn walk(n: &Node, windows: &mut bool, blocked: &mut bool) {
         match n {
             Node::Score(_)

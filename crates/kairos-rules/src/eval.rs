@@ -120,6 +120,9 @@ pub trait Env {
     fn trigger_time(&self) -> Option<i64> {
         None
     }
+    /// A host that can [`Env::probe`] should answer this and [`Env::local_turns`] exactly:
+    /// a rule that is one such comparison is not probed.
+    ///
     /// The first instant after now at which the count of `agg` (with `sum`, the sum) over
     /// the last `within`, as `holds` judges it, differs from what it is now with no new
     /// event; `None` if it never does. Rules like `count(x, within: 24h) >= 3` then wake
@@ -640,7 +643,7 @@ fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
 
 /// `count(...)` or `sum(...)` over a plain `within` window (no `since`) compared with a
 /// number: (aggregate, window, is a sum, the aggregate is the left side, the number).
-fn window_threshold(a: &Node, b: &Node) -> Option<(AggId, i64, bool, bool, f64)> {
+pub(crate) fn window_threshold(a: &Node, b: &Node) -> Option<(AggId, i64, bool, bool, f64)> {
     let agg = |n: &Node| match n {
         Node::Count(agg, w) | Node::Sum(agg, w) if w.since.is_none() && !w.since_trigger => {
             Some((*agg, w.within?, matches!(n, Node::Sum(..))))
@@ -656,7 +659,7 @@ fn window_threshold(a: &Node, b: &Node) -> Option<(AggId, i64, bool, bool, f64)>
 
 /// `local_hour` or `local_weekday` compared with a number: (it is the weekday, the field is
 /// the left side, the number).
-fn local_threshold(a: &Node, b: &Node) -> Option<(bool, bool, f64)> {
+pub(crate) fn local_threshold(a: &Node, b: &Node) -> Option<(bool, bool, f64)> {
     let daily = |n: &Node| match n {
         Node::Field(Field::LocalHour) => Some(false),
         Node::Field(Field::LocalWeekday) => Some(true),
