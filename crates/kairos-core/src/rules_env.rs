@@ -11,7 +11,7 @@ use crate::event::Event;
 use crate::scoring::ScoreNow;
 use crate::state::ProfileState;
 use crate::time::{time_zone, Millis, DAY, HOUR};
-use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Val};
+use kairos_rules::{AggId, Aggregates, Env, EventRef, Field, Threshold, Val, WindowTest};
 use serde_json::Value;
 
 /// Instants [`ProfileEnv::window_turns`] and [`ProfileEnv::local_turns`] look past
@@ -385,27 +385,22 @@ impl Env for ProfileEnv<'_> {
 
     /// Steps from one window expiry to the next, reading only this aggregate, until the
     /// comparison turns: much cheaper than evaluating the whole rule at each expiry.
-    fn window_turns(
-        &self,
-        agg: AggId,
-        within: i64,
-        sum: bool,
-        holds: &dyn Fn(f64) -> bool,
-    ) -> Option<i64> {
+    fn window_turns(&self, test: WindowTest) -> Option<i64> {
         let value = |env: &ProfileEnv| {
-            let (count, total) = env.tally(agg, env.now.saturating_sub(within));
-            if sum {
+            let (count, total) = env.tally(test.agg, env.now.saturating_sub(test.within));
+            if test.sum {
                 total
             } else {
                 count as f64
             }
         };
+        let holds = |x| test.threshold.holds(x);
         let now_holds = holds(value(self));
         let mut at = ProfileEnv { ..*self };
         let mut first = None;
         for _ in 0..TURN_STEPS {
             let t = at
-                .window_expiry(agg, at.now.saturating_sub(within))
+                .window_expiry(test.agg, at.now.saturating_sub(test.within))
                 .filter(|t| *t > at.now)?;
             first.get_or_insert(t);
             at.now = t;
@@ -421,7 +416,8 @@ impl Env for ProfileEnv<'_> {
 
     /// Steps from one change of the local clock to the next as [`Env::local_change`] does,
     /// but with the zone's offset and next transition looked up once, not at every hour.
-    fn local_turns(&self, daily: bool, holds: &dyn Fn(f64) -> bool) -> Option<i64> {
+    fn local_turns(&self, daily: bool, threshold: Threshold) -> Option<i64> {
+        let holds = |x| threshold.holds(x);
         let (unit, read): (Millis, fn(Millis) -> f64) = if daily {
             (DAY, local_weekday)
         } else {

@@ -396,7 +396,8 @@ proptest! {
 /// change is never after the instant the local hour (or day) really turns.
 mod local_clock {
     use super::*;
-    use kairos_rules::{Env, Field, Val};
+    use kairos_rules::compile::CmpOp;
+    use kairos_rules::{Env, Field, Threshold, Val};
 
     const ZONES: [&str; 8] = [
         "UTC",
@@ -447,13 +448,15 @@ mod local_clock {
             (true, Field::LocalWeekday, [1.0, 3.0, 5.0, 6.0, 7.0]),
         ] {
             for value in values {
-                for holds in [
-                    &(|x: f64| x >= value) as &dyn Fn(f64) -> bool,
-                    &|x: f64| x == value,
-                    &|x: f64| value > x,
-                ] {
+                for (op, value_first) in [(CmpOp::Ge, false), (CmpOp::Eq, false), (CmpOp::Gt, true)]
+                {
+                    let threshold = Threshold {
+                        op,
+                        value,
+                        value_first,
+                    };
                     let read = |t| match env(t).field(field) {
-                        Val::Num(x) => holds(x),
+                        Val::Num(x) => threshold.holds(x),
                         other => panic!("{other:?}"),
                     };
                     let mut stepped = None;
@@ -467,7 +470,7 @@ mod local_clock {
                         }
                     }
                     assert_eq!(
-                        env(now).local_turns(daily, holds),
+                        env(now).local_turns(daily, threshold),
                         stepped,
                         "{zone} {now} {field:?} {value}"
                     );

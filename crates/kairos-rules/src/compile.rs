@@ -265,9 +265,9 @@ fn probe_worthy(root: &Node) -> bool {
     while let Node::Not(n) = atom {
         atom = n;
     }
-    if let Node::Cmp(_, a, b) = atom {
-        if crate::eval::window_threshold(a, b).is_some()
-            || crate::eval::local_threshold(a, b).is_some()
+    if let Node::Cmp(op, a, b) = atom {
+        if crate::eval::window_test(*op, a, b).is_some()
+            || crate::eval::local_test(*op, a, b).is_some()
         {
             return false;
         }

@@ -120,23 +120,16 @@ pub trait Env {
     fn trigger_time(&self) -> Option<i64> {
         None
     }
+    /// The first instant after now at which `test` (a count or sum over the last
+    /// `within`, compared with a number) differs from what it is now with no new event;
+    /// `None` if it never does. Rules like `count(x, within: 24h) >= 3` then wake once,
+    /// when the count really falls below three. The default is the window's next expiry,
+    /// which is conservative: the comparison is checked again there.
+    ///
     /// A host that can [`Env::probe`] should answer this and [`Env::local_turns`] exactly:
     /// a rule that is one such comparison is not probed.
-    ///
-    /// The first instant after now at which the count of `agg` (with `sum`, the sum) over
-    /// the last `within`, as `holds` judges it, differs from what it is now with no new
-    /// event; `None` if it never does. Rules like `count(x, within: 24h) >= 3` then wake
-    /// once, when the count really falls below three. The default is the window's next
-    /// expiry, which is conservative: the comparison is checked again there.
-    fn window_turns(
-        &self,
-        agg: AggId,
-        within: i64,
-        sum: bool,
-        holds: &dyn Fn(f64) -> bool,
-    ) -> Option<i64> {
-        let _ = (sum, holds);
-        self.window_expiry(agg, self.now().saturating_sub(within))
+    fn window_turns(&self, test: WindowTest) -> Option<i64> {
+        self.window_expiry(test.agg, self.now().saturating_sub(test.within))
     }
     /// The first instant after now at which score `index`, decaying with time and no new
     /// event, reaches `value` (for `score.x >= 70`), if it ever does.
@@ -156,11 +149,11 @@ pub trait Env {
         let q = HOUR / 4;
         Some((self.now().div_euclid(q) + 1) * q)
     }
-    /// The first instant after now at which the local hour (`daily`: the weekday), as
-    /// `holds` judges it, differs from what it is now; `None` if it never does. The default
-    /// is the next [`Env::local_change`], which is conservative.
-    fn local_turns(&self, daily: bool, holds: &dyn Fn(f64) -> bool) -> Option<i64> {
-        let _ = holds;
+    /// The first instant after now at which the local hour (`daily`: the weekday) passes
+    /// `threshold` differently from now; `None` if it never does. The default is the next
+    /// [`Env::local_change`], which is conservative.
+    fn local_turns(&self, daily: bool, threshold: Threshold) -> Option<i64> {
+        let _ = threshold;
         self.local_change(daily)
     }
     /// Calls `f` with this view as it will be at `t > now` if no event comes, for
@@ -584,28 +577,15 @@ fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
             next_change_children(node, env, best);
         }
         Node::Cmp(op, a, b) => {
-            if let Some((agg, within, sum, count_first, c)) = window_threshold(a, b) {
-                // The constant side never changes: only the comparison's turn matters.
-                let op = *op;
-                let holds = move |x: f64| {
-                    let (l, r) = if count_first { (x, c) } else { (c, x) };
-                    compare(op, &Val::Num(l), &Val::Num(r))
-                };
-                if let Some(t) = env
-                    .window_turns(agg, within, sum, &holds)
-                    .filter(|t| *t > now)
-                {
+            // The constant side never changes: only where the comparison turns matters.
+            if let Some(test) = window_test(*op, a, b) {
+                if let Some(t) = env.window_turns(test).filter(|t| *t > now) {
                     keep_min(best, t);
                 }
                 return;
             }
-            if let Some((daily, field_first, c)) = local_threshold(a, b) {
-                let op = *op;
-                let holds = move |x: f64| {
-                    let (l, r) = if field_first { (x, c) } else { (c, x) };
-                    compare(op, &Val::Num(l), &Val::Num(r))
-                };
-                if let Some(t) = env.local_turns(daily, &holds).filter(|t| *t > now) {
+            if let Some((daily, threshold)) = local_test(*op, a, b) {
+                if let Some(t) = env.local_turns(daily, threshold).filter(|t| *t > now) {
                     keep_min(best, t);
                 }
                 return;
@@ -641,37 +621,146 @@ fn next_change<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
     }
 }
 
-/// `count(...)` or `sum(...)` over a plain `within` window (no `since`) compared with a
-/// number: (aggregate, window, is a sum, the aggregate is the left side, the number).
-pub(crate) fn window_threshold(a: &Node, b: &Node) -> Option<(AggId, i64, bool, bool, f64)> {
-    let agg = |n: &Node| match n {
-        Node::Count(agg, w) | Node::Sum(agg, w) if w.since.is_none() && !w.since_trigger => {
-            Some((*agg, w.within?, matches!(n, Node::Sum(..))))
+/// A number compared with a constant: `x op value`, or `value op x` when `value_first`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    pub op: CmpOp,
+    pub value: f64,
+    pub value_first: bool,
+}
+
+impl Threshold {
+    /// Whether `x` passes, as the rule's comparison would have it (`compare` on two
+    /// numbers, without the `Val`s: it runs at every window edge a timer steps over).
+    pub fn holds(&self, x: f64) -> bool {
+        let (l, r) = if self.value_first {
+            (self.value, x)
+        } else {
+            (x, self.value)
+        };
+        match self.op {
+            CmpOp::Eq => l == r,
+            CmpOp::Ne => l != r,
+            CmpOp::Lt => l < r,
+            CmpOp::Le => l <= r,
+            CmpOp::Gt => l > r,
+            CmpOp::Ge => l >= r,
         }
-        _ => None,
-    };
-    match (a, b) {
-        (n, Node::Const(Const::Num(c))) => agg(n).map(|(g, w, s)| (g, w, s, true, *c)),
-        (Node::Const(Const::Num(c)), n) => agg(n).map(|(g, w, s)| (g, w, s, false, *c)),
-        _ => None,
+    }
+
+    /// `a op b` where one side is a number and the other is `is_x`; the other side.
+    fn of<'n>(
+        op: CmpOp,
+        a: &'n Node,
+        b: &'n Node,
+        is_x: impl Fn(&Node) -> bool,
+    ) -> Option<(Self, &'n Node)> {
+        match (a, b) {
+            (x, Node::Const(Const::Num(value))) if is_x(x) => Some((
+                Threshold {
+                    op,
+                    value: *value,
+                    value_first: false,
+                },
+                x,
+            )),
+            (Node::Const(Const::Num(value)), x) if is_x(x) => Some((
+                Threshold {
+                    op,
+                    value: *value,
+                    value_first: true,
+                },
+                x,
+            )),
+            _ => None,
+        }
     }
 }
 
-/// `local_hour` or `local_weekday` compared with a number: (it is the weekday, the field is
-/// the left side, the number).
-pub(crate) fn local_threshold(a: &Node, b: &Node) -> Option<(bool, bool, f64)> {
-    let daily = |n: &Node| match n {
-        Node::Field(Field::LocalHour) => Some(false),
-        Node::Field(Field::LocalWeekday) => Some(true),
-        _ => None,
+/// `count(...)` or `sum(...)` over a plain `within` window (no `since`) compared with a
+/// number, for [`Env::window_turns`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowTest {
+    pub agg: AggId,
+    pub within: i64,
+    /// The sum rather than the count.
+    pub sum: bool,
+    pub threshold: Threshold,
+}
+
+pub(crate) fn window_test(op: CmpOp, a: &Node, b: &Node) -> Option<WindowTest> {
+    let plain = |n: &Node| match n {
+        Node::Count(_, w) | Node::Sum(_, w) => {
+            w.within.is_some() && w.since.is_none() && !w.since_trigger
+        }
+        _ => false,
     };
-    match (a, b) {
-        (n, Node::Const(Const::Num(c))) => daily(n).map(|d| (d, true, *c)),
-        (Node::Const(Const::Num(c)), n) => daily(n).map(|d| (d, false, *c)),
-        _ => None,
-    }
+    let (threshold, x) = Threshold::of(op, a, b, plain)?;
+    let (Node::Count(agg, w) | Node::Sum(agg, w)) = x else {
+        return None;
+    };
+    Some(WindowTest {
+        agg: *agg,
+        within: w.within?,
+        sum: matches!(x, Node::Sum(..)),
+        threshold,
+    })
+}
+
+/// `local_hour` or `local_weekday` compared with a number: (it is the weekday, the test).
+pub(crate) fn local_test(op: CmpOp, a: &Node, b: &Node) -> Option<(bool, Threshold)> {
+    let clock = |n: &Node| matches!(n, Node::Field(Field::LocalHour | Field::LocalWeekday));
+    let (threshold, x) = Threshold::of(op, a, b, clock)?;
+    Some((matches!(x, Node::Field(Field::LocalWeekday)), threshold))
 }
 
 fn next_change_children<E: Env + ?Sized>(node: &Node, env: &E, best: &mut Option<i64>) {
     node.for_each_child(|c| next_change(c, env, best));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A threshold decides as the rule's own comparison does, NaN and infinities included.
+    #[test]
+    fn threshold_holds_as_compare_does() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1.5,
+            0.0,
+            -0.0,
+            1.0,
+            3.0,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        let ops = [
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+        ];
+        for op in ops {
+            for value in values {
+                for x in values {
+                    for value_first in [false, true] {
+                        let t = Threshold {
+                            op,
+                            value,
+                            value_first,
+                        };
+                        let (l, r) = if value_first { (value, x) } else { (x, value) };
+                        assert_eq!(
+                            t.holds(x),
+                            compare(op, &Val::Num(l), &Val::Num(r)),
+                            "{op:?} {value} {x} {value_first}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -86,6 +86,6 @@ pub use definition::{
     parse_duration, parse_score_rule, parse_tiers, Cap, ScoreRuleParts, TierBound,
 };
 pub use error::{Pos, RuleError, Warning};
-pub use eval::{lookup, lookup_in, Env, EventGuard, EventRef, Val};
+pub use eval::{lookup, lookup_in, Env, EventGuard, EventRef, Threshold, Val, WindowTest};
 pub use parser::parse;
 pub use schema::{Field, Schema, ScoreInfo, Type};
