@@ -237,6 +237,42 @@ impl<T: Tally> Buckets<T> {
             .min()
     }
 
+    /// [`Buckets::tally_within`] and [`Buckets::expiry`] together, from one lookup of the
+    /// window's buckets: a timer's look-ahead asks both at every edge it steps over.
+    pub fn tally_and_expiry(&self, window: Millis, now: Millis) -> (T, Option<Millis>) {
+        if self.total.count() == 0 || window <= 0 {
+            return (T::default(), None);
+        }
+        let covers_all = self.covers_all(window, now);
+        let shortcut_end = covers_all.then(|| self.first.saturating_add(window));
+        let (tally, bucketed) = match self.range(window, now) {
+            Some((res, from, to)) => {
+                let lo = self.buckets.partition_point(|(b, _)| *b < from);
+                let in_range = || self.buckets[lo..].iter().take_while(|(b, _)| *b <= to);
+                let bucketed = in_range()
+                    .next()
+                    .map(|(k, _)| ((k & INDEX_MASK) as i64 + 1) * res + window - 1);
+                let tally = if covers_all {
+                    self.total
+                } else {
+                    let mut t = T::default();
+                    for (_, v) in in_range() {
+                        t.merge(*v);
+                    }
+                    t
+                };
+                (tally, bucketed)
+            }
+            None => (self.total, None),
+        };
+        let expiry = [shortcut_end, bucketed]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
+        (tally, expiry)
+    }
+
     /// Bytes held on the heap, for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<(u32, T)>()
@@ -288,6 +324,27 @@ mod tests {
         assert_eq!(json["buckets"][0][0], c.buckets[0].0);
         let from_json: Counter = serde_json::from_value(json).unwrap_or_default();
         assert_eq!(from_json, c);
+    }
+
+    proptest::proptest! {
+        /// The fused lookup answers what the two separate ones do, at every resolution,
+        /// inside, at and past the newest event.
+        #[test]
+        fn tally_and_expiry_is_tally_within_and_expiry(
+            offsets in proptest::collection::vec((0i64..(60 * DAY), 0u32..100), 0..60),
+            window in 1i64..(500 * DAY),
+            ahead in -(3 * DAY)..(90 * DAY),
+        ) {
+            let base = 2_000 * DAY;
+            let mut c = SumCounter::default();
+            for (back, value) in &offsets {
+                c.add_value(base - back, f64::from(*value));
+            }
+            let now = base + ahead;
+            let (tally, expiry) = c.tally_and_expiry(window, now);
+            proptest::prop_assert_eq!(tally, c.tally_within(window, now));
+            proptest::prop_assert_eq!(expiry, c.expiry(window, now));
+        }
     }
 
     #[test]

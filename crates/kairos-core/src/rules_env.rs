@@ -245,6 +245,55 @@ fn local_weekday(local: Millis) -> f64 {
     (local.div_euclid(DAY) + 3).rem_euclid(7) as f64 + 1.0
 }
 
+/// [`Env::window_turns`] over one series: from edge to edge of the window, reading only it.
+fn window_turn<T: Tally>(b: &Buckets<T>, test: WindowTest, now: Millis) -> Option<Millis> {
+    let (value, mut next) = window_at(b, test, now);
+    let now_holds = test.threshold.holds(value);
+    let mut first = None;
+    for _ in 0..TURN_STEPS {
+        let t = next?;
+        first.get_or_insert(t);
+        let (value, after) = window_at(b, test, t);
+        if test.threshold.holds(value) != now_holds {
+            return Some(t);
+        }
+        next = after;
+    }
+    // A long run of expiries that change nothing (many events, a low threshold): wake at
+    // the first, as a host that cannot look ahead would. That answer is the same from any
+    // instant before it, so timers do not depend on when they were computed.
+    first
+}
+
+/// What [`ProfileEnv::tally`] and [`Env::window_expiry`] answer for the window
+/// `(now - within, now]` of one series, from one lookup of its buckets: the count or
+/// sum, and the next instant after `now` at which it may change.
+fn window_at<T: Tally>(b: &Buckets<T>, test: WindowTest, now: Millis) -> (f64, Option<Millis>) {
+    let read = |t: T| if test.sum { t.sum() } else { t.count() as f64 };
+    let from = now.saturating_sub(test.within);
+    if from == Millis::MIN {
+        // A window reaching before all time: `tally` counts everything, and
+        // `window_expiry` has no edge to offer.
+        let counted = b.total.count() > 0 && from < now;
+        let value = if counted {
+            read(b.tally_within(Millis::MAX / 2, now))
+        } else {
+            0.0
+        };
+        return (value, None);
+    }
+    let window = now - from;
+    let (tally, expiry) = b.tally_and_expiry(window, now);
+    // As `tally`: nothing is counted once the window starts at or after the newest event.
+    let counted = b.total.count() > 0 && b.last > from && from < now;
+    let all_gone = b.last.checked_add(window).filter(|t| *t > now);
+    let next = match (expiry, all_gone) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    (if counted { read(tally) } else { 0.0 }, next)
+}
+
 fn time(t: Option<Millis>) -> Val<'static> {
     t.map_or(Val::Null, Val::Time)
 }
@@ -386,32 +435,10 @@ impl Env for ProfileEnv<'_> {
     /// Steps from one window expiry to the next, reading only this aggregate, until the
     /// comparison turns: much cheaper than evaluating the whole rule at each expiry.
     fn window_turns(&self, test: WindowTest) -> Option<i64> {
-        let value = |env: &ProfileEnv| {
-            let (count, total) = env.tally(test.agg, env.now.saturating_sub(test.within));
-            if test.sum {
-                total
-            } else {
-                count as f64
-            }
-        };
-        let holds = |x| test.threshold.holds(x);
-        let now_holds = holds(value(self));
-        let mut at = ProfileEnv { ..*self };
-        let mut first = None;
-        for _ in 0..TURN_STEPS {
-            let t = at
-                .window_expiry(test.agg, at.now.saturating_sub(test.within))
-                .filter(|t| *t > at.now)?;
-            first.get_or_insert(t);
-            at.now = t;
-            if holds(value(&at)) != now_holds {
-                return Some(t);
-            }
+        match self.series(test.agg)? {
+            Series::Counts(b) => window_turn(b, test, self.now),
+            Series::Sums(b) => window_turn(b, test, self.now),
         }
-        // A long run of expiries that change nothing (many events, a low threshold): wake
-        // at the first, as a host that cannot look ahead would. That answer is the same
-        // from any instant before it, so timers do not depend on when they were computed.
-        first
     }
 
     /// Steps from one change of the local clock to the next as [`Env::local_change`] does,
