@@ -188,7 +188,7 @@ impl ProfileEnv<'_> {
     /// (count, sum) of events in `(from, now]`.
     fn tally(&self, agg: AggId, from: Millis) -> (u64, f64) {
         fn of<T: Tally>(b: &Buckets<T>, from: Millis, now: Millis) -> (u64, f64) {
-            if b.total.count() == 0 || (from != Millis::MIN && b.last <= from) || from >= now {
+            if !counts_anything(b, from, now) {
                 return (0, 0.0);
             }
             let window = if from == Millis::MIN {
@@ -248,20 +248,29 @@ fn local_weekday(local: Millis) -> f64 {
 /// [`Env::window_turns`] over one series: from edge to edge of the window, reading only it.
 fn window_turn<T: Tally>(b: &Buckets<T>, test: WindowTest, now: Millis) -> Option<Millis> {
     let (value, mut next) = window_at(b, test, now);
-    let now_holds = test.threshold.holds(value);
+    first_turn(test.threshold.holds(value), || {
+        let t = next?;
+        let (value, after) = window_at(b, test, t);
+        next = after;
+        Some((t, test.threshold.holds(value)))
+    })
+}
+
+/// Steps through the instants `step` yields, each with whether the comparison holds
+/// there, and returns the first at which that differs from `now_holds`. After
+/// [`TURN_STEPS`] instants that change nothing (many events under a low threshold, a clock
+/// rule that holds all day) it returns the first of them, as a host that cannot look
+/// ahead would: that answer is the same from any instant before it, so timers do not
+/// depend on when they were computed.
+fn first_turn(now_holds: bool, mut step: impl FnMut() -> Option<(Millis, bool)>) -> Option<Millis> {
     let mut first = None;
     for _ in 0..TURN_STEPS {
-        let t = next?;
+        let (t, holds) = step()?;
         first.get_or_insert(t);
-        let (value, after) = window_at(b, test, t);
-        if test.threshold.holds(value) != now_holds {
+        if holds != now_holds {
             return Some(t);
         }
-        next = after;
     }
-    // A long run of expiries that change nothing (many events, a low threshold): wake at
-    // the first, as a host that cannot look ahead would. That answer is the same from any
-    // instant before it, so timers do not depend on when they were computed.
     first
 }
 
@@ -274,8 +283,7 @@ fn window_at<T: Tally>(b: &Buckets<T>, test: WindowTest, now: Millis) -> (f64, O
     if from == Millis::MIN {
         // A window reaching before all time: `tally` counts everything, and
         // `window_expiry` has no edge to offer.
-        let counted = b.total.count() > 0 && from < now;
-        let value = if counted {
+        let value = if counts_anything(b, from, now) {
             read(b.tally_within(Millis::MAX / 2, now))
         } else {
             0.0
@@ -284,14 +292,47 @@ fn window_at<T: Tally>(b: &Buckets<T>, test: WindowTest, now: Millis) -> (f64, O
     }
     let window = now - from;
     let (tally, expiry) = b.tally_and_expiry(window, now);
-    // As `tally`: nothing is counted once the window starts at or after the newest event.
-    let counted = b.total.count() > 0 && b.last > from && from < now;
+    let value = if counts_anything(b, from, now) {
+        read(tally)
+    } else {
+        0.0
+    };
+    (value, until_all_gone(expiry, b, window, now))
+}
+
+/// Whether `(from, now]` can hold any event of the series: nothing is counted once the
+/// window starts at or after the newest one (`from` is `Millis::MIN` for all time).
+fn counts_anything<T: Tally>(b: &Buckets<T>, from: Millis, now: Millis) -> bool {
+    b.total.count() > 0 && (from == Millis::MIN || b.last > from) && from < now
+}
+
+/// A window's next edge, `bucketed` as its buckets say, refined as [`counts_anything`]
+/// reads it: everything has left once the window starts at or after the newest event,
+/// which may come before that event's bucket expires.
+fn until_all_gone<T: Tally>(
+    bucketed: Option<Millis>,
+    b: &Buckets<T>,
+    window: Millis,
+    now: Millis,
+) -> Option<Millis> {
     let all_gone = b.last.checked_add(window).filter(|t| *t > now);
-    let next = match (expiry, all_gone) {
+    match (bucketed, all_gone) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
-    (if counted { read(tally) } else { 0.0 }, next)
+    }
+}
+
+/// The next instant after `now` at which the local hour (day, for `unit` = [`DAY`])
+/// changes, `local` being `now` on the wall clock: the next boundary at the offset in force,
+/// or the zone's next `transition` if that comes first (the clock may jump there).
+fn next_local_change(
+    now: Millis,
+    local: Millis,
+    unit: Millis,
+    transition: Option<Millis>,
+) -> Millis {
+    let boundary = now + ((local.div_euclid(unit) + 1) * unit - local);
+    transition.map_or(boundary, |t| t.min(boundary))
 }
 
 fn time(t: Option<Millis>) -> Val<'static> {
@@ -376,9 +417,12 @@ impl Env for ProfileEnv<'_> {
     fn local_change(&self, daily: bool) -> Option<i64> {
         let (tz, local) = self.local()?;
         let unit = if daily { DAY } else { HOUR };
-        let boundary = self.now + ((local.div_euclid(unit) + 1) * unit - local);
-        let transition = next_transition(tz, self.now);
-        Some(transition.map_or(boundary, |t| t.min(boundary)))
+        Some(next_local_change(
+            self.now,
+            local,
+            unit,
+            next_transition(tz, self.now),
+        ))
     }
 
     fn tier_change(&self, index: usize) -> Option<i64> {
@@ -444,7 +488,6 @@ impl Env for ProfileEnv<'_> {
     /// Steps from one change of the local clock to the next as [`Env::local_change`] does,
     /// but with the zone's offset and next transition looked up once, not at every hour.
     fn local_turns(&self, daily: bool, threshold: Threshold) -> Option<i64> {
-        let holds = |x| threshold.holds(x);
         let (unit, read): (Millis, fn(Millis) -> f64) = if daily {
             (DAY, local_weekday)
         } else {
@@ -453,39 +496,23 @@ impl Env for ProfileEnv<'_> {
         let Some((tz, local)) = self.local() else {
             return self.local_change(daily);
         };
-        let now_holds = holds(read(local));
         let (mut now, mut offset) = (self.now, local - self.now);
         let mut transition = next_transition(tz, now);
-        let mut first = None;
-        for _ in 0..TURN_STEPS {
-            let local = now + offset;
-            let boundary = now + ((local.div_euclid(unit) + 1) * unit - local);
-            now = transition.map_or(boundary, |t| t.min(boundary));
-            first.get_or_insert(now);
+        first_turn(threshold.holds(read(local)), || {
+            now = next_local_change(now, now + offset, unit, transition);
             if transition.is_some_and(|t| t <= now) {
                 offset = offset_at(tz, now)?;
                 transition = next_transition(tz, now);
             }
-            if holds(read(now + offset)) != now_holds {
-                return Some(now);
-            }
-        }
-        // As in `window_turns`: the first instant, the same from any instant before it.
-        first
+            Some((now, threshold.holds(read(now + offset))))
+        })
     }
 
     fn window_expiry(&self, agg: AggId, from: i64) -> Option<i64> {
         let window = self.now.checked_sub(from)?;
-        let (bucketed, last) = match self.series(agg)? {
-            Series::Counts(b) => (b.expiry(window, self.now), b.last),
-            Series::Sums(b) => (b.expiry(window, self.now), b.last),
-        };
-        // The exact refinement of `tally`: everything has left once the window starts at
-        // or after the newest event, which may come before its bucket expires.
-        let all_gone = last.checked_add(window).filter(|t| *t > self.now);
-        match (bucketed, all_gone) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        match self.series(agg)? {
+            Series::Counts(b) => until_all_gone(b.expiry(window, self.now), b, window, self.now),
+            Series::Sums(b) => until_all_gone(b.expiry(window, self.now), b, window, self.now),
         }
     }
 }
