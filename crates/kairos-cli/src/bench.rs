@@ -48,6 +48,11 @@ pub struct ImportBenchArgs {
     people: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Keep the generated JSONL here; if the file already exists, import it as it is
+    /// instead of generating one (so runs to compare read the same bytes and only the
+    /// import is timed or profiled).
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -573,20 +578,30 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
 pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("events.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
-    for event in shop_events(args.people, args.events, args.seed) {
-        serde_json::to_writer(&mut out, &event)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    let bytes = std::fs::metadata(&file)?.len();
-    println!(
-        "{} events over {} people, {} MB of JSONL",
-        args.events,
-        args.people,
-        bytes / 1_000_000
-    );
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| dir.path().join("events.jsonl"));
+    let events = if file.exists() && args.file.is_some() {
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(&file)?));
+        let n = lines.count();
+        println!("{}: {n} lines, as generated before", file.display());
+        n
+    } else {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for event in shop_events(args.people, args.events, args.seed) {
+            serde_json::to_writer(&mut out, &event)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        println!(
+            "{} events over {} people, {} MB of JSONL",
+            args.events,
+            args.people,
+            std::fs::metadata(&file)?.len() / 1_000_000
+        );
+        args.events
+    };
     let started = Instant::now();
     crate::import::run(crate::import::ImportArgs::for_bench(
         file,
@@ -595,7 +610,7 @@ pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "import: {:.0} events/s ({:.1} s, including the final fsync)",
-        args.events as f64 / secs,
+        events as f64 / secs,
         secs
     );
     Ok(())

@@ -179,6 +179,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         let version = scoring.version;
         let compacting = store.background_work().time_compacting;
         let cpu = process_cpu_secs();
+        let threads = thread_cpu_secs();
         let started = Instant::now();
         ingest.define(scoring, T0)?.blocking_recv()??;
         loop {
@@ -189,6 +190,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         }
         let secs = started.elapsed().as_secs_f64();
         let cpu = process_cpu_secs() - cpu;
+        let by_thread = cpu_by_thread_since(&threads, cpu);
         let compacting = store.background_work().time_compacting - compacting;
         let members = store.segment_size(&name)?;
         println!(
@@ -199,6 +201,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
             args.profiles as f64 / secs,
             compacting.as_secs_f64()
         );
+        println!("  CPU s by thread: {by_thread}");
         if at_least != 900 {
             quiet_secs.push(secs);
         }
@@ -240,6 +243,59 @@ fn process_cpu_secs() -> f64 {
         .unwrap_or(0);
     // The kernel reports in USER_HZ, 100 on every Linux this runs on.
     ticks as f64 / 100.0
+}
+
+/// CPU seconds of each live thread of this process, by thread id, with its name.
+fn thread_cpu_secs() -> std::collections::HashMap<String, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ticks = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.to_string();
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                Some(f.iter().sum::<u64>())
+            })
+            .unwrap_or(0);
+        out.insert(
+            task.file_name().to_string_lossy().into_owned(),
+            (name.trim().to_string(), ticks as f64 / 100.0),
+        );
+    }
+    out
+}
+
+/// What each thread name used since `before` (threads summed by name), biggest first;
+/// threads that ended meanwhile (a backfill's page helpers) are the rest of `total`.
+fn cpu_by_thread_since(
+    before: &std::collections::HashMap<String, (String, f64)>,
+    total: f64,
+) -> String {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    for (tid, (name, secs)) in thread_cpu_secs() {
+        let was = before.get(&tid).map_or(0.0, |(_, s)| *s);
+        *by_name.entry(name).or_default() += secs - was;
+    }
+    let live: f64 = by_name.values().sum();
+    let mut rows: Vec<(String, f64)> = by_name.into_iter().filter(|(_, s)| *s >= 0.05).collect();
+    if total - live >= 0.05 {
+        rows.push(("(ended threads)".into(), total - live));
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows.iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Waits until the store has no flush queued and no compaction running for a second.

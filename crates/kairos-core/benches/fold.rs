@@ -333,6 +333,31 @@ fn fold_once(workload: &str) {
         events.len(),
         events.len() as f64 / took.as_secs_f64()
     );
+    // The stored encoding both ways (what a backfill decodes and a group commit encodes
+    // per profile), `KAIROS_CODEC_ROUNDS` times over every profile: under callgrind, the
+    // inclusive counts of `Profile::encode` and `Profile::decode`.
+    let rounds: usize = std::env::var("KAIROS_CODEC_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if rounds > 0 {
+        let started = std::time::Instant::now();
+        let mut bytes = 0usize;
+        for _ in 0..rounds {
+            for p in &seen {
+                let enc = p.encode();
+                bytes += enc.len();
+                let back = Profile::decode(&enc).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(back.id, p.id);
+            }
+        }
+        let n = rounds * seen.len();
+        println!(
+            "{workload}: encoded and decoded {n} profiles ({} bytes each), {:.2} us per profile",
+            bytes / n.max(1),
+            started.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64
+        );
+    }
 }
 
 /// Bytes of `v` in the store's encoding.
