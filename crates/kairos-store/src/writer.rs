@@ -401,24 +401,114 @@ fn evaluate_profiles(
     Ok(page)
 }
 
-/// [`evaluate_profiles`] over one page, its two halves on two threads: decoding is most of
-/// a backfill's work, and the writer has little left to do for it.
-fn evaluate_page(
-    raw: &[(ProfileId, fjall::Slice)],
-    scoring: &Scoring,
-    deltas: &Deltas,
+/// A page for [`PageEvaluator`]: the threads take runs of [`PageJob::RUN`] profiles in turn
+/// (`next` is the next run's number), not half each: the page reader, the writer and the
+/// storage engine share the same cores, and with fixed halves the page waited for whichever
+/// half lost its core meanwhile.
+struct PageJob {
+    raw: Arc<Vec<(ProfileId, fjall::Slice)>>,
+    scoring: Arc<Scoring>,
+    deltas: Arc<Deltas>,
     now: Millis,
-) -> Result<BackfillPage, StoreError> {
-    let (a, b) = raw.split_at(raw.len() / 2);
-    let (first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| evaluate_profiles(b, scoring, deltas, now));
-        let mine = evaluate_profiles(a, scoring, deltas, now);
-        (mine, other.join())
-    });
-    let second = second.map_err(|_| StoreError::Io("a backfill thread panicked".into()))?;
-    let mut page = first?;
-    page.append(second?);
-    Ok(page)
+    next: std::sync::atomic::AtomicUsize,
+}
+
+type EvaluatedRuns = Vec<(usize, Result<BackfillPage, StoreError>)>;
+
+impl PageJob {
+    const RUN: usize = 32;
+
+    /// Evaluates runs until none is left; returns them with their numbers.
+    fn work(&self) -> EvaluatedRuns {
+        let mut done = Vec::new();
+        loop {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let start = i.saturating_mul(Self::RUN);
+            if start >= self.raw.len() {
+                return done;
+            }
+            let run = &self.raw[start..(start + Self::RUN).min(self.raw.len())];
+            done.push((
+                i,
+                evaluate_profiles(run, &self.scoring, &self.deltas, self.now),
+            ));
+        }
+    }
+}
+
+/// [`evaluate_profiles`] over whole pages on two threads, the caller's and one helper that
+/// lives as long as the evaluator: decoding is most of a backfill's work, and the writer
+/// has little left to do for it. (A thread per page cost a fresh allocator heap each time.)
+struct PageEvaluator {
+    jobs:
+        Option<crossbeam_channel::Sender<(Arc<PageJob>, crossbeam_channel::Sender<EvaluatedRuns>)>>,
+    helper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PageEvaluator {
+    fn start() -> Result<Self, StoreError> {
+        let (jobs, rx) = crossbeam_channel::bounded::<(
+            Arc<PageJob>,
+            crossbeam_channel::Sender<EvaluatedRuns>,
+        )>(1);
+        let helper = std::thread::Builder::new()
+            .name("kairos-backfill-eval".into())
+            .spawn(move || {
+                for (job, done) in rx {
+                    let _ = done.send(job.work());
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            helper: Some(helper),
+        })
+    }
+
+    fn evaluate(
+        &self,
+        raw: Vec<(ProfileId, fjall::Slice)>,
+        scoring: Arc<Scoring>,
+        deltas: Arc<Deltas>,
+        now: Millis,
+    ) -> Result<BackfillPage, StoreError> {
+        let version = scoring.version;
+        let job = Arc::new(PageJob {
+            raw: Arc::new(raw),
+            scoring,
+            deltas,
+            now,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let helped = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send((job.clone(), done_tx)).is_ok());
+        let mut runs = job.work();
+        if helped {
+            runs.extend(
+                done_rx
+                    .recv()
+                    .map_err(|_| StoreError::Io("the backfill helper stopped".into()))?,
+            );
+        }
+        runs.sort_unstable_by_key(|(i, _)| *i);
+        let mut page = BackfillPage::new(version);
+        for (_, run) in runs {
+            page.append(run?);
+        }
+        Ok(page)
+    }
+}
+
+impl Drop for PageEvaluator {
+    fn drop(&mut self) {
+        // Closing the channel ends the helper's loop.
+        self.jobs = None;
+        if let Some(h) = self.helper.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Progress of bringing every profile up to new definitions.
@@ -2369,8 +2459,12 @@ fn run_backfill(
         hook,
     } = run;
     let mut pages = 0u64;
-    // One page with the writer while the next is read and evaluated here.
-    let mut in_flight: Option<(crossbeam_channel::Receiver<()>, u64)> = None;
+    // Up to two pages with the writer while the next is read and evaluated here: the
+    // writer records a page within a group commit, and with one page in flight this
+    // thread waited for that cycle (a tenth of a backfill) with its page ready.
+    const IN_FLIGHT: usize = 2;
+    let mut in_flight: std::collections::VecDeque<(crossbeam_channel::Receiver<()>, u64)> =
+        std::collections::VecDeque::new();
     let finish = |wait: Option<(crossbeam_channel::Receiver<()>, u64)>| {
         if let Some((wait, n)) = wait {
             let _ = wait.recv();
@@ -2403,10 +2497,11 @@ fn run_backfill(
                 }
             })?
     };
+    let evaluator = PageEvaluator::start()?;
     let result: Result<bool, StoreError> = (|| loop {
         let scoring = store.scoring();
         if scoring.version != version {
-            finish(in_flight.take());
+            in_flight.drain(..).for_each(|w| finish(Some(w)));
             return Ok(false);
         }
         let raw = pages_rx
@@ -2415,23 +2510,26 @@ fn run_backfill(
         if raw.is_empty() {
             return Ok(true);
         }
-        let page = evaluate_page(&raw, &scoring, &deltas, clock.now())?;
+        let n = raw.len() as u64;
+        let page = evaluator.evaluate(raw, scoring, deltas.clone(), clock.now())?;
         if let Some(h) = &hook {
             (h.0)(pages);
         }
         pages += 1;
-        let n = raw.len() as u64;
         let (done, wait) = crossbeam_channel::bounded(1);
         tx.send(Command::Rebuild { page, done })
             .map_err(|_| StoreError::WriterStopped)?;
-        finish(in_flight.replace((wait, n)));
+        in_flight.push_back((wait, n));
+        if in_flight.len() > IN_FLIGHT {
+            finish(in_flight.pop_front());
+        }
     })();
     drop(pages_rx);
     let _ = reader.join();
     if !result? {
         return Ok(());
     }
-    finish(in_flight.take());
+    in_flight.drain(..).for_each(|w| finish(Some(w)));
     let _ = tx.send(Command::BackfillDone(version));
     if let Ok(mut g) = progress.lock() {
         if let Some(b) = g.as_mut().filter(|b| b.version == version) {
