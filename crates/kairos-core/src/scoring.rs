@@ -46,6 +46,73 @@ use std::collections::{BTreeMap, BTreeSet};
 /// cause: a change names its segment and reason by a reference count, not a copy.
 pub type Name = std::sync::Arc<str>;
 
+/// Decodes an optional [`Name`] through a small per-thread table of the names decoded
+/// before: the tiers and primary segments of millions of stored profiles are a handful of
+/// names, and a fresh `Arc<str>` for each cost two allocations and a copy per name per
+/// decoded profile (a tenth of decoding one).
+mod shared_name {
+    use super::Name;
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::cell::RefCell;
+
+    /// Past this many distinct names the table starts over, so it stays small whatever
+    /// is decoded.
+    const MAX_NAMES: usize = 64;
+
+    thread_local! {
+        static NAMES: RefCell<Vec<Name>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn intern(s: &str) -> Name {
+        NAMES.with(|names| {
+            let mut names = names.borrow_mut();
+            if let Some(n) = names.iter().find(|n| &***n == s) {
+                return n.clone();
+            }
+            if names.len() >= MAX_NAMES {
+                names.clear();
+            }
+            let n: Name = s.into();
+            names.push(n.clone());
+            n
+        })
+    }
+
+    struct NameVisitor;
+
+    impl Visitor<'_> for NameVisitor {
+        type Value = Name;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a name")
+        }
+        fn visit_str<E: Error>(self, s: &str) -> Result<Name, E> {
+            Ok(intern(s))
+        }
+    }
+
+    struct OptionVisitor;
+
+    impl<'de> Visitor<'de> for OptionVisitor {
+        type Value = Option<Name>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a name or nothing")
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(NameVisitor).map(Some)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Name>, D::Error> {
+        d.deserialize_option(OptionVisitor)
+    }
+}
+
 /// Per-definition flags and values during one evaluation, on the stack for the usual
 /// number of definitions: evaluation runs several times per event and must not allocate.
 type Flags = SmallVec<[bool; 64]>;
@@ -702,6 +769,7 @@ pub struct ScoreState {
     /// By rule index; only rules that ever matched.
     pub rules: Vec<(u16, RuleState)>,
     /// The tier at the last evaluation, to notice changes.
+    #[serde(default, deserialize_with = "shared_name::deserialize")]
     pub tier: Option<Name>,
     /// For the trend: per UTC day with points, their sum decayed to the end of that day,
     /// oldest first; days before the last [`HISTORY_DAYS`] are folded into `older`. Sums
@@ -1056,6 +1124,7 @@ pub struct Derived {
     pub scores: VecMap<ScoreState>,
     /// Member segments, with the instant each was entered.
     pub segments: VecMap<Millis>,
+    #[serde(default, deserialize_with = "shared_name::deserialize")]
     pub primary: Option<Name>,
     /// The next instant at which a membership or tier may change with no event.
     pub timer: Option<Millis>,
@@ -1861,6 +1930,43 @@ fn round9(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_names_decode_to_what_was_encoded_past_the_table_size() {
+        // More distinct names than the per-thread table holds, each seen twice, with and
+        // without a tier: every decoded name must equal the encoded one.
+        let states: Vec<ScoreState> = (0..200)
+            .map(|i| ScoreState {
+                tier: (i % 3 != 0).then(|| Name::from(format!("tier-{}", i % 100).as_str())),
+                ..ScoreState::default()
+            })
+            .collect();
+        for st in &states {
+            let bytes = postcard::to_allocvec(st).unwrap_or_default();
+            let back: ScoreState = postcard::from_bytes(&bytes).unwrap_or_default();
+            assert_eq!(&back, st);
+            let json = serde_json::to_string(st).unwrap_or_default();
+            let back: ScoreState = serde_json::from_str(&json).unwrap_or_default();
+            assert_eq!(&back, st);
+        }
+        for primary in [None, Some(Name::from("vip"))] {
+            let d = Derived {
+                version: 3,
+                primary,
+                ..Derived::default()
+            };
+            let bytes = postcard::to_allocvec(&d).unwrap_or_default();
+            assert_eq!(
+                postcard::from_bytes::<Derived>(&bytes).ok().as_ref(),
+                Some(&d)
+            );
+            let json = serde_json::to_string(&d).unwrap_or_default();
+            assert_eq!(
+                serde_json::from_str::<Derived>(&json).ok().as_ref(),
+                Some(&d)
+            );
+        }
+    }
 
     fn record(kind: ChangeKind) -> Value {
         let c = Change {
