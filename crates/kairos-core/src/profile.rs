@@ -25,32 +25,48 @@ pub struct CoreConfig {
 /// Bumped when the encoding changes. Version 6 added `log_heads`; the store refuses data
 /// directories written before it (their events cannot be found from the profile). Version
 /// 7 made the engagement weights sparse ([`ProfileV6`]) and writes the keys of activity
-/// buckets as deltas ([`reading_version_6`]); version 6 is still read.
-const ENCODING_VERSION: u8 = 7;
+/// buckets as deltas. Version 8 writes a score's day sums as one byte string
+/// (`scoring::day_sums`). Versions 6 and 7 are still read.
+const ENCODING_VERSION: u8 = 8;
 
 thread_local! {
-    static READING_VERSION_6: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The encoding of the profile being decoded on this thread, while it is older than
+    /// [`ENCODING_VERSION`] (0 otherwise).
+    static READING_VERSION: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether the profile being decoded on this thread is of encoding 6, for the parts whose
 /// layout is the same but whose values are read differently (bucket keys).
 pub(crate) fn reading_version_6() -> bool {
-    READING_VERSION_6.with(std::cell::Cell::get)
+    READING_VERSION.with(std::cell::Cell::get) == 6
 }
 
-fn decode_version_6(body: &[u8]) -> Result<Profile, DecodeError> {
+/// Whether the profile being decoded on this thread is of an encoding before `v`.
+pub(crate) fn reading_before(v: u8) -> bool {
+    let reading = READING_VERSION.with(std::cell::Cell::get);
+    reading != 0 && reading < v
+}
+
+/// Decodes with `decode` while the thread says encoding `version` is being read.
+fn decoding_version<T>(version: u8, decode: impl FnOnce() -> T) -> T {
     /// Clears the flag however decoding ends.
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            READING_VERSION_6.with(|f| f.set(false));
+            READING_VERSION.with(|f| f.set(0));
         }
     }
-    READING_VERSION_6.with(|f| f.set(true));
+    READING_VERSION.with(|f| f.set(version));
     let _reset = Reset;
-    postcard::from_bytes::<ProfileV6>(body)
-        .map(Profile::from)
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))
+    decode()
+}
+
+fn decode_version_6(body: &[u8]) -> Result<Profile, DecodeError> {
+    decoding_version(6, || {
+        postcard::from_bytes::<ProfileV6>(body)
+            .map(Profile::from)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))
+    })
 }
 
 /// Version 6 of the encoding: as now, but with one engagement weight per hour of week.
@@ -253,6 +269,9 @@ impl Profile {
             Some((&ENCODING_VERSION, body)) => {
                 postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
             }
+            Some((7, body)) => decoding_version(7, || {
+                postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
+            }),
             Some((6, body)) => decode_version_6(body),
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),
@@ -591,6 +610,32 @@ mod tests {
         p
     }
 
+    /// `sample()` encoded by the build before encoding 8 (ab4d1ff).
+    const VERSION_7: &[u8] = include_bytes!("../tests/fixtures/profile-v7.bin");
+
+    #[test]
+    fn profiles_stored_as_version_7_still_decode() {
+        let p = sample();
+        assert_eq!(VERSION_7.first(), Some(&7));
+        let back = Profile::decode(VERSION_7).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, p);
+        assert!(!reading_before(8), "the flag is cleared after decoding");
+        let now = p.encode();
+        assert_eq!(now.first(), Some(&ENCODING_VERSION));
+        assert_eq!(Profile::decode(&now).ok(), Some(p.clone()));
+        // Day sums as one byte string save the serializer's per-pair framing, not bytes:
+        // the sizes stay close.
+        assert!(
+            now.len() <= VERSION_7.len() + 8,
+            "{} vs {}",
+            now.len(),
+            VERSION_7.len()
+        );
+        // A corrupt version 7 profile is an error, and leaves the flag cleared.
+        assert!(Profile::decode(&VERSION_7[..60]).is_err());
+        assert!(!reading_before(8));
+    }
+
     /// `sample()` encoded by the build before encoding 7 (7032209).
     const VERSION_6: &[u8] = include_bytes!("../tests/fixtures/profile-v6.bin");
 
@@ -601,6 +646,7 @@ mod tests {
         let back = Profile::decode(VERSION_6).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, p);
         assert!(!reading_version_6(), "the flag is cleared after decoding");
+        assert!(!reading_before(8));
         assert_eq!(Profile::decode(&p.encode()).ok(), Some(p.clone()));
         // Sparse weights and bucket key deltas are what made version 7 smaller.
         assert!(

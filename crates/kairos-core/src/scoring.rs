@@ -747,6 +747,7 @@ pub struct RuleState {
     pub capped: u64,
     /// For capped rules: per cap window (`t / D`), the times that counted, at most N, in
     /// time order; the newest windows only (see [`LATE_LIMIT`]).
+    #[serde(with = "window_times")]
     pub windows: Vec<(i64, Vec<Millis>)>,
 }
 
@@ -774,6 +775,7 @@ pub struct ScoreState {
     /// For the trend: per UTC day with points, their sum decayed to the end of that day,
     /// oldest first; days before the last [`HISTORY_DAYS`] are folded into `older`. Sums
     /// per day do not depend on the order in which events arrived.
+    #[serde(with = "day_sums")]
     pub days: Vec<(i64, f64)>,
     /// Everything before `days`, as (instant, value then).
     pub older: Option<(Millis, f64)>,
@@ -781,6 +783,185 @@ pub struct ScoreState {
 
 /// Days of history kept for trends (30 days ago, plus one to decay from).
 const HISTORY_DAYS: i64 = 31;
+
+/// Compact stored forms of a score's per-day sums and per-window cap times: each is one byte
+/// string of varints instead of a sequence the serializer frames element by element.
+/// Written as sequences, the up to 32 day sums and the times every capped rule keeps
+/// (tens per profile) cost a serializer call per number and were most of the time spent
+/// encoding and decoding a profile with several scores. Human-readable forms (JSON) keep
+/// the sequences; profiles of encodings before 8 stored them as sequences too.
+mod compact {
+    use smallvec::SmallVec;
+
+    pub type Buf = SmallVec<[u8; 512]>;
+
+    pub fn put_varint(out: &mut Buf, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A signed number, zigzagged so that small magnitudes take one byte.
+    pub fn put_signed(out: &mut Buf, v: i64) {
+        put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    pub fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    pub fn take_signed(bytes: &mut &[u8]) -> Option<i64> {
+        let z = take_varint(bytes)?;
+        Some(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    pub fn take_f64(bytes: &mut &[u8]) -> Option<f64> {
+        let (head, rest) = bytes.split_first_chunk::<8>()?;
+        *bytes = rest;
+        Some(f64::from_le_bytes(*head))
+    }
+
+    /// A count of items of at least `min_bytes` each: beyond what is left, it is corrupt.
+    pub fn take_count(bytes: &mut &[u8], min_bytes: usize) -> Option<usize> {
+        let n = usize::try_from(take_varint(bytes)?).ok()?;
+        (n <= bytes.len() / min_bytes.max(1)).then_some(n)
+    }
+}
+
+/// A score's day sums ([`ScoreState::days`]) as one byte string: the count, then per day
+/// its distance from the day before (usually one byte) and the sum's eight bytes.
+pub(crate) mod day_sums {
+    use super::compact::{put_signed, put_varint, take_count, take_f64, take_signed, Buf};
+    use serde::de::{Error, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(days: &[(i64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return days.serialize(s);
+        }
+        let mut out = Buf::new();
+        put_varint(&mut out, days.len() as u64);
+        let mut prev = 0i64;
+        for &(day, sum) in days {
+            put_signed(&mut out, day.wrapping_sub(prev));
+            prev = day;
+            out.extend_from_slice(&sum.to_le_bytes());
+        }
+        s.serialize_bytes(&out)
+    }
+
+    /// Reads the byte string back; `None` if it is cut short or has bytes left over.
+    pub(crate) fn parse(mut bytes: &[u8]) -> Option<Vec<(i64, f64)>> {
+        let n = take_count(&mut bytes, 9)?;
+        let mut days = Vec::with_capacity(n);
+        let mut prev = 0i64;
+        for _ in 0..n {
+            prev = prev.wrapping_add(take_signed(&mut bytes)?);
+            days.push((prev, take_f64(&mut bytes)?));
+        }
+        bytes.is_empty().then_some(days)
+    }
+
+    struct DaysVisitor;
+
+    impl Visitor<'_> for DaysVisitor {
+        type Value = Vec<(i64, f64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a score's day sums")
+        }
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            parse(bytes).ok_or_else(|| E::custom("corrupt day sums"))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(i64, f64)>, D::Error> {
+        if d.is_human_readable() || crate::profile::reading_before(8) {
+            return Vec::deserialize(d);
+        }
+        d.deserialize_bytes(DaysVisitor)
+    }
+}
+
+/// A capped rule's times per cap window ([`RuleState::windows`]) as one byte string: the
+/// number of windows, then per window its distance from the window before, the number of
+/// times and each time's distance from the one before (the first from the epoch).
+pub(crate) mod window_times {
+    use super::compact::{put_signed, put_varint, take_count, take_signed, Buf};
+    use crate::time::Millis;
+    use serde::de::{Error, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Windows = Vec<(i64, Vec<Millis>)>;
+
+    pub fn serialize<S: Serializer>(windows: &Windows, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return windows.serialize(s);
+        }
+        let mut out = Buf::new();
+        put_varint(&mut out, windows.len() as u64);
+        let mut prev_window = 0i64;
+        for (window, times) in windows {
+            put_signed(&mut out, window.wrapping_sub(prev_window));
+            prev_window = *window;
+            put_varint(&mut out, times.len() as u64);
+            let mut prev = 0i64;
+            for &t in times {
+                put_signed(&mut out, t.wrapping_sub(prev));
+                prev = t;
+            }
+        }
+        s.serialize_bytes(&out)
+    }
+
+    /// Reads the byte string back; `None` if it is cut short or has bytes left over.
+    pub(crate) fn parse(mut bytes: &[u8]) -> Option<Windows> {
+        let n = take_count(&mut bytes, 2)?;
+        let mut windows = Vec::with_capacity(n);
+        let mut window = 0i64;
+        for _ in 0..n {
+            window = window.wrapping_add(take_signed(&mut bytes)?);
+            let k = take_count(&mut bytes, 1)?;
+            let mut times = Vec::with_capacity(k);
+            let mut t = 0i64;
+            for _ in 0..k {
+                t = t.wrapping_add(take_signed(&mut bytes)?);
+                times.push(t);
+            }
+            windows.push((window, times));
+        }
+        bytes.is_empty().then_some(windows)
+    }
+
+    struct WindowsVisitor;
+
+    impl Visitor<'_> for WindowsVisitor {
+        type Value = Windows;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a capped rule's times per window")
+        }
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            parse(bytes).ok_or_else(|| E::custom("corrupt cap windows"))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Windows, D::Error> {
+        if d.is_human_readable() || crate::profile::reading_before(8) {
+            return Vec::deserialize(d);
+        }
+        d.deserialize_bytes(WindowsVisitor)
+    }
+}
 
 impl ScoreState {
     /// Raw value at `t` (`t >= at`, or earlier if nothing happened in between).
@@ -1930,6 +2111,82 @@ fn round9(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Day sums and cap windows come back bit for bit from their stored byte strings
+        /// (postcard) and from JSON, whatever the days, windows and times (far apart,
+        /// negative, out of order) and sums (NaN, infinities, negative zero).
+        #[test]
+        fn compact_score_parts_come_back_bit_for_bit(
+            days in proptest::collection::vec(
+                (proptest::num::i64::ANY, proptest::num::f64::ANY),
+                0..40,
+            ),
+            windows in proptest::collection::vec(
+                (
+                    proptest::num::i64::ANY,
+                    proptest::collection::vec(proptest::num::i64::ANY, 0..12),
+                ),
+                0..6,
+            ),
+        ) {
+            let st = ScoreState {
+                days: days.clone(),
+                rules: vec![(3, RuleState { windows: windows.clone(), ..RuleState::default() })],
+                ..ScoreState::default()
+            };
+            let bits = |d: &[(i64, f64)]| d.iter().map(|(k, v)| (*k, v.to_bits())).collect::<Vec<_>>();
+            let bytes = postcard::to_allocvec(&st).unwrap_or_default();
+            let back: ScoreState = postcard::from_bytes(&bytes)
+                .unwrap_or_else(|e| panic!("{e}"));
+            proptest::prop_assert_eq!(bits(&back.days), bits(&days));
+            proptest::prop_assert_eq!(&back.rules[0].1.windows, &windows);
+            if days.iter().all(|(_, v)| v.is_finite()) {
+                let json = serde_json::to_string(&st).unwrap_or_default();
+                let back: ScoreState = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                proptest::prop_assert_eq!(bits(&back.days), bits(&days));
+                proptest::prop_assert_eq!(&back.rules[0].1.windows, &windows);
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_day_sums_are_an_error_not_a_guess() {
+        let days = vec![(20_000, 1.5), (20_001, -2.0), (20_030, 0.25)];
+        let st = ScoreState {
+            days,
+            ..ScoreState::default()
+        };
+        let mut blob = Vec::new();
+        let bytes = postcard::to_allocvec(&st).unwrap_or_default();
+        // The day sums are the byte string after raw (8 bytes), at (varint), rules (0)
+        // and tier (none): find it by re-encoding only the days.
+        #[derive(serde::Serialize)]
+        struct Days<'a>(#[serde(with = "day_sums")] &'a Vec<(i64, f64)>);
+        // A newtype struct serialises as its content.
+        blob.extend(postcard::to_allocvec(&Days(&st.days)).unwrap_or_default());
+        assert!(bytes.windows(blob.len()).any(|w| w == blob.as_slice()));
+        let (len, body) = blob.split_at(1);
+        assert_eq!(usize::from(len[0]), body.len());
+        assert_eq!(day_sums::parse(body), Some(st.days.clone()));
+        // Cut short, with a byte left over, or with a count beyond the bytes.
+        assert_eq!(day_sums::parse(&body[..body.len() - 1]), None);
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert_eq!(day_sums::parse(&longer), None);
+        let mut more = body.to_vec();
+        more[0] = 100;
+        assert_eq!(day_sums::parse(&more), None);
+        assert_eq!(day_sums::parse(&[]), None);
+        assert_eq!(day_sums::parse(&[0]), Some(vec![]));
+        // Cap windows: one window (delta 2 -> zigzag 4) of two times (2 and 2 + 3).
+        let windows = [1, 4, 2, 4, 6];
+        assert_eq!(window_times::parse(&windows), Some(vec![(2, vec![2, 5])]));
+        assert_eq!(window_times::parse(&windows[..4]), None);
+        assert_eq!(window_times::parse(&[1, 4, 9, 4, 6]), None);
+        assert_eq!(window_times::parse(&[1, 4, 2, 4, 6, 0]), None);
+    }
 
     #[test]
     fn shared_names_decode_to_what_was_encoded_past_the_table_size() {
