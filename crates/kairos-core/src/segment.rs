@@ -268,9 +268,9 @@ fn decode_item(
             ),
         ));
     }
-    let obj = match serde_json::from_str::<Value>(raw) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
+    let obj = match serde_json::from_str::<TopLevel>(raw) {
+        Ok(TopLevel::Object(fields)) => *fields,
+        Ok(TopLevel::Other) => {
             return Err(reject(
                 None,
                 FieldError::new("event", "must be a JSON object"),
@@ -286,11 +286,131 @@ fn decode_item(
     normalize(obj, raw, ctx, env, limits).map_err(|e| reject(message_id, e))
 }
 
-fn id_field(
-    obj: &Map<String, Value>,
-    field: &str,
-    limits: &Limits,
-) -> Result<Option<String>, FieldError> {
+/// The top-level fields of an event that decoding reads, each as its JSON value (absent:
+/// `None`). Parsed straight from the text: building the whole object as a map first, and
+/// values for the keys nobody reads (`integrations`, `channel`, ...), was a fifth of
+/// decoding an event. As with a map, the last of repeated keys wins.
+#[derive(Default)]
+struct Fields {
+    kind: Option<Value>,
+    user_id: Option<Value>,
+    anonymous_id: Option<Value>,
+    event: Option<Value>,
+    name: Option<Value>,
+    previous_id: Option<Value>,
+    group_id: Option<Value>,
+    message_id: Option<Value>,
+    timestamp: Option<Value>,
+    original_timestamp: Option<Value>,
+    sent_at: Option<Value>,
+    properties: Option<Value>,
+    traits: Option<Value>,
+    context: Option<Value>,
+}
+
+impl Fields {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
+        Some(match key {
+            "type" => &mut self.kind,
+            "userId" => &mut self.user_id,
+            "anonymousId" => &mut self.anonymous_id,
+            "event" => &mut self.event,
+            "name" => &mut self.name,
+            "previousId" => &mut self.previous_id,
+            "groupId" => &mut self.group_id,
+            "messageId" => &mut self.message_id,
+            "timestamp" => &mut self.timestamp,
+            "originalTimestamp" => &mut self.original_timestamp,
+            "sentAt" => &mut self.sent_at,
+            "properties" => &mut self.properties,
+            "traits" => &mut self.traits,
+            "context" => &mut self.context,
+            _ => return None,
+        })
+    }
+
+    /// The field named as in the JSON (only those listed in [`Fields::slot`]).
+    fn get(&self, key: &str) -> Option<&Value> {
+        let v = match key {
+            "type" => &self.kind,
+            "userId" => &self.user_id,
+            "anonymousId" => &self.anonymous_id,
+            "event" => &self.event,
+            "name" => &self.name,
+            "previousId" => &self.previous_id,
+            "groupId" => &self.group_id,
+            "messageId" => &self.message_id,
+            "timestamp" => &self.timestamp,
+            "originalTimestamp" => &self.original_timestamp,
+            "sentAt" => &self.sent_at,
+            "properties" => &self.properties,
+            "traits" => &self.traits,
+            "context" => &self.context,
+            _ => return None,
+        };
+        v.as_ref()
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Value> {
+        self.slot(key).and_then(Option::take)
+    }
+}
+
+/// An event's JSON text: an object's fields, or anything else (rejected as not an object).
+enum TopLevel {
+    Object(Box<Fields>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+                let mut fields = Box::<Fields>::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match fields.slot(&key) {
+                        Some(slot) => *slot = Some(map.next_value()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(TopLevel::Object(fields))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TopLevel::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+            fn visit_unit<E>(self) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn id_field(obj: &Fields, field: &str, limits: &Limits) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -314,7 +434,7 @@ fn id_field(
     }
 }
 
-fn string_field(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
+fn string_field(obj: &Fields, field: &str) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -325,10 +445,7 @@ fn string_field(obj: &Map<String, Value>, field: &str) -> Result<Option<String>,
     }
 }
 
-fn object_field(
-    obj: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Map<String, Value>, FieldError> {
+fn object_field(obj: &mut Fields, field: &str) -> Result<Map<String, Value>, FieldError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
@@ -339,7 +456,7 @@ fn object_field(
     }
 }
 
-fn time_field(obj: &Map<String, Value>, field: &str) -> Result<Option<Millis>, FieldError> {
+fn time_field(obj: &Fields, field: &str) -> Result<Option<Millis>, FieldError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_timestamp(s)
@@ -364,7 +481,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn normalize(
-    mut obj: Map<String, Value>,
+    mut obj: Fields,
     raw: &str,
     ctx: &ItemCtx<'_>,
     env: &RequestEnv,
@@ -512,6 +629,37 @@ mod tests {
         assert_eq!(d.accepted.len(), 0);
         assert_eq!(d.rejected.len(), 1);
         d.rejected[0].error.to_string()
+    }
+
+    #[test]
+    fn top_level_fields_are_read_as_a_map_would_read_them() {
+        let limits = Limits::default();
+        let line = |text: &str| decode_line(text, 0, &env(), &limits);
+        // Repeated keys: the last wins. Keys nobody reads are skipped, however nested;
+        // escaped keys are the keys they spell.
+        let ev = line(
+            r#"{"type":"track","userId":"a","event":"E","userId":"b",
+                "integrations":{"All":false,"x":[1,{"y":null}]},"channel":"server",
+                "\u0061nonymousId":"anon","messageId":"m"}"#,
+        )
+        .unwrap_or_else(|r| panic!("{}", r.error));
+        assert_eq!(ev.user_id.as_deref(), Some("b"));
+        assert_eq!(ev.anonymous_id.as_deref(), Some("anon"));
+        assert_eq!(
+            (ev.event.as_deref(), ev.message_id.as_str()),
+            (Some("E"), "m")
+        );
+        // Anything but an object is rejected as one, and a syntax error anywhere (also in
+        // a skipped field) says where.
+        for text in ["[1, {}]", "\"track\"", "3", "null", "true"] {
+            let r = line(text).err().map(|r| r.error.to_string());
+            assert_eq!(r.as_deref(), Some("event: must be a JSON object"), "{text}");
+        }
+        let r = line(r#"{"type":"track","userId":"u","event":"E","integrations":{"a":tru}}"#);
+        assert!(r.is_err_and(|r| r.error.to_string().starts_with("event: expected ident")));
+        // The messageId of a rejected event is still reported.
+        let r = line(r#"{"type":"track","userId":"u","messageId":12}"#);
+        assert_eq!(r.err().and_then(|r| r.message_id).as_deref(), Some("12"));
     }
 
     #[test]
