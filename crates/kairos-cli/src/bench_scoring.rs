@@ -224,11 +224,11 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     bench.close()
 }
 
-/// CPU time of this process so far (user and system, all threads), from `/proc`; 0 where
-/// there is none.
-fn process_cpu_secs() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name.
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+/// User and system CPU seconds in a `/proc` `stat` file (of the process or one thread); 0
+/// where there is none.
+fn stat_cpu_secs(path: &std::path::Path) -> f64 {
+    // Fields 14 and 15, after the parenthesised command name.
+    let ticks = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1.to_string();
@@ -245,6 +245,11 @@ fn process_cpu_secs() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU time of this process so far (user and system, all threads).
+fn process_cpu_secs() -> f64 {
+    stat_cpu_secs(std::path::Path::new("/proc/self/stat"))
+}
+
 /// CPU seconds of each live thread of this process, by thread id, with its name.
 fn thread_cpu_secs() -> std::collections::HashMap<String, (String, f64)> {
     let mut out = std::collections::HashMap::new();
@@ -254,22 +259,9 @@ fn thread_cpu_secs() -> std::collections::HashMap<String, (String, f64)> {
     for task in tasks.flatten() {
         let path = task.path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let ticks = std::fs::read_to_string(path.join("stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1.to_string();
-                let f: Vec<u64> = rest
-                    .split_whitespace()
-                    .skip(11)
-                    .take(2)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                Some(f.iter().sum::<u64>())
-            })
-            .unwrap_or(0);
         out.insert(
             task.file_name().to_string_lossy().into_owned(),
-            (name.trim().to_string(), ticks as f64 / 100.0),
+            (name.trim().to_string(), stat_cpu_secs(&path.join("stat"))),
         );
     }
     out
