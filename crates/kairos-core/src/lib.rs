@@ -8,6 +8,7 @@
 
 pub mod bits;
 pub mod campaign;
+mod compact;
 pub mod counter;
 pub mod defaults;
 pub mod event;

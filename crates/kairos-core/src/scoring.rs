@@ -784,65 +784,10 @@ pub struct ScoreState {
 /// Days of history kept for trends (30 days ago, plus one to decay from).
 const HISTORY_DAYS: i64 = 31;
 
-/// Compact stored forms of a score's per-day sums and per-window cap times: each is one byte
-/// string of varints instead of a sequence the serializer frames element by element.
-/// Written as sequences, the up to 32 day sums and the times every capped rule keeps
-/// (tens per profile) cost a serializer call per number and were most of the time spent
-/// encoding and decoding a profile with several scores. Human-readable forms (JSON) keep
-/// the sequences; profiles of encodings before 8 stored them as sequences too.
-mod compact {
-    use smallvec::SmallVec;
-
-    pub type Buf = SmallVec<[u8; 512]>;
-
-    pub fn put_varint(out: &mut Buf, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    /// A signed number, zigzagged so that small magnitudes take one byte.
-    pub fn put_signed(out: &mut Buf, v: i64) {
-        put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
-    }
-
-    pub fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = bytes.split_first()?;
-            *bytes = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    pub fn take_signed(bytes: &mut &[u8]) -> Option<i64> {
-        let z = take_varint(bytes)?;
-        Some(((z >> 1) as i64) ^ -((z & 1) as i64))
-    }
-
-    pub fn take_f64(bytes: &mut &[u8]) -> Option<f64> {
-        let (head, rest) = bytes.split_first_chunk::<8>()?;
-        *bytes = rest;
-        Some(f64::from_le_bytes(*head))
-    }
-
-    /// A count of items of at least `min_bytes` each: beyond what is left, it is corrupt.
-    pub fn take_count(bytes: &mut &[u8], min_bytes: usize) -> Option<usize> {
-        let n = usize::try_from(take_varint(bytes)?).ok()?;
-        (n <= bytes.len() / min_bytes.max(1)).then_some(n)
-    }
-}
-
 /// A score's day sums ([`ScoreState::days`]) as one byte string: the count, then per day
 /// its distance from the day before (usually one byte) and the sum's eight bytes.
 pub(crate) mod day_sums {
-    use super::compact::{put_signed, put_varint, take_count, take_f64, take_signed, Buf};
+    use crate::compact::{put_signed, put_varint, take_count, take_f64, take_signed, Buf};
     use serde::de::{Error, Visitor};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -897,7 +842,7 @@ pub(crate) mod day_sums {
 /// number of windows, then per window its distance from the window before, the number of
 /// times and each time's distance from the one before (the first from the epoch).
 pub(crate) mod window_times {
-    use super::compact::{put_signed, put_varint, take_count, take_signed, Buf};
+    use crate::compact::{put_signed, put_varint, take_count, take_signed, Buf};
     use crate::time::Millis;
     use serde::de::{Error, Visitor};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
