@@ -290,65 +290,36 @@ fn decode_item(
 /// `None`). Parsed straight from the text: building the whole object as a map first, and
 /// values for the keys nobody reads (`integrations`, `channel`, ...), was a fifth of
 /// decoding an event. As with a map, the last of repeated keys wins.
-#[derive(Default)]
-struct Fields {
-    kind: Option<Value>,
-    user_id: Option<Value>,
-    anonymous_id: Option<Value>,
-    event: Option<Value>,
-    name: Option<Value>,
-    previous_id: Option<Value>,
-    group_id: Option<Value>,
-    message_id: Option<Value>,
-    timestamp: Option<Value>,
-    original_timestamp: Option<Value>,
-    sent_at: Option<Value>,
-    properties: Option<Value>,
-    traits: Option<Value>,
-    context: Option<Value>,
-}
+struct Fields([Option<Value>; FIELD_KEYS.len()]);
+
+/// The top-level keys decoding reads, in the order of [`Fields`]' slots.
+const FIELD_KEYS: [&str; 14] = [
+    "type",
+    "userId",
+    "anonymousId",
+    "event",
+    "name",
+    "previousId",
+    "groupId",
+    "messageId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "properties",
+    "traits",
+    "context",
+];
 
 impl Fields {
     fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
-        Some(match key {
-            "type" => &mut self.kind,
-            "userId" => &mut self.user_id,
-            "anonymousId" => &mut self.anonymous_id,
-            "event" => &mut self.event,
-            "name" => &mut self.name,
-            "previousId" => &mut self.previous_id,
-            "groupId" => &mut self.group_id,
-            "messageId" => &mut self.message_id,
-            "timestamp" => &mut self.timestamp,
-            "originalTimestamp" => &mut self.original_timestamp,
-            "sentAt" => &mut self.sent_at,
-            "properties" => &mut self.properties,
-            "traits" => &mut self.traits,
-            "context" => &mut self.context,
-            _ => return None,
-        })
+        let i = FIELD_KEYS.iter().position(|k| *k == key)?;
+        self.0.get_mut(i)
     }
 
-    /// The field named as in the JSON (only those listed in [`Fields::slot`]).
+    /// The field named as in the JSON (only those of [`FIELD_KEYS`]).
     fn get(&self, key: &str) -> Option<&Value> {
-        let v = match key {
-            "type" => &self.kind,
-            "userId" => &self.user_id,
-            "anonymousId" => &self.anonymous_id,
-            "event" => &self.event,
-            "name" => &self.name,
-            "previousId" => &self.previous_id,
-            "groupId" => &self.group_id,
-            "messageId" => &self.message_id,
-            "timestamp" => &self.timestamp,
-            "originalTimestamp" => &self.original_timestamp,
-            "sentAt" => &self.sent_at,
-            "properties" => &self.properties,
-            "traits" => &self.traits,
-            "context" => &self.context,
-            _ => return None,
-        };
-        v.as_ref()
+        let i = FIELD_KEYS.iter().position(|k| *k == key)?;
+        self.0.get(i)?.as_ref()
     }
 
     fn remove(&mut self, key: &str) -> Option<Value> {
@@ -372,7 +343,7 @@ impl<'de> Deserialize<'de> for TopLevel {
                 f.write_str("a JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
-                let mut fields = Box::<Fields>::default();
+                let mut fields = Box::new(Fields(Default::default()));
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match fields.slot(&key) {
                         Some(slot) => *slot = Some(map.next_value()?),
