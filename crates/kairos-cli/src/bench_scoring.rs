@@ -268,7 +268,8 @@ fn thread_cpu_secs() -> std::collections::HashMap<String, (String, f64)> {
 }
 
 /// What each thread name used since `before` (threads summed by name), biggest first;
-/// threads that ended meanwhile (a backfill's page helpers) are the rest of `total`.
+/// threads that ended meanwhile (the backfill's own, which end with it) are the rest of
+/// `total`.
 fn cpu_by_thread_since(
     before: &std::collections::HashMap<String, (String, f64)>,
     total: f64,

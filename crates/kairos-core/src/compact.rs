@@ -4,7 +4,54 @@
 //! the sequences; profiles of encodings before 8 stored them as sequences too. (Activity
 //! buckets were tried the same way and decoded slower than postcard's own sequences.)
 
+use serde::de::{Error, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
+
+/// The first profile encoding with these forms.
+const SINCE_ENCODING: u8 = 8;
+
+/// Serialises `value` as itself where the format is human-readable, else as the byte
+/// string `write` fills.
+pub(crate) fn serialize<S: Serializer, T: Serialize + ?Sized>(
+    value: &T,
+    s: S,
+    write: impl FnOnce(&mut Buf),
+) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        return value.serialize(s);
+    }
+    let mut out = Buf::new();
+    write(&mut out);
+    s.serialize_bytes(&out)
+}
+
+/// Reads what [`serialize`] wrote (or, from profiles of older encodings, the plain
+/// sequence); `parse` reads the byte string, and a byte string it refuses is "corrupt
+/// `what`".
+pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    what: &'static str,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Result<T, D::Error> {
+    if d.is_human_readable() || crate::profile::reading_before(SINCE_ENCODING) {
+        return T::deserialize(d);
+    }
+    struct Bytes<T> {
+        what: &'static str,
+        parse: fn(&[u8]) -> Option<T>,
+    }
+    impl<T> Visitor<'_> for Bytes<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<T, E> {
+            (self.parse)(bytes).ok_or_else(|| E::custom(format!("corrupt {}", self.what)))
+        }
+    }
+    d.deserialize_bytes(Bytes { what, parse })
+}
 
 pub(crate) type Buf = SmallVec<[u8; 512]>;
 

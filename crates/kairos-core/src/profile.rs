@@ -25,8 +25,8 @@ pub struct CoreConfig {
 /// Bumped when the encoding changes. Version 6 added `log_heads`; the store refuses data
 /// directories written before it (their events cannot be found from the profile). Version
 /// 7 made the engagement weights sparse ([`ProfileV6`]) and writes the keys of activity
-/// buckets as deltas. Version 8 writes a score's day sums as one byte string
-/// (`scoring::day_sums`). Versions 6 and 7 are still read.
+/// buckets as deltas. Version 8 writes a score's day sums and each capped rule's times per
+/// cap window as byte strings ([`crate::compact`]). Versions 6 and 7 are still read.
 const ENCODING_VERSION: u8 = 8;
 
 thread_local! {
@@ -59,6 +59,10 @@ fn decoding_version<T>(version: u8, decode: impl FnOnce() -> T) -> T {
     READING_VERSION.with(|f| f.set(version));
     let _reset = Reset;
     decode()
+}
+
+fn decode_current_layout(body: &[u8]) -> Result<Profile, DecodeError> {
+    postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
 }
 
 fn decode_version_6(body: &[u8]) -> Result<Profile, DecodeError> {
@@ -266,12 +270,9 @@ impl Profile {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes.split_first() {
-            Some((&ENCODING_VERSION, body)) => {
-                postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }
-            Some((7, body)) => decoding_version(7, || {
-                postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }),
+            Some((&ENCODING_VERSION, body)) => decode_current_layout(body),
+            // Laid out as now; only the compact forms' parts are read as sequences.
+            Some((7, body)) => decoding_version(7, || decode_current_layout(body)),
             Some((6, body)) => decode_version_6(body),
             Some((&v, _)) => Err(DecodeError::Version(v)),
             None => Err(DecodeError::Corrupt("empty".into())),

@@ -787,23 +787,19 @@ const HISTORY_DAYS: i64 = 31;
 /// A score's day sums ([`ScoreState::days`]) as one byte string: the count, then per day
 /// its distance from the day before (usually one byte) and the sum's eight bytes.
 pub(crate) mod day_sums {
-    use crate::compact::{put_signed, put_varint, take_count, take_f64, take_signed, Buf};
-    use serde::de::{Error, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use crate::compact::{put_signed, put_varint, take_count, take_f64, take_signed};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(days: &[(i64, f64)], s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return days.serialize(s);
-        }
-        let mut out = Buf::new();
-        put_varint(&mut out, days.len() as u64);
-        let mut prev = 0i64;
-        for &(day, sum) in days {
-            put_signed(&mut out, day.wrapping_sub(prev));
-            prev = day;
-            out.extend_from_slice(&sum.to_le_bytes());
-        }
-        s.serialize_bytes(&out)
+        crate::compact::serialize(days, s, |out| {
+            put_varint(out, days.len() as u64);
+            let mut prev = 0i64;
+            for &(day, sum) in days {
+                put_signed(out, day.wrapping_sub(prev));
+                prev = day;
+                out.extend_from_slice(&sum.to_le_bytes());
+            }
+        })
     }
 
     /// Reads the byte string back; `None` if it is cut short or has bytes left over.
@@ -818,23 +814,8 @@ pub(crate) mod day_sums {
         bytes.is_empty().then_some(days)
     }
 
-    struct DaysVisitor;
-
-    impl Visitor<'_> for DaysVisitor {
-        type Value = Vec<(i64, f64)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a score's day sums")
-        }
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-            parse(bytes).ok_or_else(|| E::custom("corrupt day sums"))
-        }
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(i64, f64)>, D::Error> {
-        if d.is_human_readable() || crate::profile::reading_before(8) {
-            return Vec::deserialize(d);
-        }
-        d.deserialize_bytes(DaysVisitor)
+        crate::compact::deserialize(d, "day sums", parse)
     }
 }
 
@@ -842,31 +823,27 @@ pub(crate) mod day_sums {
 /// number of windows, then per window its distance from the window before, the number of
 /// times and each time's distance from the one before (the first from the epoch).
 pub(crate) mod window_times {
-    use crate::compact::{put_signed, put_varint, take_count, take_signed, Buf};
+    use crate::compact::{put_signed, put_varint, take_count, take_signed};
     use crate::time::Millis;
-    use serde::de::{Error, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serializer};
 
     type Windows = Vec<(i64, Vec<Millis>)>;
 
     pub fn serialize<S: Serializer>(windows: &Windows, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return windows.serialize(s);
-        }
-        let mut out = Buf::new();
-        put_varint(&mut out, windows.len() as u64);
-        let mut prev_window = 0i64;
-        for (window, times) in windows {
-            put_signed(&mut out, window.wrapping_sub(prev_window));
-            prev_window = *window;
-            put_varint(&mut out, times.len() as u64);
-            let mut prev = 0i64;
-            for &t in times {
-                put_signed(&mut out, t.wrapping_sub(prev));
-                prev = t;
+        crate::compact::serialize(windows, s, |out| {
+            put_varint(out, windows.len() as u64);
+            let mut prev_window = 0i64;
+            for (window, times) in windows {
+                put_signed(out, window.wrapping_sub(prev_window));
+                prev_window = *window;
+                put_varint(out, times.len() as u64);
+                let mut prev = 0i64;
+                for &t in times {
+                    put_signed(out, t.wrapping_sub(prev));
+                    prev = t;
+                }
             }
-        }
-        s.serialize_bytes(&out)
+        })
     }
 
     /// Reads the byte string back; `None` if it is cut short or has bytes left over.
@@ -888,23 +865,8 @@ pub(crate) mod window_times {
         bytes.is_empty().then_some(windows)
     }
 
-    struct WindowsVisitor;
-
-    impl Visitor<'_> for WindowsVisitor {
-        type Value = Windows;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a capped rule's times per window")
-        }
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-            parse(bytes).ok_or_else(|| E::custom("corrupt cap windows"))
-        }
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Windows, D::Error> {
-        if d.is_human_readable() || crate::profile::reading_before(8) {
-            return Vec::deserialize(d);
-        }
-        d.deserialize_bytes(WindowsVisitor)
+        crate::compact::deserialize(d, "cap windows", parse)
     }
 }
 
