@@ -14,6 +14,7 @@ pub mod models;
 mod outbox;
 pub use outbox::Delivered;
 mod probe;
+mod sorted_batch;
 pub mod store;
 pub mod writer;
 

@@ -27,13 +27,13 @@
 
 use crate::events::{Chunk, ChunkBuilder, NO_PREV};
 use crate::keys::*;
+use crate::sorted_batch::SortedBatch;
 use crate::store::{
     day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, BACKFILL_KEY,
     DEFINITIONS_KEY, NEXT_CHANGE_KEY,
 };
 use crate::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use fjall::OwnedWriteBatch;
 use kairos_core::identity::{self, canonical_id, event_identifiers, Found};
 use kairos_core::profile::Reason;
 use kairos_core::segment::Rejected;
@@ -852,7 +852,7 @@ struct Unwritten {
 
 /// A planned group on its way to disk.
 struct Handoff {
-    batch: OwnedWriteBatch,
+    batch: SortedBatch,
     sync: bool,
     replies: Vec<(Reply<Outcome>, Outcome)>,
     /// Timer batches of the group: their thread waits until these are dropped.
@@ -909,13 +909,12 @@ impl Committer {
             .name("kairos-commit".into())
             .spawn(move || {
                 while let Ok(h) = rx.recv() {
-                    let result = h.batch.commit().map_err(StoreError::from).and_then(|()| {
-                        if h.sync {
-                            store.persist()
-                        } else {
-                            Ok(())
-                        }
-                    });
+                    let result = h
+                        .batch
+                        .into_write_batch(&store.db)
+                        .commit()
+                        .map_err(StoreError::from)
+                        .and_then(|()| if h.sync { store.persist() } else { Ok(()) });
                     match &result {
                         Ok(()) => {
                             for (reply, outcome) in h.replies {
@@ -973,7 +972,7 @@ struct Writer {
     opts: WriterOptions,
     cache: HashMap<ProfileId, Profile>,
     dirty: HashSet<ProfileId>,
-    batch: OwnedWriteBatch,
+    batch: SortedBatch,
     /// The chunk of events being filled; it goes into the batch when full or with it.
     chunk: Option<ChunkBuilder>,
     /// MessageIds accepted and not yet in the `dedupe` keyspace (see `crate::dedupe`).
@@ -1047,7 +1046,7 @@ impl Writer {
             scoring: store.scoring(),
             next_change,
             written_next_change: next_change,
-            batch: store.db.batch(),
+            batch: SortedBatch::default(),
             chunk: None,
             recent: crate::dedupe::Recent::load(&store.dedupe_recent)?,
             suppress_active: store.has_suppressions(),
@@ -1388,7 +1387,7 @@ impl Writer {
         self.id_cache.clear();
         self.pending = Unwritten::default();
         self.inflight_writes = Unwritten::default();
-        self.batch = self.store.db.batch();
+        self.batch = SortedBatch::default();
         self.chunk = None;
         // What the failed groups accepted is not recorded: keep only the committed records.
         self.recent = crate::dedupe::Recent::load(&self.store.dedupe_recent).unwrap_or_default();
@@ -2190,18 +2189,18 @@ impl Writer {
     fn flush(&mut self) -> Result<(), StoreError> {
         self.settle()?;
         let batch = self.take_batch();
-        batch.commit()?;
+        batch.into_write_batch(&self.store.db).commit()?;
         self.pending = Unwritten::default();
         Ok(())
     }
 
     /// The pending batch with every changed profile added.
-    fn take_batch(&mut self) -> OwnedWriteBatch {
+    fn take_batch(&mut self) -> SortedBatch {
         self.seal_chunk();
         if let Some((key, record)) = self.recent.take_record() {
             self.batch.insert(&self.store.dedupe_recent, key, record);
         }
-        let mut batch = std::mem::replace(&mut self.batch, self.store.db.batch());
+        let mut batch = std::mem::take(&mut self.batch);
         if self.next_change != self.written_next_change {
             batch.insert(&self.store.meta, NEXT_CHANGE_KEY, u64_key(self.next_change));
             self.written_next_change = self.next_change;
