@@ -177,10 +177,19 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(event: Event) -> Self {
+        // Most stored events fit: grown from empty, the buffer was reallocated and copied
+        // seven or eight times per event. It is copied into an event chunk and dropped.
+        let mut bytes = Vec::with_capacity(Self::TYPICAL_BYTES);
         // Serialising an in-memory Event to a Vec cannot fail.
-        let bytes = serde_json::to_vec(&event).unwrap_or_default();
+        if serde_json::to_writer(&mut bytes, &event).is_err() {
+            bytes.clear();
+        }
         Self { event, bytes }
     }
+
+    /// Room reserved for an event's stored form: simulated shop events take 400 to 700
+    /// bytes, with the context an SDK sends.
+    const TYPICAL_BYTES: usize = 1024;
 
     pub fn all(events: Vec<Event>) -> Vec<Self> {
         events.into_iter().map(Self::new).collect()
@@ -346,7 +355,11 @@ struct BackfillPage {
     /// Profiles read and left as stored: nothing moved.
     unchanged: Vec<ProfileId>,
     /// Profiles whose history must be replayed, which the writer does.
-    replay: Vec<Profile>,
+    #[expect(
+        clippy::vec_box,
+        reason = "they go into the writer's cache of boxes as they are"
+    )]
+    replay: Vec<Box<Profile>>,
 }
 
 impl BackfillPage {
@@ -369,7 +382,8 @@ impl BackfillPage {
 }
 
 struct Moved {
-    profile: Profile,
+    /// Boxed: it goes into the writer's cache as it is.
+    profile: Box<Profile>,
     old_timer: Option<Millis>,
     changes: Vec<Change>,
 }
@@ -386,10 +400,10 @@ fn evaluate_profiles(
         let mut profile = Profile::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let old_timer = profile.timer();
         match redefine(&mut profile, scoring, deltas, now) {
-            None => page.replay.push(profile),
+            None => page.replay.push(Box::new(profile)),
             Some(changes) if !changes.is_empty() || old_timer != profile.timer() => {
                 page.moved.push(Moved {
-                    profile,
+                    profile: Box::new(profile),
                     old_timer,
                     changes,
                 })
@@ -970,7 +984,9 @@ enum Verdict {
 struct Writer {
     store: Store,
     opts: WriterOptions,
-    cache: HashMap<ProfileId, Profile>,
+    /// Boxed: a profile is about a kilobyte, and every event takes its person's out and
+    /// puts it back.
+    cache: HashMap<ProfileId, Box<Profile>>,
     dirty: HashSet<ProfileId>,
     batch: SortedBatch,
     /// The chunk of events being filled; it goes into the batch when full or with it.
@@ -1340,7 +1356,7 @@ impl Writer {
             if self.settle().is_ok() {
                 let keep = self.opts.cache_profiles / 2;
                 let mut i = 0usize;
-                let evicted: Vec<Profile> = self
+                let evicted: Vec<Box<Profile>> = self
                     .cache
                     .extract_if(|_, _| {
                         i += 1;
@@ -1471,10 +1487,11 @@ impl Writer {
                 .store
                 .profile(id)?
                 .ok_or_else(|| StoreError::Corrupt(format!("identity points at missing {id}")))?;
-            self.cache.insert(id, p);
+            self.cache.insert(id, Box::new(p));
         }
         self.cache
             .get_mut(&id)
+            .map(|p| &mut **p)
             .ok_or_else(|| StoreError::corrupt("cache"))
     }
 
@@ -1502,9 +1519,9 @@ impl Writer {
                 self.dirty.remove(&id);
                 let profile = match self.cache.remove(&id) {
                     Some(p) => p,
-                    None => self.store.profile(id)?.ok_or_else(|| {
+                    None => Box::new(self.store.profile(id)?.ok_or_else(|| {
                         StoreError::Corrupt(format!("identity points at missing {id}"))
-                    })?,
+                    })?),
                 };
                 debug_assert_eq!(canonical_id(&profile.identifiers), Some(id));
                 let old_timer = profile.timer();
@@ -1564,7 +1581,7 @@ impl Writer {
                     .remove(&id)
                     .ok_or_else(|| StoreError::corrupt("cache"))?
             }
-            None => Profile::new(final_id),
+            None => Box::new(Profile::new(final_id)),
         };
         if !sources.is_empty() {
             // A merged-in person's timers that came due before this event still fire, at
@@ -1658,7 +1675,7 @@ impl Writer {
         &mut self,
         ev: &Event,
         encoded: &[u8],
-        mut profile: Profile,
+        mut profile: Box<Profile>,
         merged: bool,
         old_timer: Option<Millis>,
     ) -> Result<Verdict, StoreError> {
@@ -1911,12 +1928,12 @@ impl Writer {
     }
 
     /// Loads a profile for re-evaluation, or `None` when it no longer exists.
-    fn take_profile(&mut self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
+    fn take_profile(&mut self, id: ProfileId) -> Result<Option<Box<Profile>>, StoreError> {
         let id = self.resolve_id(id)?;
         if let Some(p) = self.cache.remove(&id) {
             return Ok(Some(p));
         }
-        self.store.profile_record(id)
+        Ok(self.store.profile_record(id)?.map(Box::new))
     }
 
     /// Re-evaluates profiles whose timers came due.
@@ -2085,8 +2102,8 @@ impl Writer {
     fn bring_up_to_date(
         &mut self,
         id: ProfileId,
-        read: Option<Profile>,
-    ) -> Result<Option<Profile>, StoreError> {
+        read: Option<Box<Profile>>,
+    ) -> Result<Option<Box<Profile>>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
         let cached = self.cache.remove(&id);
         let stale = self.written_since_backfill(id);
@@ -2141,7 +2158,7 @@ impl Writer {
         // A merged-in person's memberships end with their id; the merged profile's own are
         // computed by the replay that follows.
         let source = match self.cache.get(&from) {
-            Some(p) => Some(p.clone()),
+            Some(p) => Some(Profile::clone(p)),
             None => self.store.profile(from)?.filter(|p| p.id == from),
         };
         if let Some(p) = source {
@@ -2365,7 +2382,11 @@ fn group_size(cmd: &Command) -> usize {
 #[allow(dead_code)]
 enum Garbage {
     Events(Vec<Prepared>),
-    Profiles(Vec<Profile>),
+    #[expect(
+        clippy::vec_box,
+        reason = "they come out of the writer's cache of boxes"
+    )]
+    Profiles(Vec<Box<Profile>>),
     Backfill(BackfillPage),
     Ids(HashMap<Vec<u8>, ProfileId>),
     Fed(Vec<Fed>),
