@@ -355,11 +355,7 @@ struct BackfillPage {
     /// Profiles read and left as stored: nothing moved.
     unchanged: Vec<ProfileId>,
     /// Profiles whose history must be replayed, which the writer does.
-    #[expect(
-        clippy::vec_box,
-        reason = "they go into the writer's cache of boxes as they are"
-    )]
-    replay: Vec<Box<Profile>>,
+    replay: Vec<Profile>,
 }
 
 impl BackfillPage {
@@ -382,8 +378,7 @@ impl BackfillPage {
 }
 
 struct Moved {
-    /// Boxed: it goes into the writer's cache as it is.
-    profile: Box<Profile>,
+    profile: Profile,
     old_timer: Option<Millis>,
     changes: Vec<Change>,
 }
@@ -400,10 +395,10 @@ fn evaluate_profiles(
         let mut profile = Profile::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let old_timer = profile.timer();
         match redefine(&mut profile, scoring, deltas, now) {
-            None => page.replay.push(Box::new(profile)),
+            None => page.replay.push(profile),
             Some(changes) if !changes.is_empty() || old_timer != profile.timer() => {
                 page.moved.push(Moved {
-                    profile: Box::new(profile),
+                    profile,
                     old_timer,
                     changes,
                 })
@@ -984,9 +979,7 @@ enum Verdict {
 struct Writer {
     store: Store,
     opts: WriterOptions,
-    /// Boxed: a profile is about a kilobyte, and every event takes its person's out and
-    /// puts it back.
-    cache: HashMap<ProfileId, Box<Profile>>,
+    cache: HashMap<ProfileId, Profile>,
     dirty: HashSet<ProfileId>,
     batch: SortedBatch,
     /// The chunk of events being filled; it goes into the batch when full or with it.
@@ -1356,7 +1349,7 @@ impl Writer {
             if self.settle().is_ok() {
                 let keep = self.opts.cache_profiles / 2;
                 let mut i = 0usize;
-                let evicted: Vec<Box<Profile>> = self
+                let evicted: Vec<Profile> = self
                     .cache
                     .extract_if(|_, _| {
                         i += 1;
@@ -1487,11 +1480,10 @@ impl Writer {
                 .store
                 .profile(id)?
                 .ok_or_else(|| StoreError::Corrupt(format!("identity points at missing {id}")))?;
-            self.cache.insert(id, Box::new(p));
+            self.cache.insert(id, p);
         }
         self.cache
             .get_mut(&id)
-            .map(|p| &mut **p)
             .ok_or_else(|| StoreError::corrupt("cache"))
     }
 
@@ -1519,9 +1511,9 @@ impl Writer {
                 self.dirty.remove(&id);
                 let profile = match self.cache.remove(&id) {
                     Some(p) => p,
-                    None => Box::new(self.store.profile(id)?.ok_or_else(|| {
+                    None => self.store.profile(id)?.ok_or_else(|| {
                         StoreError::Corrupt(format!("identity points at missing {id}"))
-                    })?),
+                    })?,
                 };
                 debug_assert_eq!(canonical_id(&profile.identifiers), Some(id));
                 let old_timer = profile.timer();
@@ -1581,7 +1573,7 @@ impl Writer {
                     .remove(&id)
                     .ok_or_else(|| StoreError::corrupt("cache"))?
             }
-            None => Box::new(Profile::new(final_id)),
+            None => Profile::new(final_id),
         };
         if !sources.is_empty() {
             // A merged-in person's timers that came due before this event still fire, at
@@ -1675,7 +1667,7 @@ impl Writer {
         &mut self,
         ev: &Event,
         encoded: &[u8],
-        mut profile: Box<Profile>,
+        mut profile: Profile,
         merged: bool,
         old_timer: Option<Millis>,
     ) -> Result<Verdict, StoreError> {
@@ -1928,12 +1920,12 @@ impl Writer {
     }
 
     /// Loads a profile for re-evaluation, or `None` when it no longer exists.
-    fn take_profile(&mut self, id: ProfileId) -> Result<Option<Box<Profile>>, StoreError> {
+    fn take_profile(&mut self, id: ProfileId) -> Result<Option<Profile>, StoreError> {
         let id = self.resolve_id(id)?;
         if let Some(p) = self.cache.remove(&id) {
             return Ok(Some(p));
         }
-        Ok(self.store.profile_record(id)?.map(Box::new))
+        self.store.profile_record(id)
     }
 
     /// Re-evaluates profiles whose timers came due.
@@ -2102,8 +2094,8 @@ impl Writer {
     fn bring_up_to_date(
         &mut self,
         id: ProfileId,
-        read: Option<Box<Profile>>,
-    ) -> Result<Option<Box<Profile>>, StoreError> {
+        read: Option<Profile>,
+    ) -> Result<Option<Profile>, StoreError> {
         // The writer's own copy is the newest; the backfill's may predate a write.
         let cached = self.cache.remove(&id);
         let stale = self.written_since_backfill(id);
@@ -2158,7 +2150,7 @@ impl Writer {
         // A merged-in person's memberships end with their id; the merged profile's own are
         // computed by the replay that follows.
         let source = match self.cache.get(&from) {
-            Some(p) => Some(Profile::clone(p)),
+            Some(p) => Some(p.clone()),
             None => self.store.profile(from)?.filter(|p| p.id == from),
         };
         if let Some(p) = source {
@@ -2382,11 +2374,7 @@ fn group_size(cmd: &Command) -> usize {
 #[allow(dead_code)]
 enum Garbage {
     Events(Vec<Prepared>),
-    #[expect(
-        clippy::vec_box,
-        reason = "they come out of the writer's cache of boxes"
-    )]
-    Profiles(Vec<Box<Profile>>),
+    Profiles(Vec<Profile>),
     Backfill(BackfillPage),
     Ids(HashMap<Vec<u8>, ProfileId>),
     Fed(Vec<Fed>),
