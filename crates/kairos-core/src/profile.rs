@@ -614,13 +614,21 @@ mod tests {
     /// `sample()` encoded by the build before encoding 8 (ab4d1ff).
     const VERSION_7: &[u8] = include_bytes!("../tests/fixtures/profile-v7.bin");
 
+    /// Checks that `fixture`, stored with encoding `version`, decodes to `sample()` and
+    /// leaves the older-encoding flags cleared; returns `sample()`.
+    fn assert_fixture_decodes_to_sample(fixture: &[u8], version: u8) -> Profile {
+        let p = sample();
+        assert_eq!(fixture.first(), Some(&version));
+        let back = Profile::decode(fixture).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, p);
+        assert!(!reading_version_6(), "the flag is cleared after decoding");
+        assert!(!reading_before(8), "the flag is cleared after decoding");
+        p
+    }
+
     #[test]
     fn profiles_stored_as_version_7_still_decode() {
-        let p = sample();
-        assert_eq!(VERSION_7.first(), Some(&7));
-        let back = Profile::decode(VERSION_7).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(back, p);
-        assert!(!reading_before(8), "the flag is cleared after decoding");
+        let p = assert_fixture_decodes_to_sample(VERSION_7, 7);
         let now = p.encode();
         assert_eq!(now.first(), Some(&ENCODING_VERSION));
         assert_eq!(Profile::decode(&now).ok(), Some(p.clone()));
@@ -642,12 +650,7 @@ mod tests {
 
     #[test]
     fn profiles_stored_as_version_6_still_decode() {
-        let p = sample();
-        assert_eq!(VERSION_6.first(), Some(&6));
-        let back = Profile::decode(VERSION_6).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(back, p);
-        assert!(!reading_version_6(), "the flag is cleared after decoding");
-        assert!(!reading_before(8));
+        let p = assert_fixture_decodes_to_sample(VERSION_6, 6);
         assert_eq!(Profile::decode(&p.encode()).ok(), Some(p.clone()));
         // Sparse weights and bucket key deltas are what made version 7 smaller.
         assert!(
