@@ -7,7 +7,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use kairos_core::{Definitions, Event, IdKey, Millis, Profile, ProfileId, Scoring};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 pub(crate) const DEFINITIONS_KEY: &[u8] = b"definitions";
 /// The seq the next change record gets (kept so that erased records' seqs are not reused).
@@ -1181,50 +1181,94 @@ impl Store {
         data_end: Millis,
         mut progress: impl FnMut(u64),
     ) -> Result<Vec<(ProfileId, Example)>, StoreError> {
-        let mut out = Vec::new();
-        let mut after = None;
-        let mut done = 0u64;
-        loop {
-            let page = self.profiles_after(after, 1000)?;
-            let Some(last) = page.last().map(|p| p.id) else {
-                break;
-            };
-            // People replay independently: share each page out among the cores.
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let chunk = page.len().div_ceil(threads).max(1);
-            let parts: Vec<Result<Vec<(ProfileId, Example)>, StoreError>> =
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = page
-                        .chunks(chunk)
-                        .map(|people| {
-                            s.spawn(move || {
-                                let mut out = Vec::new();
-                                for p in people {
-                                    for ex in self.person_examples(
-                                        p.id, scoring, cfg, cutoffs, horizon, data_end,
-                                    )? {
-                                        out.push((p.id, ex));
+        /// Where the workers are in the profiles keyspace: the last id read, the number of
+        /// the next page, and whether there is nothing left to read.
+        struct Cursor {
+            after: Option<ProfileId>,
+            next_page: usize,
+            finished: bool,
+        }
+        type Part = Result<Vec<(ProfileId, Example)>, StoreError>;
+        const PAGE: usize = 1000;
+        // People replay independently. Each worker takes the next page as it finishes one,
+        // so no core waits for the slowest share of a page (threads were started and
+        // joined per page before), and the examples come out in page order all the same.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cursor = Mutex::new(Cursor {
+            after: None,
+            next_page: 0,
+            finished: false,
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, usize, Part)>();
+        let mut parts: std::collections::BTreeMap<usize, Part> = Default::default();
+        let panicked = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (tx, cursor) = (tx.clone(), &cursor);
+                    s.spawn(move || loop {
+                        let (number, page) = {
+                            let mut c = cursor.lock().unwrap_or_else(PoisonError::into_inner);
+                            if c.finished {
+                                return;
+                            }
+                            let number = c.next_page;
+                            c.next_page += 1;
+                            match self.profiles_after(c.after, PAGE) {
+                                Ok(page) => match page.last() {
+                                    Some(last) => {
+                                        c.after = Some(last.id);
+                                        (number, page)
                                     }
+                                    None => {
+                                        c.finished = true;
+                                        return;
+                                    }
+                                },
+                                Err(e) => {
+                                    c.finished = true;
+                                    let _ = tx.send((number, 0, Err(e)));
+                                    return;
                                 }
-                                Ok(out)
+                            }
+                        };
+                        let mut out = Vec::new();
+                        let part = page
+                            .iter()
+                            .try_for_each(|p| {
+                                let examples = self.person_examples(
+                                    p.id, scoring, cfg, cutoffs, horizon, data_end,
+                                )?;
+                                out.extend(examples.into_iter().map(|ex| (p.id, ex)));
+                                Ok(())
                             })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(StoreError::Corrupt("a replay thread panicked".into()))
-                            })
-                        })
-                        .collect()
-                });
-            for part in parts {
-                out.extend(part?);
+                            .map(|()| out);
+                        if part.is_err() {
+                            cursor
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .finished = true;
+                        }
+                        if tx.send((number, page.len(), part)).is_err() {
+                            return;
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            let mut done = 0u64;
+            for (number, people, part) in rx {
+                done += people as u64;
+                progress(done);
+                parts.insert(number, part);
             }
-            done += page.len() as u64;
-            progress(done);
-            after = Some(last);
+            handles.into_iter().any(|h| h.join().is_err())
+        });
+        if panicked {
+            return Err(StoreError::Corrupt("a replay thread panicked".into()));
+        }
+        let mut out = Vec::new();
+        for part in parts.into_values() {
+            out.extend(part?);
         }
         Ok(out)
     }

@@ -68,6 +68,75 @@ fn every_person_gives_one_example_per_cutoff_with_the_label_from_after_it() {
     h.close();
 }
 
+/// Several pages of people, replayed by workers that each take the next page when done:
+/// the examples come out in profile order, each person's as `person_examples` gives them,
+/// and progress counts every person once, rising.
+#[test]
+fn examples_over_many_pages_come_in_profile_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    // Everyone views before the cut-off; one in four buys after it.
+    let mut events = Vec::new();
+    for i in 0..2_300 {
+        let user = format!("u{i}");
+        events.push(track(
+            &format!("v{i}"),
+            "Product Viewed",
+            Some(&user),
+            None,
+            T0 + i,
+            json!({}),
+        ));
+        if i % 4 == 0 {
+            let at = T0 + 3 * DAY;
+            events.push(track(
+                &format!("o{i}"),
+                "Order Completed",
+                Some(&user),
+                None,
+                at,
+                json!({}),
+            ));
+        }
+    }
+    for chunk in events.chunks(500) {
+        h.send(chunk.to_vec());
+    }
+    let mut d = kairos_core::Definitions::default();
+    d.features.expressions.insert(
+        LABEL_FEATURE.into(),
+        r#"did("Order Completed", within: 7d)"#.into(),
+    );
+    let scoring = kairos_core::Scoring::compile(&d, None).unwrap();
+    let (cuts, horizon, end) = ([T0 + DAY], 7 * DAY, T0 + 30 * DAY);
+    let core = Default::default();
+    let mut seen = Vec::new();
+    let ex = h
+        .store
+        .training_examples(&scoring, &core, &cuts, horizon, end, |n| seen.push(n))
+        .unwrap();
+    let mut expected = Vec::new();
+    for p in h.store.profiles_after(None, 10_000).unwrap() {
+        for e in h
+            .store
+            .person_examples(p.id, &scoring, &core, &cuts, horizon, end)
+            .unwrap()
+        {
+            expected.push((p.id, e));
+        }
+    }
+    assert_eq!(ex.len(), 2_300);
+    assert_eq!(ex.len(), expected.len());
+    for ((id, e), (want_id, want)) in ex.iter().zip(&expected) {
+        assert_eq!((id, e.label, e.cutoff), (want_id, want.label, want.cutoff));
+    }
+    assert_eq!(ex.iter().filter(|(_, e)| e.label).count(), 575);
+    assert_eq!(seen.len(), 3, "one report per page of 1,000");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(seen.last(), Some(&2_300));
+    h.close();
+}
+
 #[test]
 fn model_versions_are_stored_activated_and_rolled_back_durably() {
     let dir = tempfile::tempdir().unwrap();
