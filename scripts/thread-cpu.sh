@@ -13,6 +13,7 @@ KAIROS_LOG=warn "$bin" bench ingest --events "$events" --no-baseline --definitio
 pid=$!
 # Per thread (name/tid), its latest total; threads of one name are summed at the end.
 declare -A ticks
+written=0
 while kill -0 "$pid" 2>/dev/null; do
   for t in /proc/"$pid"/task/*; do
     name=$(cat "$t/comm" 2>/dev/null || true)
@@ -20,6 +21,8 @@ while kill -0 "$pid" 2>/dev/null; do
       ticks["$name/${t##*/}"]=$((stat[13] + stat[14]))
     fi
   done
+  wb=$(awk '/^write_bytes/ {print $2}' /proc/"$pid"/io 2>/dev/null || true)
+  written=${wb:-$written}
   sleep 0.3
 done
 declare -A sum
@@ -30,7 +33,7 @@ for k in "${!ticks[@]}"; do
   total=$((total + ticks[$k]))
 done
 rate=$(awk '/durable ingest/ {print $4}' "$out")
-echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} recs=${sum[kairos-recs]:-?} total=$total ticks"
+echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} recs=${sum[kairos-recs]:-?} total=$total ticks written=$((written / 1048576)) MB"
 # Every server thread, busiest first; tokio-rt-worker holds the HTTP workers of both the
 # server and the load generator, which share one runtime in `bench ingest`.
 for n in "${!sum[@]}"; do
