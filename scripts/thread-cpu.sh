@@ -27,13 +27,19 @@ while kill -0 "$pid" 2>/dev/null; do
 done
 declare -A sum
 total=0
+main=0
 for k in "${!ticks[@]}"; do
   n=${k%/*}
+  if [ "${k##*/}" = "$pid" ]; then
+    # The main thread generates the request bodies before the timed run starts.
+    main=${ticks[$k]}
+    continue
+  fi
   sum[$n]=$((${sum[$n]:-0} + ticks[$k]))
   total=$((total + ticks[$k]))
 done
 rate=$(awk '/durable ingest/ {print $4}' "$out")
-echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} recs=${sum[kairos-recs]:-?} total=$total ticks written=$((written / 1048576)) MB"
+echo "$(basename "$bin") ${rate:-?} events/s writer=${sum[kairos-writer]:-?} committer=${sum[kairos-commit]:-?} recs=${sum[kairos-recs]:-?} total=$total ticks (+$main generating the requests) written=$((written / 1048576)) MB"
 # Every server thread, busiest first; tokio-rt-worker holds the HTTP workers of both the
 # server and the load generator, which share one runtime in `bench ingest`.
 for n in "${!sum[@]}"; do
