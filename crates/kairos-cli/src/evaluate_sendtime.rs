@@ -51,7 +51,7 @@ fn circular(a: u8, b: u8) -> u8 {
 
 pub fn run(args: SendTimeArgs) -> anyhow::Result<()> {
     let config = crate::load_config(&args.config)?;
-    let store = crate::train::open_store(&config.data_dir)?;
+    let store = crate::train::open_store(&config)?;
     let (_, end) = store
         .event_time_range()?
         .context("the store holds no events")?;

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use kairos_core::features::LABEL_FEATURE;
 use kairos_core::time::format_timestamp;
-use kairos_store::{Store, StoreOptions};
+use kairos_store::Store;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -36,7 +36,7 @@ pub fn run(args: ExamplesArgs) -> anyhow::Result<()> {
     let every =
         kairos_rules::parse_duration(&args.every).map_err(|e| anyhow::anyhow!("--every: {e}"))?;
     let store_path = config.data_dir.join("store");
-    let store = Store::open(&store_path, &StoreOptions::default()).with_context(|| {
+    let store = Store::open(&store_path, &config.replay_store_options()).with_context(|| {
         format!(
             "opening {} (is a server running on it? stop it first)",
             store_path.display()

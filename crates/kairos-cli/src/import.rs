@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use kairos_core::segment::{decode_line, RequestEnv};
 use kairos_core::{Event, EventKind};
-use kairos_store::{Ingestor, Outcome, Store, StoreOptions, Submission};
+use kairos_store::{Ingestor, Outcome, Store, Submission};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -198,7 +198,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let config = crate::load_config(&args.config)?;
     config.validate()?;
     let store_path = config.data_dir.join("store");
-    let store = Store::open(&store_path, &StoreOptions::default()).with_context(|| {
+    let store = Store::open(&store_path, &config.store_options()).with_context(|| {
         format!(
             "cannot open the store at {} (is `kairos serve` running on it? stop it first)",
             store_path.display()

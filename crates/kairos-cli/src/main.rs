@@ -137,6 +137,10 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     let listen = config.listen.clone();
+    tracing::info!(
+        "store block cache: {} MB ([store] cache_mb, KAIROS_CACHE_MB)",
+        config.store_options().cache_bytes / (1024 * 1024)
+    );
     let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics))?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -210,7 +210,7 @@ pub fn catalog(cmd: CatalogCommand, rt: &tokio::runtime::Runtime) -> anyhow::Res
         }
         None => {
             let config = crate::load_config(&args.config)?;
-            let store = crate::train::open_store(&config.data_dir)?;
+            let store = crate::train::open_store(&config)?;
             for chunk in read.items.chunks(CHUNK) {
                 let rows: Vec<(String, Value)> =
                     chunk.iter().map(|i| (i.id.clone(), i.to_json())).collect();
@@ -392,7 +392,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             path.display().to_string(),
         ),
         None => {
-            let store = crate::train::open_store(&config.data_dir)?;
+            let store = crate::train::open_store(&config)?;
             let people = store_interactions(&store, &config.vocabulary)?;
             let mut items = Vec::new();
             for (id, v) in store.catalog_items(None, usize::MAX)? {

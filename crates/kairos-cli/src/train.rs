@@ -13,7 +13,7 @@ use kairos_ml::report::{DataSummary, FoldResult, Report};
 use kairos_ml::split::stratified_kfold;
 use kairos_ml::Model;
 use kairos_server::training::{self, ModelSpec};
-use kairos_store::{Store, StoreOptions};
+use kairos_store::Store;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -80,9 +80,11 @@ fn parse_method(s: &str) -> Result<Method, String> {
     }
 }
 
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
-    let path = data_dir.join("store");
-    Store::open(&path, &StoreOptions::default()).with_context(|| {
+/// Opens the store of `config`'s data directory for an offline job over everyone's
+/// history (a larger block cache unless one is configured).
+pub fn open_store(config: &kairos_server::config::Config) -> anyhow::Result<Store> {
+    let path = config.data_dir.join("store");
+    Store::open(&path, &config.replay_store_options()).with_context(|| {
         format!(
             "opening {} (is a server running on it? stop it first, or use the HTTP API)",
             path.display()
@@ -145,7 +147,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(server) = &args.server {
         return train_remote(&args, server, &name, &spec, &config);
     }
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config)?;
     if args.if_drifted {
         let active = store.active_model(&name)?;
         let status = store.model_status(&name)?;
@@ -472,7 +474,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         bail!("--model NAME (a stored model), or --model-file FILE --table FILE --target COLUMN");
     };
     let config = crate::load_config(&args.config)?;
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config)?;
     let version = match args.version {
         Some(v) => v,
         None => match store.active_model(name)? {
@@ -572,7 +574,7 @@ pub fn models(args: ModelsArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
     })?;
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config)?;
     match args.command {
         ModelsCommand::List => {
             println!(

@@ -17,6 +17,7 @@ pub struct Config {
     /// Origins allowed to call the browser endpoints (`*` for any).
     pub cors_origins: Vec<String>,
     pub ingest: IngestConfig,
+    pub store: StoreConfig,
     pub identity: IdentityConfig,
     pub vocabulary: kairos_core::vocab::Vocabulary,
     /// Start a new store with the built-in scores and segments (see docs/scoring.md).
@@ -153,6 +154,16 @@ pub struct IngestConfig {
     pub cache_profiles: usize,
 }
 
+/// The embedded store (`[store]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Block cache in MB. Unset: 256 MB for the server and imports, and for offline replays
+    /// (`kairos train`, `kairos examples`) a quarter of the memory
+    /// ([`kairos_store::StoreOptions::for_replays`]).
+    pub cache_mb: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
@@ -169,6 +180,7 @@ impl Default for Config {
             sources: Vec::new(),
             cors_origins: vec!["*".into()],
             ingest: IngestConfig::default(),
+            store: StoreConfig::default(),
             identity: IdentityConfig::default(),
             vocabulary: Default::default(),
             default_definitions: true,
@@ -268,6 +280,7 @@ impl Config {
                 "KAIROS_QUEUE_CAPACITY" => self.ingest.queue_capacity = num(name, v)?,
                 "KAIROS_DEDUPE_RETENTION_DAYS" => self.ingest.dedupe_retention_days = num(name, v)?,
                 "KAIROS_MAX_GROUP_EVENTS" => self.ingest.max_group_events = num(name, v)?,
+                "KAIROS_CACHE_MB" => self.store.cache_mb = Some(num(name, v)?),
                 "KAIROS_FSYNC" => {
                     self.ingest.fsync = !matches!(v.as_str(), "0" | "false" | "off" | "no")
                 }
@@ -401,6 +414,23 @@ impl Config {
         }
     }
 
+    /// The store's options for the server and imports.
+    pub fn store_options(&self) -> kairos_store::StoreOptions {
+        self.with_cache(kairos_store::StoreOptions::default())
+    }
+
+    /// The store's options for offline jobs that replay everyone's history.
+    pub fn replay_store_options(&self) -> kairos_store::StoreOptions {
+        self.with_cache(kairos_store::StoreOptions::for_replays())
+    }
+
+    fn with_cache(&self, mut o: kairos_store::StoreOptions) -> kairos_store::StoreOptions {
+        if let Some(mb) = self.store.cache_mb {
+            o.cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        o
+    }
+
     pub fn writer_options(&self) -> kairos_store::WriterOptions {
         kairos_store::WriterOptions {
             sync: self.ingest.fsync,
@@ -480,6 +510,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_cache_comes_from_the_file_then_the_environment() {
+        const MB: u64 = 1024 * 1024;
+        assert_eq!(Config::default().store_options().cache_bytes, 256 * MB);
+        let replays = Config::default().replay_store_options().cache_bytes;
+        assert!(
+            (256 * MB..=8192 * MB).contains(&replays),
+            "a quarter of memory, bounded: {replays}"
+        );
+        let mut c: Config = toml::from_str("[store]\ncache_mb = 512\n").expect("toml");
+        assert_eq!(c.store_options().cache_bytes, 512 * MB);
+        assert_eq!(c.replay_store_options().cache_bytes, 512 * MB);
+        c.apply_env([("KAIROS_CACHE_MB".to_string(), "2048".to_string())])
+            .expect("env");
+        assert_eq!(c.store_options().cache_bytes, 2048 * MB);
+        let err = c
+            .apply_env([("KAIROS_CACHE_MB".to_string(), "lots".to_string())])
+            .expect_err("not a number");
+        assert!(err.to_string().contains("KAIROS_CACHE_MB"), "{err}");
+        assert!(toml::from_str::<Config>("[store]\ncache = 1\n").is_err());
+    }
 
     #[test]
     fn env_overrides_file_values() {

@@ -26,7 +26,7 @@ pub mod training;
 use axum::routing::{get, post};
 use axum::Router;
 use kairos_core::Millis;
-use kairos_store::{Ingestor, Store, StoreError, StoreOptions};
+use kairos_store::{Ingestor, Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::future::Future;
@@ -94,7 +94,7 @@ impl Kairos {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let store = Store::open(config.data_dir.join("store"), &StoreOptions::default())
+        let store = Store::open(config.data_dir.join("store"), &config.store_options())
             .map_err(store_err)?;
         let mut opts = config.writer_options();
         opts.clock = kairos_store::Clock(clock.clone());
