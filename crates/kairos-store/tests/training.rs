@@ -11,40 +11,55 @@ use serde_json::json;
 
 const T0: i64 = 1_760_000_000_000;
 
-#[test]
-fn every_person_gives_one_example_per_cutoff_with_the_label_from_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::open(dir.path());
+/// `people` people who each view a product at `T0 + i` ms; one in `buyers_every` orders on
+/// day 3.
+fn views_then_orders(people: i64, buyers_every: i64) -> Vec<kairos_core::Event> {
     let mut events = Vec::new();
-    for i in 0..30 {
+    for i in 0..people {
         let user = format!("u{i}");
-        events.push(track(
+        let view = track(
             &format!("v{i}"),
             "Product Viewed",
             Some(&user),
             None,
-            T0 + i as i64,
+            T0 + i,
             json!({}),
-        ));
-        // One in three buys on day 3.
-        if i % 3 == 0 {
-            events.push(track(
+        );
+        events.push(view);
+        if i % buyers_every == 0 {
+            let revenue = json!({"revenue": 10});
+            let order = track(
                 &format!("o{i}"),
                 "Order Completed",
                 Some(&user),
                 None,
                 T0 + 3 * DAY,
-                json!({"revenue": 10}),
-            ));
+                revenue,
+            );
+            events.push(order);
         }
     }
-    h.send(events);
+    events
+}
+
+/// Definitions whose label is an order within 7 days of a cut-off.
+fn purchase_label() -> kairos_core::Scoring {
     let mut d = kairos_core::Definitions::default();
     d.features.expressions.insert(
         LABEL_FEATURE.into(),
         r#"did("Order Completed", within: 7d)"#.into(),
     );
-    let scoring = kairos_core::Scoring::compile(&d, None).unwrap();
+    kairos_core::Scoring::compile(&d, None).unwrap()
+}
+
+#[test]
+fn every_person_gives_one_example_per_cutoff_with_the_label_from_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path());
+    // One in three buys on day 3.
+    let events = views_then_orders(30, 3);
+    h.send(events);
+    let scoring = purchase_label();
     let mut seen = Vec::new();
     let ex = h
         .store
@@ -76,38 +91,11 @@ fn examples_over_many_pages_come_in_profile_order() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::open(dir.path());
     // Everyone views before the cut-off; one in four buys after it.
-    let mut events = Vec::new();
-    for i in 0..2_300 {
-        let user = format!("u{i}");
-        events.push(track(
-            &format!("v{i}"),
-            "Product Viewed",
-            Some(&user),
-            None,
-            T0 + i,
-            json!({}),
-        ));
-        if i % 4 == 0 {
-            let at = T0 + 3 * DAY;
-            events.push(track(
-                &format!("o{i}"),
-                "Order Completed",
-                Some(&user),
-                None,
-                at,
-                json!({}),
-            ));
-        }
-    }
+    let events = views_then_orders(2_300, 4);
     for chunk in events.chunks(500) {
         h.send(chunk.to_vec());
     }
-    let mut d = kairos_core::Definitions::default();
-    d.features.expressions.insert(
-        LABEL_FEATURE.into(),
-        r#"did("Order Completed", within: 7d)"#.into(),
-    );
-    let scoring = kairos_core::Scoring::compile(&d, None).unwrap();
+    let scoring = purchase_label();
     let (cuts, horizon, end) = ([T0 + DAY], 7 * DAY, T0 + 30 * DAY);
     let core = Default::default();
     let mut seen = Vec::new();
