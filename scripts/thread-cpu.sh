@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs `kairos bench ingest` and reports, besides its events/s, the CPU time the writer,
-# committer and recommendations threads and the whole process (every thread, the load
-# generator's included) used (from /proc, in clock ticks), then that of every server
-# thread. On a shared, noisy host throughput moves by +-20% between runs of the same build;
-# a thread's CPU time moves far less, so alternating runs of two builds compare better by it.
+# committer and recommendations threads and all threads together (the load generator's
+# included) used (from /proc, in clock ticks), then that of every server thread. "total"
+# leaves out the main thread, which only generates the request bodies before the timed
+# run (its ticks are printed beside it). It also reports the bytes the process wrote to
+# the disk (/proc/PID/io), which show the store's write amplification.
+# On a shared, noisy host throughput moves by +-20% between runs of the same build; a
+# thread's CPU time moves far less, so alternating runs of two builds compare better by it.
 #
 # usage: scripts/thread-cpu.sh BINARY EVENTS DEFINITIONS(default|none)
 set -euo pipefail

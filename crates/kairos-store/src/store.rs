@@ -98,17 +98,19 @@ impl StoreOptions {
     /// keeps 256 MB: with 5.7 GB, the backfill right after a bulk fill took 9.7 s against
     /// 7.7-8.0 s (more CPU in the cache), and nothing it measured got faster.
     pub fn for_replays() -> Self {
-        const MB: u64 = 1024 * 1024;
+        let server = Self::default();
+        // Never below what the server uses.
+        let floor = server.cache_bytes;
         Self {
             cache_bytes: memory_limit_bytes()
-                .map_or(256 * MB, |m| (m / 4).clamp(256 * MB, 8 * 1024 * MB)),
-            ..Self::default()
+                .map_or(floor, |m| (m / 4).clamp(floor, 8 * 1024 * 1024 * 1024)),
+            ..server
         }
     }
 }
 
-/// Physical memory, or the cgroup (v2) limit when set and lower. `None` where neither can
-/// be read (not Linux).
+/// Physical memory, or the cgroup (v2) limit when set and lower. `None` where
+/// `/proc/meminfo` cannot be read (not Linux).
 fn memory_limit_bytes() -> Option<u64> {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
