@@ -21,6 +21,7 @@ pub mod scoring;
 pub mod segment;
 pub mod sendtime;
 pub mod state;
+pub mod stored_json;
 pub mod time;
 pub mod vecmap;
 pub mod vocab;

@@ -180,10 +180,7 @@ impl Prepared {
         // Most stored events fit: grown from empty, the buffer was reallocated and copied
         // seven or eight times per event. It is copied into an event chunk and dropped.
         let mut bytes = Vec::with_capacity(Self::TYPICAL_BYTES);
-        // Serialising an in-memory Event to a Vec cannot fail.
-        if serde_json::to_writer(&mut bytes, &event).is_err() {
-            bytes.clear();
-        }
+        kairos_core::stored_json::write_event(&event, &mut bytes);
         Self { event, bytes }
     }
 
