@@ -198,7 +198,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let config = crate::load_config(&args.config)?;
     config.validate()?;
     let store_path = config.data_dir.join("store");
-    let store = Store::open(&store_path, &config.store_options()).with_context(|| {
+    let store_options = kairos_store::StoreOptions {
+        journal_compression: false,
+        ..config.store_options()
+    };
+    let store = Store::open(&store_path, &store_options).with_context(|| {
         format!(
             "cannot open the store at {} (is `kairos serve` running on it? stop it first)",
             store_path.display()

@@ -76,6 +76,48 @@ fn duplicates_are_ignored_within_a_group_and_across_restarts() {
     h.close();
 }
 
+/// `kairos import` writes its journal uncompressed and the server compresses; either must
+/// read what the other left in the journal (each entry says how it was written). The
+/// events are large enough that their chunks pass the journal's 4 KB compression
+/// threshold, and the store is reopened before any memtable is flushed.
+#[test]
+fn events_journaled_with_or_without_compression_are_read_back_by_the_other_setting() {
+    for first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let writing = kairos_store::StoreOptions {
+            journal_compression: first,
+            ..Default::default()
+        };
+        let h = Harness::open_with(dir.path(), &writing);
+        let events: Vec<_> = (0..300)
+            .map(|i| {
+                track(
+                    &format!("m{i}"),
+                    "Product Viewed",
+                    Some(&format!("u{}", i % 7)),
+                    None,
+                    i,
+                    json!({"description": format!("{i} {}", "a fine product ".repeat(20))}),
+                )
+            })
+            .collect();
+        assert_eq!(h.send(events.clone()).accepted, 300);
+        let written = h.store.log_after(0, 1_000).unwrap();
+        h.close();
+        let reading = kairos_store::StoreOptions {
+            journal_compression: !first,
+            ..Default::default()
+        };
+        let h = Harness::open_with(dir.path(), &reading);
+        let read = h.store.log_after(0, 1_000).unwrap();
+        assert_eq!(read.len(), 300, "journal compression {first}");
+        assert_eq!(read, written);
+        let p = h.profile_of(&IdKey::user("u3")).unwrap();
+        assert_eq!(h.store.profile_events(p.id, None, 100).unwrap().len(), 43);
+        h.close();
+    }
+}
+
 /// `n` track events `m0..`, spread over `people` users `u0..`, one millisecond apart.
 fn numbered_tracks(n: i64, people: i64) -> Vec<kairos_core::Event> {
     (0..n)
