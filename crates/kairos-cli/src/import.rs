@@ -110,6 +110,9 @@ struct Pipeline {
     chunk: usize,
     now: i64,
     source: String,
+    /// Events the writer is done with, freed here where they were decoded (see
+    /// `WriterOptions::return_events`).
+    used: std::sync::mpsc::Receiver<Vec<kairos_store::Prepared>>,
 }
 
 impl Pipeline {
@@ -154,6 +157,9 @@ impl Pipeline {
             reply: Some(tx),
         })?;
         self.pending.push_back(rx);
+        while let Ok(used) = self.used.try_recv() {
+            drop(used);
+        }
         // The writer's bounded queue is the backpressure. Waiting here for answers as well
         // (it used to, beyond eight) made parsing wait for each group's commit, so parsing,
         // planning and committing took turns instead of overlapping.
@@ -216,6 +222,8 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     // the profiles they built together), so a crash leaves a consistent prefix of the file
     // that a re-run skips as duplicates.
     opts.sync = false;
+    let (return_events, used) = std::sync::mpsc::channel();
+    opts.return_events = Some(return_events);
     let durable = store.clone();
     let (ingest, writer) = Ingestor::start(store, opts)?;
     let size = std::fs::metadata(&args.file)?.len();
@@ -239,6 +247,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         chunk: args.chunk.max(1),
         now,
         source: args.source.clone(),
+        used,
     };
     if args.identify {
         import_csv(&args, input, &mut pipe, now, &bar, &read)?;

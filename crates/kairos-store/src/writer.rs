@@ -84,6 +84,13 @@ pub struct WriterOptions {
     /// Told of every accepted event once it is durable (see [`Observer`]); `None` when no
     /// part of the process follows the log (imports).
     pub observer: Option<Arc<dyn Observer>>,
+    /// Where each submission's events go once the writer is done with them, for the
+    /// thread that decoded them to free; `None` frees them on a helper thread. mimalloc
+    /// frees a block cheaply on the thread that allocated it and expensively on another
+    /// (an atomic hand-back, and reclaiming the page): for `kairos import`, freeing on the
+    /// helper thread took 6.6k instructions per event, on the parser 1.6k. A closed
+    /// receiver falls back to the helper thread.
+    pub return_events: Option<std::sync::mpsc::Sender<Vec<Prepared>>>,
 }
 
 /// An event the writer accepted, as an [`Observer`] is told of it.
@@ -164,6 +171,7 @@ impl Default for WriterOptions {
             dedupe_ingest_after: crate::dedupe::INGEST_AFTER,
             backfill_hook: None,
             observer: None,
+            return_events: None,
         }
     }
 }
@@ -601,7 +609,11 @@ impl Ingestor {
         let lateness: Lateness = Arc::new(Mutex::new(
             hdrhistogram::Histogram::new(3).map_err(|e| StoreError::Io(e.to_string()))?,
         ));
-        let mut writer = Writer::new(store.clone(), opts, drop_tx, lateness.clone())?;
+        let disposal = Disposal {
+            graveyard: drop_tx,
+            events_back: opts.return_events.clone(),
+        };
+        let mut writer = Writer::new(store.clone(), opts, disposal, lateness.clone())?;
         // A backfill the last run did not finish (cut short by a crash or a stop).
         let version = store.scoring().version;
         let resume = store
@@ -907,7 +919,7 @@ impl Committer {
     fn start(
         store: Store,
         observer: Option<Arc<dyn Observer>>,
-        graveyard: Sender<Garbage>,
+        disposal: Disposal,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = crossbeam_channel::bounded::<Handoff>(1);
         let (done, results) = crossbeam_channel::bounded(1);
@@ -945,9 +957,7 @@ impl Committer {
                     }
                     drop(h.dones);
                     if !h.fed.is_empty() {
-                        if let Err(e) = graveyard.try_send(Garbage::Fed(h.fed)) {
-                            drop(e.into_inner());
-                        }
+                        disposal.discard(Garbage::Fed(h.fed));
                     }
                     if done.send(result).is_err() {
                         break;
@@ -1000,7 +1010,7 @@ struct Writer {
     next_seq: u64,
     next_dead: u64,
     suppress_active: bool,
-    graveyard: Sender<Garbage>,
+    disposal: Disposal,
     /// From earlier definitions to these, when only segments changed: lets a backfill
     /// evaluate just the new and edited segments.
     deltas: Arc<Deltas>,
@@ -1023,7 +1033,7 @@ impl Writer {
     fn new(
         store: Store,
         opts: WriterOptions,
-        graveyard: Sender<Garbage>,
+        disposal: Disposal,
         lateness: Lateness,
     ) -> Result<Self, StoreError> {
         let (last_seq, last_dead) = store.last_seqs()?;
@@ -1033,7 +1043,7 @@ impl Writer {
             .definitions_history()?
             .last()
             .map_or(0, |(seq, _)| seq + 1);
-        let committer = Committer::start(store.clone(), opts.observer.clone(), graveyard.clone())?;
+        let committer = Committer::start(store.clone(), opts.observer.clone(), disposal.clone())?;
         Ok(Self {
             dedupe_probe: crate::probe::Probe::start(
                 store.dedupe.clone(),
@@ -1064,7 +1074,7 @@ impl Writer {
             id_cache: HashMap::default(),
             next_seq: last_seq + 1,
             next_dead: last_dead + 1,
-            graveyard,
+            disposal,
             deltas: Arc::default(),
             next_history,
             stats: HashMap::default(),
@@ -1361,11 +1371,8 @@ impl Writer {
         }
     }
 
-    /// Hands `garbage` to the helper thread to free, or frees it here when that one is behind.
     fn discard(&self, garbage: Garbage) {
-        if let Err(e) = self.graveyard.try_send(garbage) {
-            drop(e.into_inner());
-        }
+        self.disposal.discard(garbage);
     }
 
     /// Waits for the group in flight. On failure (answered by the committer) forgets every
@@ -2363,6 +2370,44 @@ fn group_size(cmd: &Command) -> usize {
         | Command::Hold(_)
         | Command::Define { .. }
         | Command::BackfillDone(_) => 1,
+    }
+}
+
+/// Where what the writer and the committer are done with is freed.
+#[derive(Clone)]
+struct Disposal {
+    /// The helper thread's queue.
+    graveyard: Sender<Garbage>,
+    /// [`WriterOptions::return_events`].
+    events_back: Option<std::sync::mpsc::Sender<Vec<Prepared>>>,
+}
+
+impl Disposal {
+    /// Hands events back to their submitter if it asked for them, and everything else to
+    /// the helper thread; frees it here when that one is behind.
+    fn discard(&self, garbage: Garbage) {
+        let garbage = match (garbage, &self.events_back) {
+            (Garbage::Events(events), Some(back)) => match back.send(events) {
+                Ok(()) => return,
+                Err(unsent) => Garbage::Events(unsent.0),
+            },
+            (Garbage::Fed(fed), Some(back)) => {
+                let mut rest = Vec::new();
+                for f in fed {
+                    if let Err(unsent) = back.send(f.events) {
+                        rest.extend(unsent.0);
+                    }
+                }
+                if rest.is_empty() {
+                    return;
+                }
+                Garbage::Events(rest)
+            }
+            (garbage, _) => garbage,
+        };
+        if let Err(e) = self.graveyard.try_send(garbage) {
+            drop(e.into_inner());
+        }
     }
 }
 

@@ -118,6 +118,41 @@ fn events_journaled_with_or_without_compression_are_read_back_by_the_other_setti
     }
 }
 
+/// With `return_events`, every submitted event comes back to the submitter once the
+/// writer is done with it (to be freed on the thread that decoded it); after the receiver
+/// is gone the writer frees them itself and goes on.
+#[test]
+fn used_events_come_back_to_their_submitter_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (back, used) = std::sync::mpsc::channel();
+    let writer = kairos_store::WriterOptions {
+        return_events: Some(back),
+        ..Default::default()
+    };
+    let h = Harness::open_full(dir.path(), &Default::default(), writer);
+    let mut sent = Vec::new();
+    for batch in numbered_tracks(250, 9).chunks(100) {
+        assert_eq!(h.send(batch.to_vec()).accepted, batch.len());
+        sent.extend(batch.iter().map(|e| e.message_id.clone()));
+    }
+    // The duplicate's event comes back too.
+    assert_eq!(h.send(numbered_tracks(1, 1)).duplicates, 1);
+    sent.push("m0".into());
+    let mut returned: Vec<String> = Vec::new();
+    while returned.len() < sent.len() {
+        let events = used
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        returned.extend(events.into_iter().map(|p| p.event.message_id));
+    }
+    assert_eq!(returned, sent);
+    drop(used);
+    let late = ev(EventKind::Track, "late", Some("u1"), None, 9_999);
+    assert_eq!(h.send(vec![late]).accepted, 1);
+    assert_eq!(h.store.log_after(0, 1_000).unwrap().len(), 251);
+    h.close();
+}
+
 /// `n` track events `m0..`, spread over `people` users `u0..`, one millisecond apart.
 fn numbered_tracks(n: i64, people: i64) -> Vec<kairos_core::Event> {
     (0..n)
