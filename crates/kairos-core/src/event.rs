@@ -1,6 +1,7 @@
 //! The normalised event every other part of Kairos works with.
 
 use crate::time::{format_timestamp, Millis};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -102,48 +103,24 @@ impl Event {
     /// the context an SDK sends is most of a stored event. Kept beside [`Event`] because it
     /// mirrors its fields and their names.
     pub fn from_json_without_context(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Lean {
-            message_id: String,
-            #[serde(rename = "type")]
-            kind: EventKind,
-            #[serde(default)]
-            event: Option<String>,
-            #[serde(default)]
-            name: Option<String>,
-            #[serde(default)]
-            user_id: Option<String>,
-            #[serde(default)]
-            anonymous_id: Option<String>,
-            #[serde(default)]
-            previous_id: Option<String>,
-            #[serde(default)]
-            group_id: Option<String>,
-            timestamp: Millis,
-            received_at: Millis,
-            #[serde(default)]
-            properties: Map<String, Value>,
-            #[serde(default)]
-            source: String,
+        let p: Partial<IgnoredAny, IgnoredAny> = serde_json::from_slice(bytes)?;
+        Ok(p.split().0)
+    }
+
+    /// Reads an event stored in its serde JSON form with everything the core's fold reads
+    /// (state, scores, segments, send-time, features): all of it but `context`, of which
+    /// only `timezone` is kept; the rest of the context (library, page, user agent, ip...)
+    /// is skipped instead of built. Replays of a person's history (merges, late events,
+    /// redefinitions, training sets) fold to the same result as with [`serde_json`]'s full
+    /// decoding: `tests/fold_decoding.rs` holds the two together.
+    pub fn from_json_for_fold(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let p: Partial<Map<String, Value>, ZoneOnly> = serde_json::from_slice(bytes)?;
+        let (mut event, traits, context) = p.split();
+        event.traits = traits;
+        if let Some(zone) = context.timezone {
+            event.context.insert("timezone".into(), zone);
         }
-        let l: Lean = serde_json::from_slice(bytes)?;
-        Ok(Event {
-            message_id: l.message_id,
-            kind: l.kind,
-            event: l.event,
-            name: l.name,
-            user_id: l.user_id,
-            anonymous_id: l.anonymous_id,
-            previous_id: l.previous_id,
-            group_id: l.group_id,
-            timestamp: l.timestamp,
-            received_at: l.received_at,
-            properties: l.properties,
-            traits: Map::new(),
-            context: Map::new(),
-            source: l.source,
-        })
+        Ok(event)
     }
 
     /// The name windows and counters use: the track event name, or `Page Viewed` /
@@ -189,4 +166,68 @@ impl Event {
     pub fn context_timezone(&self) -> Option<&str> {
         self.context.get("timezone").and_then(Value::as_str)
     }
+}
+
+/// An [`Event`] as stored, with `traits` and `context` read as `T` and `C` (built, reduced
+/// or skipped); the other fields as in [`Event`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Partial<T, C> {
+    message_id: String,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    #[serde(default)]
+    previous_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
+    timestamp: Millis,
+    received_at: Millis,
+    #[serde(default)]
+    properties: Map<String, Value>,
+    #[serde(default)]
+    traits: T,
+    #[serde(default)]
+    context: C,
+    #[serde(default)]
+    source: String,
+}
+
+impl<T, C> Partial<T, C> {
+    /// The event with empty `traits` and `context`, and those two as read.
+    fn split(self) -> (Event, T, C) {
+        let event = Event {
+            message_id: self.message_id,
+            kind: self.kind,
+            event: self.event,
+            name: self.name,
+            user_id: self.user_id,
+            anonymous_id: self.anonymous_id,
+            previous_id: self.previous_id,
+            group_id: self.group_id,
+            timestamp: self.timestamp,
+            received_at: self.received_at,
+            properties: self.properties,
+            traits: Map::new(),
+            context: Map::new(),
+            source: self.source,
+        };
+        (event, self.traits, self.context)
+    }
+}
+
+/// The part of `context` the fold reads ([`Event::context_timezone`]); serde skips the
+/// other keys without building them. A `null` zone reads as absent, which the fold does
+/// not tell apart from `null` (it only reads a string).
+#[derive(Default, Deserialize)]
+struct ZoneOnly {
+    #[serde(default)]
+    timezone: Option<Value>,
 }

@@ -225,6 +225,12 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
 }
 
+/// [`decode_event`] for replays through the core's fold: the context's `timezone` only
+/// ([`Event::from_json_for_fold`]).
+pub(crate) fn decode_event_for_fold(bytes: &[u8]) -> Result<Event, StoreError> {
+    Event::from_json_for_fold(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
+}
+
 /// [`decode_event`] for [`EventParts::WithoutContext`].
 fn decode_event_without_context(bytes: &[u8]) -> Result<Event, StoreError> {
     Event::from_json_without_context(bytes).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
@@ -675,6 +681,17 @@ impl Store {
         after: Option<(Millis, u64)>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.profile_events_decoded(id, after, limit, decode_event)
+    }
+
+    /// [`Store::profile_events`], each event read by `decode`.
+    fn profile_events_decoded(
+        &self,
+        id: ProfileId,
+        after: Option<(Millis, u64)>,
+        limit: usize,
+        decode: fn(&[u8]) -> Result<Event, StoreError>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let Some(p) = self.profile(id)? else {
             return Ok(Vec::new());
         };
@@ -689,7 +706,7 @@ impl Store {
             if let Some((_, _, payload)) = self.record(seq, &mut cached)? {
                 out.push(StoredEvent {
                     seq,
-                    event: decode_event(&payload)?,
+                    event: decode(&payload)?,
                 });
             }
         }
@@ -1338,7 +1355,7 @@ impl Store {
         data_end: Millis,
     ) -> Result<Vec<kairos_core::features::Example>, StoreError> {
         let mut events: Vec<Event> = self
-            .profile_events(id, None, usize::MAX)?
+            .profile_events_decoded(id, None, usize::MAX, decode_event_for_fold)?
             .into_iter()
             .map(|s| s.event)
             .collect();

@@ -29,8 +29,8 @@ use crate::events::{Chunk, ChunkBuilder, NO_PREV};
 use crate::keys::*;
 use crate::sorted_batch::SortedBatch;
 use crate::store::{
-    day_of, decode_event, known_event_key, suppression_hash, DeadLetter, Store, BACKFILL_KEY,
-    DEFINITIONS_KEY, NEXT_CHANGE_KEY,
+    day_of, decode_event, decode_event_for_fold, known_event_key, suppression_hash, DeadLetter,
+    Store, BACKFILL_KEY, DEFINITIONS_KEY, NEXT_CHANGE_KEY,
 };
 use crate::StoreError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -1772,7 +1772,8 @@ impl Writer {
                 })
         };
         self.store.walk_events(heads, unwritten, |_, _, payload| {
-            events.push(decode_event(payload)?);
+            // Only rebuilds read these: the fold's view of each event is enough.
+            events.push(decode_event_for_fold(payload)?);
             Ok(())
         })?;
         Ok(events)
