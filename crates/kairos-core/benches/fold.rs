@@ -106,13 +106,7 @@ fn sim_events() -> Vec<(usize, Event)> {
         seed: 42,
         start_ms: 1_790_000_000_000,
     });
-    let mut person = std::collections::HashMap::new();
-    for p in &sim.people {
-        person.insert(p.anonymous_id.clone(), p.index);
-        if let Some(u) = &p.user_id {
-            person.insert(u.clone(), p.index);
-        }
-    }
+    let person = sim.person_by_id();
     let limits = kairos_core::segment::Limits::default();
     let mut events: Vec<(usize, Event)> = sim
         .events()

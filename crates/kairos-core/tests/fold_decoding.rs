@@ -20,13 +20,7 @@ fn stored_histories() -> BTreeMap<usize, Vec<Vec<u8>>> {
         seed: 11,
         start_ms: START,
     });
-    let mut person = std::collections::HashMap::new();
-    for p in &sim.people {
-        person.insert(p.anonymous_id.clone(), p.index);
-        if let Some(u) = &p.user_id {
-            person.insert(u.clone(), p.index);
-        }
-    }
+    let person = sim.person_by_id();
     let limits = kairos_core::segment::Limits::default();
     let mut out: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
     for (i, e) in sim.events().enumerate() {

@@ -295,6 +295,20 @@ impl Simulation {
         &self.zones[i]
     }
 
+    /// Each person's index by every id their events carry (the anonymous id, and the user
+    /// id once they have one): what identity resolution would join, for harnesses that fold
+    /// people's events without a store.
+    pub fn person_by_id(&self) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        for p in &self.people {
+            out.insert(p.anonymous_id.clone(), p.index);
+            if let Some(u) = &p.user_id {
+                out.insert(u.clone(), p.index);
+            }
+        }
+        out
+    }
+
     /// Local hour (0-23) of an instant for a person.
     pub fn local_hour(&self, p: &PersonTruth, ms: i64) -> u8 {
         Timestamp::from_millisecond(ms)
