@@ -81,6 +81,10 @@ pub struct IngestArgs {
     /// Data directory for the Kairos run (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Events per group commit at most (`[ingest] max_group_events`; default: the
+    /// server's).
+    #[arg(long)]
+    max_group_events: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +100,19 @@ pub struct FreshnessArgs {
     people: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Events per group commit at most (`[ingest] max_group_events`; default: the
+    /// server's).
+    #[arg(long)]
+    max_group_events: Option<usize>,
+}
+
+/// The server's ingest settings with the group cap a bench was given, if any.
+fn ingest_config(max_group_events: Option<usize>) -> kairos_server::config::IngestConfig {
+    let mut ingest = kairos_server::config::IngestConfig::default();
+    if let Some(n) = max_group_events {
+        ingest.max_group_events = n;
+    }
+    ingest
 }
 
 #[derive(clap::Args)]
@@ -316,6 +333,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }],
         admin_token: Some("bench-admin-token".into()),
         default_definitions: args.definitions == "default",
+        ingest: ingest_config(args.max_group_events),
         // Campaign decisions and outbox rows are part of ingest; sending them is not (and
         // no channel is configured here).
         delivery: kairos_server::config::DeliveryConfig {
@@ -376,6 +394,7 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         no_baseline: true,
         definitions: "default".into(),
         data_dir: None,
+        max_group_events: None,
     }));
     let tmp = tempfile::tempdir()?;
     let config = Config {
@@ -389,6 +408,7 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
             enabled: false,
             ..Default::default()
         },
+        ingest: ingest_config(args.max_group_events),
         ..Config::default()
     };
     let kairos =
