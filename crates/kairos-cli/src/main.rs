@@ -152,7 +152,24 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns transparent huge pages off for this process. Memory the allocator hands back to
+/// the kernel and takes again is zeroed on the next fault, and with huge pages each such
+/// fault zeroes 2 MB: in `kairos import` a quarter of the writer's samples were the
+/// kernel clearing pages, and in alternating runs the import ran 20-30% faster without
+/// them (system time halved); generating `bench ingest`'s requests took 2.4 times less
+/// CPU. mimalloc would do this itself with `MIMALLOC_ALLOW_THP=0`, read only at process
+/// start; this covers kernels set to `always` as well as `madvise`.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map; the
+    // arguments are the documented ones and nothing is read from or written to our memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
