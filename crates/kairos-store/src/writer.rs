@@ -1203,7 +1203,7 @@ impl Writer {
                         }
                         let events = std::mem::take(&mut sub.events);
                         if accepted.is_empty() {
-                            self.discard(Garbage::Events(events));
+                            self.disposal.discard(Garbage::Events(events));
                         } else {
                             fed.push(Fed { events, accepted });
                         }
@@ -1366,13 +1366,9 @@ impl Writer {
                     .collect();
                 // Freeing a hundred thousand profiles stalled the writer (and every timer
                 // and request behind it) for a good part of a second.
-                self.discard(Garbage::Profiles(evicted));
+                self.disposal.discard(Garbage::Profiles(evicted));
             }
         }
-    }
-
-    fn discard(&self, garbage: Garbage) {
-        self.disposal.discard(garbage);
     }
 
     /// Waits for the group in flight. On failure (answered by the committer) forgets every
@@ -1471,7 +1467,7 @@ impl Writer {
         if let Some(id) = found {
             if self.id_cache.len() >= self.opts.cache_profiles.saturating_mul(3) {
                 let full = std::mem::take(&mut self.id_cache);
-                self.discard(Garbage::Ids(full));
+                self.disposal.discard(Garbage::Ids(full));
             }
             self.id_cache.insert(k, id);
         }
@@ -2037,7 +2033,7 @@ impl Writer {
         if page.version != self.scoring.version {
             // Evaluated against definitions replaced meanwhile: the backfill of the newer
             // ones covers these profiles again.
-            self.discard(Garbage::Backfill(page));
+            self.disposal.discard(Garbage::Backfill(page));
             return Ok(());
         }
         let BackfillPage {
@@ -2083,7 +2079,7 @@ impl Writer {
                 garbage.push(p);
             }
         }
-        self.discard(Garbage::Profiles(garbage));
+        self.disposal.discard(Garbage::Profiles(garbage));
         if let Some(last) = last {
             let mut cursor = u64_key(version).to_vec();
             cursor.extend_from_slice(&u64_key(last.0));
