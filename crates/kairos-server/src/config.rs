@@ -162,6 +162,11 @@ pub struct StoreConfig {
     /// (`kairos train`, `kairos examples`) a quarter of the memory
     /// ([`kairos_store::StoreOptions::for_replays`]).
     pub cache_mb: Option<u64>,
+    /// Nice value (0-19) of the storage engine's flush and compaction threads, so that
+    /// their work waits for CPU the writer, a backfill or the HTTP workers do not use.
+    /// Unset: 10; 0 runs them at the server's own priority
+    /// ([`kairos_store::StoreOptions::worker_nice`]).
+    pub worker_nice: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -281,6 +286,7 @@ impl Config {
                 "KAIROS_DEDUPE_RETENTION_DAYS" => self.ingest.dedupe_retention_days = num(name, v)?,
                 "KAIROS_MAX_GROUP_EVENTS" => self.ingest.max_group_events = num(name, v)?,
                 "KAIROS_CACHE_MB" => self.store.cache_mb = Some(num(name, v)?),
+                "KAIROS_WORKER_NICE" => self.store.worker_nice = Some(num(name, v)?),
                 "KAIROS_FSYNC" => {
                     self.ingest.fsync = !matches!(v.as_str(), "0" | "false" | "off" | "no")
                 }
@@ -391,6 +397,15 @@ impl Config {
                 "delivery: max_attempts and retry_base_ms must be positive and retry_max_ms >= retry_base_ms".into(),
             ));
         }
+        if self
+            .store
+            .worker_nice
+            .is_some_and(|n| !(0..=19).contains(&n))
+        {
+            return Err(ConfigError::Invalid(
+                "store.worker_nice: expected a nice value from 0 to 19".into(),
+            ));
+        }
         if self.ingest.max_event_bytes > self.ingest.max_batch_bytes {
             return Err(ConfigError::Invalid(
                 "ingest.max_event_bytes exceeds ingest.max_batch_bytes".into(),
@@ -416,17 +431,20 @@ impl Config {
 
     /// The store's options for the server and imports.
     pub fn store_options(&self) -> kairos_store::StoreOptions {
-        self.with_cache(kairos_store::StoreOptions::default())
+        self.with_store_config(kairos_store::StoreOptions::default())
     }
 
     /// The store's options for offline jobs that replay everyone's history.
     pub fn replay_store_options(&self) -> kairos_store::StoreOptions {
-        self.with_cache(kairos_store::StoreOptions::for_replays())
+        self.with_store_config(kairos_store::StoreOptions::for_replays())
     }
 
-    fn with_cache(&self, mut o: kairos_store::StoreOptions) -> kairos_store::StoreOptions {
+    fn with_store_config(&self, mut o: kairos_store::StoreOptions) -> kairos_store::StoreOptions {
         if let Some(mb) = self.store.cache_mb {
             o.cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        if let Some(nice) = self.store.worker_nice {
+            o.worker_nice = (nice > 0).then_some(nice);
         }
         o
     }
@@ -612,6 +630,31 @@ mod tests {
         assert_eq!(d.features.expressions.len(), 1);
         let s = kairos_core::Scoring::compile(&d, None).expect("compiles");
         assert_eq!(s.features.names, vec!["big", "plan=free", "plan=pro"]);
+    }
+
+    #[test]
+    fn worker_nice_defaults_to_ten_and_zero_keeps_the_servers_priority() {
+        let mut c = Config::default();
+        assert_eq!(c.store_options().worker_nice, Some(10));
+        assert_eq!(c.replay_store_options().worker_nice, Some(10));
+        c.apply_env([("KAIROS_WORKER_NICE".to_string(), "0".to_string())])
+            .expect("env");
+        c.validate().expect("0 is valid");
+        assert_eq!(c.store_options().worker_nice, None);
+        let c: Config = toml::from_str("[store]\nworker_nice = 19\n").expect("parses");
+        c.validate().expect("19 is valid");
+        assert_eq!(c.store_options().worker_nice, Some(19));
+        let c: Config = toml::from_str("[store]\nworker_nice = 20\n").expect("parses");
+        let err = c
+            .validate()
+            .expect_err("20 is not a nice value")
+            .to_string();
+        assert!(err.contains("store.worker_nice"), "{err}");
+        let err = Config::default()
+            .apply_env([("KAIROS_WORKER_NICE".to_string(), "low".to_string())])
+            .expect_err("not a number")
+            .to_string();
+        assert!(err.contains("KAIROS_WORKER_NICE"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! The storage engine's flush and compaction threads run at a lower CPU priority
+//! (`StoreOptions::worker_nice`). Its own test binary: the setting reaches every store's
+//! workers in the process, so other tests' stores would disturb the counts.
+#![cfg(target_os = "linux")]
+
+use kairos_store::{Store, StoreOptions};
+
+/// Nice values of this process's threads named `name`, read from /proc.
+fn nice_of_threads(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("procfs")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
+            .split(' ')
+            .collect();
+        out.push(fields[16].parse().expect("nice"));
+    }
+    out
+}
+
+fn own_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
+        .split(' ')
+        .collect();
+    fields[16].parse().expect("nice")
+}
+
+#[test]
+fn storage_workers_run_at_the_configured_nice_value_and_only_then() {
+    let base = own_nice();
+    let a = tempfile::tempdir().expect("tempdir");
+    let first = Store::open(
+        a.path(),
+        &StoreOptions {
+            worker_nice: None,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    let workers = nice_of_threads("fjall:worker");
+    assert!(!workers.is_empty(), "fjall names its workers fjall:worker");
+    assert!(
+        workers.iter().all(|&n| n == base),
+        "without worker_nice they keep the process's priority: {workers:?}"
+    );
+    assert_eq!(own_nice(), base, "nothing else is touched");
+
+    let target = (base + 5).min(19);
+    let b = tempfile::tempdir().expect("tempdir");
+    let second = Store::open(
+        b.path(),
+        &StoreOptions {
+            worker_nice: Some(target),
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    let workers = nice_of_threads("fjall:worker");
+    assert!(workers.len() >= 2 * 6, "both stores' workers: {workers:?}");
+    assert!(
+        workers.iter().all(|&n| n == target),
+        "every worker lowered to {target}: {workers:?}"
+    );
+    assert_eq!(own_nice(), base, "the caller's thread keeps its priority");
+    drop((first, second));
+}
