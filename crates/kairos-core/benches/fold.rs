@@ -335,21 +335,29 @@ fn fold_once(workload: &str) {
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
     if rounds > 0 {
-        let started = std::time::Instant::now();
         let mut bytes = 0usize;
+        let mut encoding = std::time::Duration::ZERO;
+        let mut decoding = std::time::Duration::ZERO;
         for _ in 0..rounds {
             for p in &seen {
-                let enc = p.encode();
+                let started = std::time::Instant::now();
+                let enc = std::hint::black_box(p.encode());
+                encoding += started.elapsed();
                 bytes += enc.len();
+                let started = std::time::Instant::now();
                 let back = Profile::decode(&enc).unwrap_or_else(|e| panic!("{e}"));
+                decoding += started.elapsed();
                 assert_eq!(back.id, p.id);
             }
         }
         let n = rounds * seen.len();
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
         println!(
-            "{workload}: encoded and decoded {n} profiles ({} bytes each), {:.2} us per profile",
+            "{workload}: encoded and decoded {n} profiles ({} bytes each): {:.2} us to encode, \
+             {:.2} us to decode per profile",
             bytes / n.max(1),
-            started.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64
+            per(encoding),
+            per(decoding)
         );
     }
 }
