@@ -137,9 +137,12 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     let listen = config.listen.clone();
+    let store_options = config.store_options();
     tracing::info!(
-        "store block cache: {} MB ([store] cache_mb, KAIROS_CACHE_MB)",
-        config.store_options().cache_bytes / (1024 * 1024)
+        "store block cache: {} MB ([store] cache_mb, KAIROS_CACHE_MB); flush and compaction \
+         threads at nice {} ([store] worker_nice, KAIROS_WORKER_NICE)",
+        store_options.cache_bytes / (1024 * 1024),
+        store_options.worker_nice.unwrap_or(0)
     );
     let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics))?;
     let listener = tokio::net::TcpListener::bind(&listen)
