@@ -63,10 +63,11 @@ fn store_workers() -> usize {
 /// The name fjall gives its flush and compaction threads.
 const WORKER_THREAD_NAME: &str = "fjall:worker";
 
-/// Sets the nice value of every storage engine worker thread in this process that runs
-/// at a lower one (fjall starts its workers in `open`, so a store's are all there by
-/// now; those of other stores open in the process are treated alike). Returns how many
-/// were lowered. Best effort: a thread that cannot be read or reniced is left as it is.
+/// Sets the nice value of every storage engine worker thread in this process whose nice
+/// value is lower (whose priority is higher). fjall starts its workers in `open`, so a
+/// store's are all there by then; those of other stores open in the process are treated
+/// alike. Returns how many were lowered. Best effort: a thread that cannot be read or
+/// reniced is left as it is.
 fn lower_worker_priority(nice: i32) -> usize {
     #[cfg(target_os = "linux")]
     {
@@ -143,10 +144,11 @@ pub struct StoreOptions {
     /// The nice value the storage engine's flush and compaction threads run at (Linux;
     /// ignored elsewhere), as RocksDB's low-priority pool does. Their work can wait for
     /// idle CPU; a backfill or a burst of ingest cannot. Right after a bulk fill of 1M
-    /// profiles, a new segment's backfill took 3.7-3.9 s with 10 against 5.0-5.1 s at the
-    /// process's own priority, with durable ingest the same within noise
-    /// (docs/PERFORMANCE.md). `None` leaves them at the process's priority; a value at or
-    /// below the process's own is ignored (raising priority needs privileges).
+    /// profiles, a new segment's backfill took 3.5-4.7 s (median 4.0 s) with 10 and six
+    /// workers, against 3.6-6.2 s (median 5.1 s) at the process's own priority with three,
+    /// and durable ingest stayed the same within noise (docs/PERFORMANCE.md). `None` leaves
+    /// them at the process's priority; a value at or below the process's own is ignored
+    /// (raising priority needs privileges).
     pub worker_nice: Option<i32>,
 }
 
@@ -318,7 +320,8 @@ impl Store {
             .worker_threads(store_workers())
             .open()?;
         if let Some(nice) = opts.worker_nice {
-            lower_worker_priority(nice);
+            let lowered = lower_worker_priority(nice);
+            tracing::debug!("{lowered} storage worker threads lowered to nice {nice}");
         }
         // Stores written before the chunked event log kept one key per event and a
         // per-person index; their profiles do not say where their events are.
