@@ -63,42 +63,53 @@ fn store_workers() -> usize {
 /// The name fjall gives its flush and compaction threads.
 const WORKER_THREAD_NAME: &str = "fjall:worker";
 
-/// Sets the nice value of every storage engine worker thread in this process whose nice
-/// value is lower (whose priority is higher). fjall starts its workers in `open`, so a
-/// store's are all there by then; those of other stores open in the process are treated
-/// alike. Returns how many were lowered. Best effort: a thread that cannot be read or
-/// reniced is left as it is.
-fn lower_worker_priority(nice: i32) -> usize {
+/// The ids of this process's storage engine worker threads (by their name; Linux only).
+fn worker_threads() -> Vec<u32> {
     #[cfg(target_os = "linux")]
     {
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return 0;
+            return Vec::new();
         };
-        let mut lowered = 0;
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let is_worker = std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|c| c.trim_end() == WORKER_THREAD_NAME);
-            if !is_worker || thread_nice(tid).is_some_and(|n| n >= nice) {
-                continue;
-            }
+        tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == WORKER_THREAD_NAME)
+            })
+            .filter_map(|task| task.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    Vec::new()
+}
+
+/// Sets the nice value of every storage engine worker thread in this process whose nice
+/// value is lower (whose priority is higher), once `expected` of them are there: a
+/// thread takes its name only when it first runs, so those fjall spawned a moment ago in
+/// `open` may not carry it yet. Waits at most half a second for them (then lowers those
+/// named by then). Those of other stores open in the process are treated alike. Returns
+/// how many were lowered. Best effort: a thread that cannot be read or reniced is left
+/// as it is.
+fn lower_worker_priority(nice: i32, expected: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let mut workers = worker_threads();
+        while workers.len() < expected && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            workers = worker_threads();
+        }
+        workers
+            .into_iter()
+            .filter(|&tid| thread_nice(tid).is_none_or(|n| n < nice))
             // SAFETY: setpriority reads and writes no memory of ours; on Linux a thread id
             // with PRIO_PROCESS names that one thread.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
-                lowered += 1;
-            }
-        }
-        lowered
+            .filter(|&tid| unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0)
+            .count()
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = nice;
+        let _ = (nice, expected);
         0
     }
 }
@@ -309,6 +320,13 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path)?;
+        // Counted before `open` starts more (see `lower_worker_priority`).
+        let workers_before = if opts.worker_nice.is_some() {
+            worker_threads().len()
+        } else {
+            0
+        };
+        let workers = store_workers();
         let db = Database::builder(&path)
             .cache_size(opts.cache_bytes)
             .manual_journal_persist(true)
@@ -317,10 +335,10 @@ impl Store {
             } else {
                 fjall::CompressionType::None
             })
-            .worker_threads(store_workers())
+            .worker_threads(workers)
             .open()?;
         if let Some(nice) = opts.worker_nice {
-            let lowered = lower_worker_priority(nice);
+            let lowered = lower_worker_priority(nice, workers_before + workers);
             tracing::debug!("{lowered} storage worker threads lowered to nice {nice}");
         }
         // Stores written before the chunked event log kept one key per event and a

@@ -33,6 +33,9 @@ fn own_nice() -> i32 {
     fields[16].parse().expect("nice")
 }
 
+/// Also pins a race: a new thread takes its name only when it first runs, so a scan made
+/// right after fjall's `open` missed workers not yet named (this test failed four times in
+/// ten before `open` waited for them).
 #[test]
 fn storage_workers_run_at_the_configured_nice_value_and_only_then() {
     let base = own_nice();
