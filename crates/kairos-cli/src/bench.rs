@@ -290,6 +290,94 @@ fn report(name: &str, r: &LoadResult) {
     );
 }
 
+/// A Prometheus recorder for this process whose summaries cover the whole run (the
+/// exporter's default window is the last minute), so that the bench can report the
+/// writer's stages per group afterwards (`kairos_group_*`); the bench's server also
+/// serves it at `/metrics`.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_bucket_duration(Duration::from_secs(24 * 3600))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    Ok(handle)
+}
+
+/// One stage of the writer's group commit, over the groups of a run.
+#[derive(Debug, PartialEq)]
+struct Stage {
+    what: &'static str,
+    unit: &'static str,
+    groups: u64,
+    mean: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// The writer's stages per group, read from the summaries in `text` (the Prometheus
+/// exposition format); a stage with no samples is left out.
+fn group_stages(text: &str) -> Vec<Stage> {
+    let value = |name: &str, suffix: &str| -> Option<f64> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(suffix)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    let mut out = Vec::new();
+    for (name, what, scale, unit) in [
+        ("kairos_group_events", "events", 1.0, ""),
+        ("kairos_group_plan_seconds", "planning", 1e3, " ms"),
+        (
+            "kairos_group_wait_seconds",
+            "waiting for the group in flight",
+            1e3,
+            " ms",
+        ),
+        (
+            "kairos_group_write_seconds",
+            "writing (memtables, journal)",
+            1e3,
+            " ms",
+        ),
+        ("kairos_group_fsync_seconds", "fsync", 1e3, " ms"),
+    ] {
+        let q = |p: &str| value(name, &format!("{{quantile=\"{p}\"}}")).unwrap_or(f64::NAN) * scale;
+        let (Some(groups), Some(sum)) = (value(name, "_count"), value(name, "_sum")) else {
+            continue;
+        };
+        if groups < 1.0 {
+            continue;
+        }
+        out.push(Stage {
+            what,
+            unit,
+            groups: groups as u64,
+            mean: sum / groups * scale,
+            p50: q("0.5"),
+            p99: q("0.99"),
+            max: q("1"),
+        });
+    }
+    out
+}
+
+fn report_group_stages(metrics: &metrics_exporter_prometheus::PrometheusHandle) {
+    println!("writer, per group over the run:");
+    for s in group_stages(&metrics.render()) {
+        let u = s.unit;
+        println!(
+            "  {:<32} mean {:>7.1}{u}  p50 {:>7.1}{u}  p99 {:>7.1}{u}  max {:>7.1}{u}  ({} groups)",
+            s.what, s.mean, s.p50, s.p99, s.max, s.groups
+        );
+    }
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     println!(
         "machine: {} cores; generator, servers and store share them",
@@ -342,8 +430,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
-    let kairos =
-        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
+    let metrics = install_metrics()?;
+    let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics.clone()))
+        .context("opening the store")?;
     let state = kairos.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -364,6 +453,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let ratio = (r.events as f64 / r.seconds) / (b.events as f64 / b.seconds);
         println!("kairos / bare ratio: {:.1}%", ratio * 100.0);
     }
+    report_group_stages(&metrics);
     let counts = state.store.approximate_counts();
     println!(
         "store: ~{} events, ~{} profiles, {} MB on disk",
@@ -411,8 +501,9 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         ingest: ingest_config(args.max_group_events),
         ..Config::default()
     };
-    let kairos =
-        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
+    let metrics = install_metrics()?;
+    let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics.clone()))
+        .context("opening the store")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -512,6 +603,7 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         hist.value_at_quantile(0.99) as f64 / 1e3,
         hist.max() as f64 / 1e3
     );
+    report_group_stages(&metrics);
     // In-flight background requests hold no handle on the store; the server closes it,
     // then the temporary directory goes.
     let _ = stop_tx.send(());
@@ -634,4 +726,48 @@ pub fn import_bench(args: ImportBenchArgs) -> anyhow::Result<()> {
         secs
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_stages_are_read_from_the_exporters_summaries() {
+        let text = "\
+# TYPE kairos_group_plan_seconds summary
+kairos_group_plan_seconds{quantile=\"0\"} 0.001
+kairos_group_plan_seconds{quantile=\"0.5\"} 0.002
+kairos_group_plan_seconds{quantile=\"0.99\"} 0.009
+kairos_group_plan_seconds{quantile=\"1\"} 0.012
+kairos_group_plan_seconds_sum 0.3
+kairos_group_plan_seconds_count 100
+# TYPE kairos_group_events summary
+kairos_group_events{quantile=\"0.5\"} 120
+kairos_group_events{quantile=\"0.99\"} 900
+kairos_group_events{quantile=\"1\"} 2000
+kairos_group_events_sum 25000
+kairos_group_events_count 100
+kairos_group_commits_total 100
+";
+        let stages = group_stages(text);
+        assert_eq!(stages.len(), 2, "stages without samples are left out");
+        assert_eq!(
+            stages[0],
+            Stage {
+                what: "events",
+                unit: "",
+                groups: 100,
+                mean: 250.0,
+                p50: 120.0,
+                p99: 900.0,
+                max: 2000.0,
+            }
+        );
+        let plan = &stages[1];
+        assert_eq!(plan.what, "planning");
+        assert!((plan.mean - 3.0).abs() < 1e-9, "{plan:?}");
+        assert!((plan.p99 - 9.0).abs() < 1e-9, "{plan:?}");
+        assert!((plan.max - 12.0).abs() < 1e-9, "{plan:?}");
+    }
 }

@@ -24,6 +24,11 @@
 //!
 //! Most dedupe checks and identity lookups are for keys that do not exist (a new event, a
 //! new person); in-memory key filters (`crate::probe`) rule those out without a store read.
+//!
+//! Each stage of a group is a histogram: `kairos_group_events`, `kairos_group_plan_seconds`
+//! (the writer's work), `kairos_group_wait_seconds` (waiting for the group in flight),
+//! `kairos_group_write_seconds` (memtables and journal) and `kairos_group_fsync_seconds`;
+//! `kairos_group_commit_seconds` runs from the start of planning to the fsync's return.
 
 use crate::events::{Chunk, ChunkBuilder, NO_PREV};
 use crate::keys::*;
@@ -927,12 +932,24 @@ impl Committer {
             .name("kairos-commit".into())
             .spawn(move || {
                 while let Ok(h) = rx.recv() {
+                    let writing = std::time::Instant::now();
                     let result = h
                         .batch
                         .into_write_batch(&store.db)
                         .commit()
                         .map_err(StoreError::from)
-                        .and_then(|()| if h.sync { store.persist() } else { Ok(()) });
+                        .and_then(|()| {
+                            metrics::histogram!("kairos_group_write_seconds")
+                                .record(writing.elapsed().as_secs_f64());
+                            if !h.sync {
+                                return Ok(());
+                            }
+                            let syncing = std::time::Instant::now();
+                            let synced = store.persist();
+                            metrics::histogram!("kairos_group_fsync_seconds")
+                                .record(syncing.elapsed().as_secs_f64());
+                            synced
+                        });
                     match &result {
                         Ok(()) => {
                             for (reply, outcome) in h.replies {
@@ -1279,9 +1296,15 @@ impl Writer {
                 }
             }
             let batch = self.take_batch();
+            metrics::histogram!("kairos_group_plan_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("kairos_group_events").record(n_events as f64);
             // The group in flight must be durable before this one goes: it was planned on
             // top of it.
+            let waiting = std::time::Instant::now();
             self.settle()?;
+            metrics::histogram!("kairos_group_wait_seconds")
+                .record(waiting.elapsed().as_secs_f64());
             self.inflight_writes = std::mem::take(&mut self.pending);
             let handoff = Handoff {
                 batch,
