@@ -117,7 +117,8 @@ pub trait Observer: Send + Sync {
     /// and the last, once the group is committed (and fsync'd, unless `sync` is off). Called
     /// on the committer thread after the group's requests were answered, for groups in
     /// commit order; a group that failed is never passed, so seqs may be missing between two
-    /// calls. The next group is not committed until this returns: it must not block.
+    /// calls. The writer may already plan the next group meanwhile, but the next group is
+    /// not committed until this returns: it must not block.
     fn durable(&self, events: &[Accepted<'_>]);
 }
 
@@ -950,6 +951,7 @@ impl Committer {
                                 .record(syncing.elapsed().as_secs_f64());
                             synced
                         });
+                    let committed = result.is_ok();
                     match &result {
                         Ok(()) => {
                             for (reply, outcome) in h.replies {
@@ -960,10 +962,6 @@ impl Committer {
                             metrics::counter!("kairos_group_commits_total").increment(1);
                             metrics::histogram!("kairos_group_commit_seconds")
                                 .record(h.started.elapsed().as_secs_f64());
-                            // After the answers: acknowledgements do not wait for it.
-                            if let Some(o) = &observer {
-                                tell(o.as_ref(), &h.fed);
-                            }
                         }
                         Err(e) => {
                             tracing::error!("group commit failed: {e}");
@@ -972,11 +970,21 @@ impl Committer {
                             }
                         }
                     }
+                    // The writer waits for the commit, not for the observer: it plans the
+                    // next group while the observer reads this one. The observer still sees
+                    // every group before the next one commits (this thread takes them in
+                    // turn), so before any later erasure is answered.
+                    let writer_gone = done.send(result).is_err();
+                    if committed {
+                        if let Some(o) = &observer {
+                            tell(o.as_ref(), &h.fed);
+                        }
+                    }
                     drop(h.dones);
                     if !h.fed.is_empty() {
                         disposal.discard(Garbage::Fed(h.fed));
                     }
-                    if done.send(result).is_err() {
+                    if writer_gone {
                         break;
                     }
                 }

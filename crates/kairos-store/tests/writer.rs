@@ -870,3 +870,74 @@ fn the_observer_is_told_of_each_accepted_event_in_the_log_with_its_seq_and_profi
     assert_eq!(recorder.calls.load(Relaxed), 2);
     assert_eq!(recorder.unreadable.load(Relaxed), 0);
 }
+
+/// Takes its time over the first group it is told of, then checks that nothing after
+/// that group is in the log yet.
+struct SlowObserver {
+    store: kairos_store::Store,
+    told: std::sync::Mutex<Vec<String>>,
+    /// Calls that found a later group already committed.
+    overtaken: std::sync::atomic::AtomicUsize,
+}
+
+impl kairos_store::Observer for SlowObserver {
+    fn durable(&self, events: &[kairos_store::Accepted<'_>]) {
+        let first_call = self.told.lock().unwrap().is_empty();
+        if first_call {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let last = events.last().unwrap().seq;
+        let later = self
+            .store
+            .log_after_where(last, 10, kairos_store::EventParts::All, &|_| true)
+            .unwrap();
+        if !later.events.is_empty() {
+            self.overtaken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut told = self.told.lock().unwrap();
+        told.extend(events.iter().map(|a| a.event.message_id.clone()));
+    }
+}
+
+/// The writer plans the next group as soon as one is committed, while the committer still
+/// tells the observer of it; the next group must still not be committed before the
+/// observer returns. Otherwise a group could reach the recommendations after a later
+/// erasure was answered (they drop the erased person's history then) and bring the
+/// person back.
+#[test]
+fn the_next_group_is_not_committed_before_the_observer_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        kairos_store::Store::open(dir.path(), &kairos_store::StoreOptions::default()).unwrap();
+    let observer = std::sync::Arc::new(SlowObserver {
+        store: store.clone(),
+        told: Default::default(),
+        overtaken: Default::default(),
+    });
+    let writer = kairos_store::WriterOptions {
+        observer: Some(observer.clone()),
+        ..kairos_store::WriterOptions::default()
+    };
+    let (ingest, handle) = kairos_store::Ingestor::start(store.clone(), writer).unwrap();
+    let h = Harness {
+        store,
+        ingest,
+        handle: Some(handle),
+    };
+    // Each is acknowledged before the observer hears of it: the second is planned and
+    // handed over while the observer takes its time over the first.
+    h.send(vec![ev(EventKind::Track, "e1", Some("eve"), None, 1_000)]);
+    h.send(vec![ev(EventKind::Track, "e2", Some("eve"), None, 1_001)]);
+    h.close();
+    assert_eq!(
+        *observer.told.lock().unwrap(),
+        vec!["e1".to_string(), "e2".to_string()]
+    );
+    assert_eq!(
+        observer
+            .overtaken
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
