@@ -290,90 +290,179 @@ fn report(name: &str, r: &LoadResult) {
     );
 }
 
-/// A Prometheus recorder for this process whose summaries cover the whole run (the
-/// exporter's default window is the last minute), so that the bench can report the
-/// writer's stages per group afterwards (`kairos_group_*`); the bench's server also
-/// serves it at `/metrics`.
-fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_bucket_duration(Duration::from_secs(24 * 3600))?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder)
-        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
-    Ok(handle)
+/// What the bench reports after a run: each stage of the writer's group commit
+/// (`kairos_group_*`, per group) and the server's time per ingest request.
+const STAGES: [(&str, &str, &str); 6] = [
+    ("kairos_group_events", "events", "groups"),
+    ("kairos_group_plan_seconds", "planning", "groups"),
+    (
+        "kairos_group_wait_seconds",
+        "waiting for the group in flight",
+        "groups",
+    ),
+    (
+        "kairos_group_write_seconds",
+        "writing (memtables, journal)",
+        "groups",
+    ),
+    ("kairos_group_fsync_seconds", "fsync", "groups"),
+    (
+        "kairos_ingest_request_seconds",
+        "ingest request in the server",
+        "requests",
+    ),
+];
+
+/// A metrics recorder for the bench's process that keeps the [`STAGES`] histograms
+/// exactly (seconds in microseconds), and nothing else. The Prometheus exporter's
+/// summaries are sketches whose quantiles came out inconsistent with their own means for
+/// these (mostly near-zero waits); a bench needs the exact tail.
+#[derive(Default)]
+struct StageRecorder {
+    stages: std::sync::Mutex<std::collections::HashMap<&'static str, Arc<StageHistogram>>>,
 }
 
-/// One stage of the writer's group commit, over the groups of a run.
-#[derive(Debug, PartialEq)]
-struct Stage {
-    what: &'static str,
-    unit: &'static str,
-    groups: u64,
-    mean: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
+struct StageHistogram {
+    /// Seconds are kept in microseconds, counts as they are.
+    scale: f64,
+    values: std::sync::Mutex<Histogram<u64>>,
 }
 
-/// The writer's stages per group, read from the summaries in `text` (the Prometheus
-/// exposition format); a stage with no samples is left out.
-fn group_stages(text: &str) -> Vec<Stage> {
-    let value = |name: &str, suffix: &str| -> Option<f64> {
-        text.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(suffix)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-    };
-    let mut out = Vec::new();
-    for (name, what, scale, unit) in [
-        ("kairos_group_events", "events", 1.0, ""),
-        ("kairos_group_plan_seconds", "planning", 1e3, " ms"),
-        (
-            "kairos_group_wait_seconds",
-            "waiting for the group in flight",
-            1e3,
-            " ms",
-        ),
-        (
-            "kairos_group_write_seconds",
-            "writing (memtables, journal)",
-            1e3,
-            " ms",
-        ),
-        ("kairos_group_fsync_seconds", "fsync", 1e3, " ms"),
-    ] {
-        let q = |p: &str| value(name, &format!("{{quantile=\"{p}\"}}")).unwrap_or(f64::NAN) * scale;
-        let (Some(groups), Some(sum)) = (value(name, "_count"), value(name, "_sum")) else {
-            continue;
+impl metrics::HistogramFn for StageHistogram {
+    fn record(&self, value: f64) {
+        if let Ok(mut h) = self.values.lock() {
+            let _ = h.record((value * self.scale).round().max(0.0) as u64);
+        }
+    }
+}
+
+impl metrics::Recorder for StageRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        let Some(&(name, _, _)) = STAGES.iter().find(|(n, _, _)| *n == key.name()) else {
+            return metrics::Histogram::noop();
         };
-        if groups < 1.0 {
+        let Ok(mut stages) = self.stages.lock() else {
+            return metrics::Histogram::noop();
+        };
+        let h = stages.entry(name).or_insert_with(|| {
+            Arc::new(StageHistogram {
+                scale: if name.ends_with("_seconds") { 1e6 } else { 1.0 },
+                values: std::sync::Mutex::new(
+                    Histogram::new(3).expect("histogram bounds are static"),
+                ),
+            })
+        });
+        metrics::Histogram::from_arc(h.clone())
+    }
+}
+
+/// Installs a [`StageRecorder`] for this process.
+fn install_stage_recorder() -> anyhow::Result<Arc<StageRecorder>> {
+    let recorder = Arc::new(StageRecorder::default());
+    metrics::set_global_recorder(ArcRecorder(recorder.clone()))
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    Ok(recorder)
+}
+
+/// `metrics` takes its recorder by value; the bench keeps a handle to read it after.
+struct ArcRecorder(Arc<StageRecorder>);
+
+impl metrics::Recorder for ArcRecorder {
+    fn describe_counter(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.0.describe_counter(k, u, d)
+    }
+    fn describe_gauge(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.0.describe_gauge(k, u, d)
+    }
+    fn describe_histogram(
+        &self,
+        k: metrics::KeyName,
+        u: Option<metrics::Unit>,
+        d: metrics::SharedString,
+    ) {
+        self.0.describe_histogram(k, u, d)
+    }
+    fn register_counter(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0.register_counter(k, m)
+    }
+    fn register_gauge(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0.register_gauge(k, m)
+    }
+    fn register_histogram(
+        &self,
+        k: &metrics::Key,
+        m: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0.register_histogram(k, m)
+    }
+}
+
+fn report_group_stages(recorder: &StageRecorder) {
+    println!("writer, per group, and server, per request, over the run:");
+    let Ok(stages) = recorder.stages.lock() else {
+        return;
+    };
+    for (name, what, per) in STAGES {
+        let Some(s) = stages.get(name) else { continue };
+        let Ok(h) = s.values.lock() else { continue };
+        if h.is_empty() {
             continue;
         }
-        out.push(Stage {
-            what,
-            unit,
-            groups: groups as u64,
-            mean: sum / groups * scale,
-            p50: q("0.5"),
-            p99: q("0.99"),
-            max: q("1"),
-        });
-    }
-    out
-}
-
-fn report_group_stages(metrics: &metrics_exporter_prometheus::PrometheusHandle) {
-    println!("writer, per group over the run:");
-    for s in group_stages(&metrics.render()) {
-        let u = s.unit;
+        // Microseconds shown as milliseconds; counts as they are.
+        let (div, unit) = if s.scale > 1.0 {
+            (1e3, " ms")
+        } else {
+            (1.0, "")
+        };
+        let v = |x: u64| x as f64 / div;
         println!(
-            "  {:<32} mean {:>7.1}{u}  p50 {:>7.1}{u}  p99 {:>7.1}{u}  max {:>7.1}{u}  ({} groups)",
-            s.what, s.mean, s.p50, s.p99, s.max, s.groups
+            "  {what:<32} mean {:>7.1}{unit}  p50 {:>7.1}{unit}  p99 {:>7.1}{unit}  max {:>7.1}{unit}  ({} {per})",
+            h.mean() / div,
+            v(h.value_at_quantile(0.5)),
+            v(h.value_at_quantile(0.99)),
+            v(h.max()),
+            h.len()
         );
     }
 }
@@ -430,9 +519,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
-    let metrics = install_metrics()?;
-    let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics.clone()))
-        .context("opening the store")?;
+    let stages = install_stage_recorder()?;
+    let kairos =
+        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
     let state = kairos.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -453,7 +542,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let ratio = (r.events as f64 / r.seconds) / (b.events as f64 / b.seconds);
         println!("kairos / bare ratio: {:.1}%", ratio * 100.0);
     }
-    report_group_stages(&metrics);
+    report_group_stages(&stages);
     let counts = state.store.approximate_counts();
     println!(
         "store: ~{} events, ~{} profiles, {} MB on disk",
@@ -501,9 +590,9 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         ingest: ingest_config(args.max_group_events),
         ..Config::default()
     };
-    let metrics = install_metrics()?;
-    let kairos = Kairos::open(config, kairos_server::system_clock(), Some(metrics.clone()))
-        .context("opening the store")?;
+    let stages = install_stage_recorder()?;
+    let kairos =
+        Kairos::open(config, kairos_server::system_clock(), None).context("opening the store")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -555,6 +644,8 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let sent_before = sent.load(Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new(3)?;
+    // The acknowledgement alone (the rest of each probe is reading back).
+    let mut acks = Histogram::<u64>::new(3)?;
     for k in 0..args.probes {
         let user = format!("probe-{k}");
         let t0 = Instant::now();
@@ -569,6 +660,8 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
             "probe ingest failed: {}",
             r.status()
         );
+        let _ = r.bytes().await;
+        let _ = acks.record(t0.elapsed().as_micros() as u64);
         loop {
             let v: Value = client
                 .get(format!("{base}/v1/profiles/{user}/scores"))
@@ -603,7 +696,13 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
         hist.value_at_quantile(0.99) as f64 / 1e3,
         hist.max() as f64 / 1e3
     );
-    report_group_stages(&metrics);
+    println!(
+        "  of which the probe's acknowledgement: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        acks.value_at_quantile(0.5) as f64 / 1e3,
+        acks.value_at_quantile(0.99) as f64 / 1e3,
+        acks.max() as f64 / 1e3
+    );
+    report_group_stages(&stages);
     // In-flight background requests hold no handle on the store; the server closes it,
     // then the temporary directory goes.
     let _ = stop_tx.send(());
@@ -733,41 +832,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_stages_are_read_from_the_exporters_summaries() {
-        let text = "\
-# TYPE kairos_group_plan_seconds summary
-kairos_group_plan_seconds{quantile=\"0\"} 0.001
-kairos_group_plan_seconds{quantile=\"0.5\"} 0.002
-kairos_group_plan_seconds{quantile=\"0.99\"} 0.009
-kairos_group_plan_seconds{quantile=\"1\"} 0.012
-kairos_group_plan_seconds_sum 0.3
-kairos_group_plan_seconds_count 100
-# TYPE kairos_group_events summary
-kairos_group_events{quantile=\"0.5\"} 120
-kairos_group_events{quantile=\"0.99\"} 900
-kairos_group_events{quantile=\"1\"} 2000
-kairos_group_events_sum 25000
-kairos_group_events_count 100
-kairos_group_commits_total 100
-";
-        let stages = group_stages(text);
-        assert_eq!(stages.len(), 2, "stages without samples are left out");
-        assert_eq!(
-            stages[0],
-            Stage {
-                what: "events",
-                unit: "",
-                groups: 100,
-                mean: 250.0,
-                p50: 120.0,
-                p99: 900.0,
-                max: 2000.0,
-            }
-        );
-        let plan = &stages[1];
-        assert_eq!(plan.what, "planning");
-        assert!((plan.mean - 3.0).abs() < 1e-9, "{plan:?}");
-        assert!((plan.p99 - 9.0).abs() < 1e-9, "{plan:?}");
-        assert!((plan.max - 12.0).abs() < 1e-9, "{plan:?}");
+    fn the_stage_recorder_keeps_the_stages_exactly_and_nothing_else() {
+        use metrics::Recorder;
+        let r = StageRecorder::default();
+        let key = |name: &'static str| metrics::Key::from_static_name(name);
+        let meta = metrics::Metadata::new("bench", metrics::Level::INFO, None);
+        for ms in 1..=100 {
+            r.register_histogram(&key("kairos_group_fsync_seconds"), &meta)
+                .record(ms as f64 / 1e3);
+        }
+        r.register_histogram(&key("kairos_group_events"), &meta)
+            .record(1300.0);
+        r.register_histogram(&key("kairos_timer_lateness_seconds"), &meta)
+            .record(1.0);
+        let stages = r.stages.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(stages.len(), 2, "only the stages are kept");
+        let fsync = stages["kairos_group_fsync_seconds"]
+            .values
+            .lock()
+            .expect("lock");
+        assert_eq!(fsync.len(), 100);
+        assert!((fsync.mean() - 50_500.0).abs() < 100.0, "{}", fsync.mean());
+        assert!(fsync.value_at_quantile(0.99).abs_diff(99_000) < 100);
+        assert!(fsync.max().abs_diff(100_000) < 100);
+        let events = stages["kairos_group_events"].values.lock().expect("lock");
+        assert_eq!(events.max(), 1300);
     }
 }
