@@ -155,7 +155,7 @@ pub struct StoreOptions {
     /// The nice value the storage engine's flush and compaction threads run at (Linux;
     /// ignored elsewhere), as RocksDB's low-priority pool does. Their work can wait for
     /// idle CPU; a backfill or a burst of ingest cannot. Right after a bulk fill of 1M
-    /// profiles, a new segment's backfill took 3.5-4.7 s (median 4.0 s) with 10 and six
+    /// profiles, a new segment's backfill took 3.5-4.7 s (median 3.9 s) with 10 and six
     /// workers, against 3.6-6.2 s (median 5.1 s) at the process's own priority with three,
     /// and durable ingest stayed the same within noise (docs/PERFORMANCE.md). `None` leaves
     /// them at the process's priority; a value at or below the process's own is ignored
