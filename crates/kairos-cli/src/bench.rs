@@ -390,52 +390,9 @@ impl metrics::Recorder for StageRecorder {
 /// Installs a [`StageRecorder`] for this process.
 fn install_stage_recorder() -> anyhow::Result<Arc<StageRecorder>> {
     let recorder = Arc::new(StageRecorder::default());
-    metrics::set_global_recorder(ArcRecorder(recorder.clone()))
+    metrics::set_global_recorder(recorder.clone())
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     Ok(recorder)
-}
-
-/// `metrics` takes its recorder by value; the bench keeps a handle to read it after.
-struct ArcRecorder(Arc<StageRecorder>);
-
-impl metrics::Recorder for ArcRecorder {
-    fn describe_counter(
-        &self,
-        k: metrics::KeyName,
-        u: Option<metrics::Unit>,
-        d: metrics::SharedString,
-    ) {
-        self.0.describe_counter(k, u, d)
-    }
-    fn describe_gauge(
-        &self,
-        k: metrics::KeyName,
-        u: Option<metrics::Unit>,
-        d: metrics::SharedString,
-    ) {
-        self.0.describe_gauge(k, u, d)
-    }
-    fn describe_histogram(
-        &self,
-        k: metrics::KeyName,
-        u: Option<metrics::Unit>,
-        d: metrics::SharedString,
-    ) {
-        self.0.describe_histogram(k, u, d)
-    }
-    fn register_counter(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Counter {
-        self.0.register_counter(k, m)
-    }
-    fn register_gauge(&self, k: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Gauge {
-        self.0.register_gauge(k, m)
-    }
-    fn register_histogram(
-        &self,
-        k: &metrics::Key,
-        m: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        self.0.register_histogram(k, m)
-    }
 }
 
 fn report_group_stages(recorder: &StageRecorder) {

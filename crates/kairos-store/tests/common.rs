@@ -93,6 +93,27 @@ impl Harness {
         version
     }
 
+    /// A harness whose writer tells the observer `make` builds (from the store, which it
+    /// may read) of each durable group.
+    pub fn open_observed<O: kairos_store::Observer + 'static>(
+        dir: &std::path::Path,
+        make: impl FnOnce(Store) -> std::sync::Arc<O>,
+    ) -> (Self, std::sync::Arc<O>) {
+        let store = Store::open(dir, &StoreOptions::default()).unwrap();
+        let observer = make(store.clone());
+        let writer = WriterOptions {
+            observer: Some(observer.clone()),
+            ..WriterOptions::default()
+        };
+        let (ingest, handle) = Ingestor::start(store.clone(), writer).unwrap();
+        let h = Self {
+            store,
+            ingest,
+            handle: Some(handle),
+        };
+        (h, observer)
+    }
+
     pub fn open_full(dir: &std::path::Path, opts: &StoreOptions, writer: WriterOptions) -> Self {
         let store = Store::open(dir, opts).unwrap();
         let (ingest, handle) = Ingestor::start(store.clone(), writer).unwrap();

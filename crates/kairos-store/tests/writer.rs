@@ -823,24 +823,14 @@ impl kairos_store::Observer for Recorder {
 fn the_observer_is_told_of_each_accepted_event_in_the_log_with_its_seq_and_profile() {
     use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        kairos_store::Store::open(dir.path(), &kairos_store::StoreOptions::default()).unwrap();
-    let recorder = std::sync::Arc::new(Recorder {
-        store: store.clone(),
-        told: Default::default(),
-        unreadable: Default::default(),
-        calls: Default::default(),
+    let (h, recorder) = Harness::open_observed(dir.path(), |store| {
+        std::sync::Arc::new(Recorder {
+            store,
+            told: Default::default(),
+            unreadable: Default::default(),
+            calls: Default::default(),
+        })
     });
-    let writer = kairos_store::WriterOptions {
-        observer: Some(recorder.clone()),
-        ..kairos_store::WriterOptions::default()
-    };
-    let (ingest, handle) = kairos_store::Ingestor::start(store.clone(), writer).unwrap();
-    let h = Harness {
-        store,
-        ingest,
-        handle: Some(handle),
-    };
     h.send(vec![
         ev(EventKind::Track, "a1", None, Some("anon"), 1_000),
         ev(EventKind::Track, "a2", None, Some("anon"), 1_001),
@@ -908,23 +898,13 @@ impl kairos_store::Observer for SlowObserver {
 #[test]
 fn the_next_group_is_not_committed_before_the_observer_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        kairos_store::Store::open(dir.path(), &kairos_store::StoreOptions::default()).unwrap();
-    let observer = std::sync::Arc::new(SlowObserver {
-        store: store.clone(),
-        told: Default::default(),
-        overtaken: Default::default(),
+    let (h, observer) = Harness::open_observed(dir.path(), |store| {
+        std::sync::Arc::new(SlowObserver {
+            store,
+            told: Default::default(),
+            overtaken: Default::default(),
+        })
     });
-    let writer = kairos_store::WriterOptions {
-        observer: Some(observer.clone()),
-        ..kairos_store::WriterOptions::default()
-    };
-    let (ingest, handle) = kairos_store::Ingestor::start(store.clone(), writer).unwrap();
-    let h = Harness {
-        store,
-        ingest,
-        handle: Some(handle),
-    };
     // Each is acknowledged before the observer hears of it: the second is planned and
     // handed over while the observer takes its time over the first.
     h.send(vec![ev(EventKind::Track, "e1", Some("eve"), None, 1_000)]);
