@@ -645,20 +645,22 @@ async fn freshness(args: FreshnessArgs) -> anyhow::Result<()> {
     let load_rate = (sent.load(Ordering::Relaxed) - sent_before) as f64 / secs;
     stop.store(true, Ordering::Relaxed);
     let _ = background.await;
+    // Microseconds, shown as milliseconds.
+    let ms = |h: &Histogram<u64>| {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.max() as f64 / 1e3
+        )
+    };
     println!(
-        "background ingest {load_rate:.0} events/s (target {}); {} probes: event sent -> new score and segment read back: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "background ingest {load_rate:.0} events/s (target {}); {} probes: event sent -> new score and segment read back: {}",
         args.rate,
         args.probes,
-        hist.value_at_quantile(0.5) as f64 / 1e3,
-        hist.value_at_quantile(0.99) as f64 / 1e3,
-        hist.max() as f64 / 1e3
+        ms(&hist)
     );
-    println!(
-        "  of which the probe's acknowledgement: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        acks.value_at_quantile(0.5) as f64 / 1e3,
-        acks.value_at_quantile(0.99) as f64 / 1e3,
-        acks.max() as f64 / 1e3
-    );
+    println!("  of which the probe's acknowledgement: {}", ms(&acks));
     report_group_stages(&stages);
     // In-flight background requests hold no handle on the store; the server closes it,
     // then the temporary directory goes.

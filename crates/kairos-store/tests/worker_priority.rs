@@ -16,17 +16,19 @@ fn nice_of_threads(name: &str) -> Vec<i32> {
         if comm.trim_end() != name {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
-        let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
-            .split(' ')
-            .collect();
-        out.push(fields[16].parse().expect("nice"));
+        out.push(nice_in(&task.path().join("stat")));
     }
     out
 }
 
 fn own_nice() -> i32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    nice_in(std::path::Path::new("/proc/thread-self/stat"))
+}
+
+/// The nice value in a thread's `stat` file: the 19th field, counted after the
+/// parenthesised name (which may hold spaces).
+fn nice_in(stat: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(stat).expect("stat");
     let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
         .split(' ')
         .collect();
